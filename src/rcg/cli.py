@@ -1,0 +1,177 @@
+"""``rcg <verb>``: argparse front end. Each verb builds a config from ``--preset`` plus flags, prints
+it, and calls one library function; ``--dry-run`` prints and stops. No logic lives here."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import config as C
+
+
+def _common(p: argparse.ArgumentParser, presets: dict, default: str) -> None:
+    p.add_argument("--preset", default=default, choices=sorted(presets), help=f"named config (default {default})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--out", help="run directory (rerunning the same command there resumes)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _data_flags(p: argparse.ArgumentParser, prefix: str = "data") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", dest="data_kind", choices=["fmnist", "folder", "cifar10"],
+                   help="data set kind (fmnist: the Debian package's files by default)")
+    g.add_argument("--data-dir", help="folder with the images / idx files / CIFAR-10 batches")
+    g.add_argument("--resolution", type=int, help="square size the images are resized/cropped to")
+    g.add_argument("--channels", type=int, choices=[1, 3])
+    g.add_argument("--limit", type=int, help="use only the first N images")
+
+
+def _optim_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=float)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
+
+
+def _overrides(a: argparse.Namespace, data_sections=("data",)) -> list:
+    """Explicit flags as ``section.key=value`` overrides (applied before --set)."""
+    out = []
+    for sec in data_sections:
+        for flag, key in (("data_kind", "dataset"), ("data_dir", "path"), ("resolution", "resolution"),
+                          ("channels", "channels"), ("limit", "limit")):
+            v = getattr(a, flag, None)
+            if v is not None:
+                out.append(f"{sec}.{key}={v}")
+    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
+                      ("bf16", "bf16")):
+        v = getattr(a, flag, None)
+        if v is not None:
+            out.append(f"optim.{key}={v}")
+    return out + list(a.set)
+
+
+def _resolve(a, presets: dict, sections=("data",)):
+    cfg = C.apply_overrides(presets[a.preset], _overrides(a, sections))
+    print(f"# {a.verb} --preset {a.preset}\n{C.dumps(cfg)}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+def cmd_train_encoder(a):
+    # a folder/CIFAR held-out split follows the training data unless set explicitly
+    cfg = _resolve(a, C.ENCODER_PRESETS, sections=("data", "eval_data"))
+    if a.dry_run:
+        return 0
+    from .stages import train_encoder
+    train_encoder(cfg, a.out or "runs/encoder", a.device, progress=not a.no_progress)
+    return 0
+
+
+def cmd_cache_reps(a):
+    from .stages import cache_reps
+    if a.dry_run:
+        print(vars(a))
+        return 0
+    cache_reps(a.encoder, a.out, views=a.views, data_overrides=_overrides(a)[:], device=a.device,
+               seed=a.seed or 0, progress=not a.no_progress)
+    return 0
+
+
+def cmd_train_rdm(a):
+    cfg = _resolve(a, C.RDM_RUN_PRESETS, sections=())
+    cfg = C.apply_overrides(cfg, [f"cache={a.cache}", f"encoder={a.encoder}"])
+    if a.class_cond:
+        cfg = C.override(cfg, "class_cond", True)
+    if a.dry_run:
+        return 0
+    from .stages import train_rdm
+    train_rdm(cfg, a.out or "runs/rdm", a.device, progress=not a.no_progress)
+    return 0
+
+
+def cmd_sample_reps(a):
+    if a.dry_run:
+        print(vars(a))
+        return 0
+    from .stages import sample_reps
+    sample_reps(a.rdm, a.out, num=a.num, steps=a.steps, eta=a.eta, seed=a.seed, label=a.class_label,
+                batch_size=a.batch_size, device=a.device, progress=not a.no_progress)
+    return 0
+
+
+def cmd_rep_fd(a):
+    from .stages import rep_fd
+    res = rep_fd(a.a, a.b)
+    print(res)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rcg", description="Representation-conditioned image generation (RCG).")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("train-encoder", help="MoCo v3 self-supervised encoder on your images")
+    _common(p, C.ENCODER_PRESETS, "fmnist-encoder")
+    _data_flags(p)
+    _optim_flags(p)
+    p.set_defaults(func=cmd_train_encoder)
+
+    p = sub.add_parser("cache-reps", help="representations of K augmented views of every image")
+    p.add_argument("--encoder", required=True, help="train-encoder run directory, or an official MoCo v3 .pth.tar")
+    p.add_argument("--out", required=True, help="output file (.safetensors)")
+    p.add_argument("--views", type=int, default=4, help="augmented views per image (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override data.* fields")
+    _data_flags(p)
+    p.set_defaults(func=cmd_cache_reps)
+
+    p = sub.add_parser("train-rdm", help="representation diffusion model on a representation cache")
+    _common(p, C.RDM_RUN_PRESETS, "fmnist-rdm")
+    p.add_argument("--cache", required=True, help="file written by rcg cache-reps")
+    p.add_argument("--encoder", required=True, help="the encoder that made the cache (checked by fingerprint)")
+    p.add_argument("--class-cond", action="store_true", help="class-conditional RDM (needs labels in the cache)")
+    _optim_flags(p)
+    p.set_defaults(func=cmd_train_rdm)
+
+    p = sub.add_parser("sample-reps", help="sample representations from a trained RDM into a file")
+    p.add_argument("--rdm", required=True, help="train-rdm run directory or official RDM .pth")
+    p.add_argument("--out", required=True, help="output file (.safetensors)")
+    p.add_argument("--num", type=int, default=1000)
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the run's)")
+    p.add_argument("--eta", type=float, help="DDIM eta (default: the run's)")
+    p.add_argument("--class", dest="class_label", type=int, help="class label (class-conditional RDM)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--device")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sample_reps)
+
+    p = sub.add_parser("rep-fd", help="Fréchet distance between two representation files")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(func=cmd_rep_fd)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return a.func(a)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

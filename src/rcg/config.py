@@ -1,0 +1,252 @@
+"""Frozen-dataclass configs and named presets.
+
+Every stage's config is a tree of frozen dataclasses that round-trips through a plain dict
+(``to_dict`` / ``from_dict``), is written as ``config.json`` in the run directory, and can be
+overridden from the command line with dotted keys (``--set train.lr=1e-3``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Optional, Tuple, Union, get_type_hints
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from.
+
+    dataset: ``fmnist`` (gzip idx files), ``folder`` (recursive image folder), ``cifar10`` (python batches).
+    path: directory; ``None`` means the default location of the data set (Fashion-MNIST:
+    ``/usr/share/datasets/fashion-mnist``).
+    """
+    dataset: str = "fmnist"
+    path: Optional[str] = None
+    split: str = "train"
+    resolution: int = 28
+    channels: int = 1
+    labels: bool = True          # folders: take labels from sub-folder names
+    limit: int = 0               # use only the first N images (0 = all)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, schedule and loop settings shared by every training stage."""
+    epochs: float = 10.0
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: Tuple[float, float] = (0.9, 0.999)
+    schedule: str = "constant"   # constant | cosine (half-cycle, per step, after linear warm-up)
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    grad_clip: float = 0.0       # 0 = off
+    ema_decay: float = 0.0       # 0 = no EMA; RCG's LitEma warm-up min(decay, (1+n)/(10+n))
+    bf16: bool = False           # bf16 autocast (on CPU an opt-in; fp16 is never used on CPU)
+    seed: int = 0
+    log_every: int = 50          # steps
+    ckpt_every: int = 500        # steps
+    num_threads: int = 0         # 0 = torch default
+
+
+def to_dict(cfg: Any) -> Any:
+    """A config (tree of dataclasses) as plain JSON-able Python."""
+    if is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def from_dict(cls: type, d: dict) -> Any:
+    """Rebuild a config of type ``cls`` from ``to_dict`` output; unknown keys are an error."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in d.items():
+        tp = hints[name]
+        if is_dataclass(tp):
+            value = from_dict(tp, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _coerce(text: str, tp: Any) -> Any:
+    """Parse a command-line string as the field type ``tp`` (bool, int, float, str, Optional[...], tuples)."""
+    origin, args = getattr(tp, "__origin__", None), getattr(tp, "__args__", ())
+    if origin is Union:                                    # Optional[X]
+        if text.lower() in ("none", "null", ""):
+            return None
+        return _coerce(text, next(a for a in args if a is not type(None)))
+    if origin in (tuple, Tuple):
+        inner = args[0] if args else float
+        return tuple(_coerce(v.strip(), inner) for v in text.split(",") if v.strip())
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if tp is int:
+        value = float(text)
+        if not value.is_integer():
+            raise ValueError(f"expected an integer, got {text!r}")
+        return int(value)
+    if tp is float:
+        return float(text)
+    return text
+
+
+def override(cfg: Any, key: str, value: Any) -> Any:
+    """Return ``cfg`` with the dotted ``key`` set; ``value`` given as a string is coerced to the field's type."""
+    head, _, rest = key.partition(".")
+    names = {f.name for f in fields(cfg)}
+    if head not in names:
+        raise KeyError(f"{type(cfg).__name__} has no field {head!r} (fields: {', '.join(sorted(names))})")
+    current = getattr(cfg, head)
+    if rest:
+        if not is_dataclass(current):
+            raise KeyError(f"{head!r} is not a section; cannot set {key!r}")
+        return replace(cfg, **{head: override(current, rest, value)})
+    if isinstance(value, str):
+        value = _coerce(value, get_type_hints(type(cfg))[head])
+    return replace(cfg, **{head: value})
+
+
+def apply_overrides(cfg: Any, pairs: list) -> Any:
+    """Apply ``["a.b=1", ...]`` to ``cfg``."""
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        cfg = override(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def diff(a: dict, b: dict, prefix: str = "") -> list:
+    """Dotted keys whose values differ between two ``to_dict`` trees."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff(va, vb, prefix + k + ".")
+        elif va != vb:
+            out.append(prefix + k)
+    return out
+
+
+def dumps(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage configs and presets
+# ------------------------------------------------------------------------------------------------
+from .augment import ViewSpec  # noqa: E402
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class KNNConfig:
+    """kNN monitor of the encoder on labelled held-out data (labels never enter training)."""
+    every_epochs: float = 1.0    # 0 = only at the end
+    k: int = 20
+    temperature: float = 0.07
+    bank: int = 10000            # training images in the bank during training (the final check uses all)
+    queries: int = 2000          # held-out images during training (the final check uses all)
+
+
+@dataclass(frozen=True)
+class EncoderRun:
+    """``rcg train-encoder``: MoCo v3 on the user's images."""
+    data: DataConfig = DataConfig()
+    eval_data: DataConfig = DataConfig(split="test")
+    encoder: EncoderConfig = EncoderConfig()
+    crop_size: int = 0           # view size; 0 = data.resolution
+    view1: ViewSpec = ViewSpec()
+    view2: ViewSpec = ViewSpec(solarize_p=0.2)
+    temperature: float = 0.2
+    momentum: float = 0.99       # base of the cosine momentum schedule (-> 1.0)
+    pred_dim: int = 1024
+    knn: KNNConfig = KNNConfig()
+    optim: OptimConfig = OptimConfig()
+
+
+_FMNIST_ENCODER = EncoderRun(
+    data=DataConfig("fmnist", resolution=28, channels=1),
+    eval_data=DataConfig("fmnist", split="test", resolution=28, channels=1),
+    encoder=EncoderConfig(arch="resnet", in_chans=1, widths=(32, 64, 128), depths=(1, 1, 1), mlp_dim=1024,
+                          mean=(0.286,), std=(0.353,)),
+    view1=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, gray_p=0.0),
+    view2=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, gray_p=0.0, solarize_p=0.2),
+    optim=OptimConfig(epochs=12, batch_size=256, lr=2e-3, weight_decay=1e-4, schedule="cosine",
+                      warmup_epochs=0.2, bf16=True, log_every=20, ckpt_every=200),
+)
+
+
+def _mocov3_vit(embed_dim: int, depth: int, heads: int, epochs: int) -> EncoderRun:
+    """The MoCo v3 ImageNet recipe (Chen et al. 2021, ViT): AdamW, lr 1.5e-4 x batch/256, wd 0.1,
+    batch 4096, 40 warm-up epochs, momentum 0.99 -> 1, T 0.2, 4096-d MLPs, 256-d output."""
+    blur1, blur2 = ViewSpec(scale=(0.08, 1.0), blur_p=1.0), ViewSpec(scale=(0.08, 1.0), blur_p=0.1, solarize_p=0.2)
+    return EncoderRun(
+        data=DataConfig("folder", resolution=224, channels=3, labels=False),
+        eval_data=DataConfig("folder", split="val", resolution=224, channels=3),
+        encoder=EncoderConfig(arch="vit", in_chans=3, img_size=224, patch_size=16, embed_dim=embed_dim, depth=depth,
+                              num_heads=heads, mlp_dim=4096, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224),
+        view1=blur1, view2=blur2, pred_dim=4096,
+        optim=OptimConfig(epochs=epochs, batch_size=4096, lr=1.5e-4 * 4096 / 256, weight_decay=0.1, schedule="cosine",
+                          warmup_epochs=40, betas=(0.9, 0.999), bf16=True),
+    )
+
+
+ENCODER_PRESETS = {
+    "fmnist-encoder": _FMNIST_ENCODER,
+    "mocov3-vit-s": _mocov3_vit(384, 12, 12, 300),
+    "mocov3-vit-b": _mocov3_vit(768, 12, 12, 300),
+    "mocov3-vit-l": _mocov3_vit(1024, 24, 16, 300),
+}
+
+
+from .rdm import RDM_PRESETS, RDMConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """RCG's RDM diffusion: 1000 steps, scaled-linear betas 0.0015 -> 0.0195, x0 prediction."""
+    num_steps: int = 1000
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    parameterization: str = "x0"
+
+
+@dataclass(frozen=True)
+class RDMRun:
+    """``rcg train-rdm``: the representation diffusion model on a cache of representations."""
+    cache: str = ""              # rcg cache-reps output
+    encoder: str = ""            # the encoder that made it (run dir or official file), checked by fingerprint
+    class_cond: bool = False     # class-conditional RDM (labels from the cache)
+    model: RDMConfig = RDMConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    sample_steps: int = 250      # DDIM steps (paper: 250, eta 1)
+    eta: float = 1.0
+    fd_samples: int = 10000      # representations sampled for the rep-FD check at the end of training
+    optim: OptimConfig = OptimConfig()
+
+
+# The paper's RDM training (Table 5): AdamW lr 5.12e-4 (blr 1e-6 x batch 512), wd 0.01, constant lr,
+# 200 epochs, EMA 0.9999, fp32.
+_PAPER_RDM_OPTIM = OptimConfig(epochs=200, batch_size=512, lr=5.12e-4, weight_decay=0.01, ema_decay=0.9999,
+                               schedule="constant", log_every=100, ckpt_every=2000)
+RDM_RUN_PRESETS = {
+    "rdm-l12-w1536": RDMRun(model=RDM_PRESETS["rdm-l12-w1536"], optim=_PAPER_RDM_OPTIM),
+    "rdm-l12-w1536-cls1000": RDMRun(model=RDM_PRESETS["rdm-l12-w1536-cls1000"], class_cond=True,
+                                    optim=_PAPER_RDM_OPTIM),
+    "fmnist-rdm": RDMRun(model=RDM_PRESETS["rdm-small"], sample_steps=100,
+                         optim=replace(_PAPER_RDM_OPTIM, epochs=8, batch_size=512, lr=1e-3, log_every=50,
+                                       ckpt_every=500)),
+}

@@ -1,0 +1,375 @@
+"""Loading image data sets into memory as uint8 tensors.
+
+Every loader returns an :class:`ImageSet` whose ``images`` are uint8 ``(N, C, H, W)`` and whose
+``labels`` (when known) are int64 ``(N,)``. Supported sources: Fashion-MNIST gzip idx files,
+recursive image folders (PIL) and CIFAR-10 python batches (read with a restricted unpickler).
+Every bad input raises :class:`DataError` with a message that says what to do about it.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_BYTES = 16 * 2**30          # refuse to build an image tensor larger than this
+PROGRESS_MIN_FILES = 2000       # show a progress bar above this many files
+_CHUNK = 256                    # images per float chunk in resize / channel conversion
+
+
+class DataError(ValueError):
+    """Bad data-set input (missing files, corrupt data, invalid options)."""
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor            # uint8 (N, C, H, W), contiguous
+    labels: Optional[torch.Tensor]  # int64 (N,) or None
+    class_names: Optional[list]     # list[str] or None
+    source: str                     # human-readable description of where the images came from
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+# ----------------------------------------------------------------------------- checks and transforms
+
+def check_resolution(resolution) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
+            or not 8 <= resolution <= 1024:
+        raise DataError(f"resolution must be an integer between 8 and 1024, got {resolution!r}")
+
+
+def check_channels(channels) -> None:
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+
+
+def _check_limit(limit) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+        raise DataError(f"limit must be an integer >= 0 (0 = all images), got {limit!r}")
+
+
+def _check_memory(n: int, channels: int, resolution: int, what: str) -> None:
+    need = n * channels * resolution * resolution
+    if need > MAX_BYTES:
+        raise DataError(f"{what}: {n} images at {channels}x{resolution}x{resolution} need "
+                        f"{need / 2**30:.1f} GiB of memory (limit {MAX_BYTES / 2**30:.0f} GiB); "
+                        f"use a lower --resolution or --limit")
+
+
+def _check_batch(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        desc = f"{images.dtype} tensor of shape {tuple(images.shape)}" \
+            if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DataError(f"expected a uint8 tensor of shape (N, C, H, W), got {desc}")
+
+
+def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Resize the shorter side to ``resolution`` (bilinear, antialiased), then center-crop square."""
+    _check_batch(images)
+    check_resolution(resolution)
+    n, c, h, w = images.shape
+    if h == resolution and w == resolution:
+        return images.contiguous()
+    scale = resolution / min(h, w)
+    nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
+    top, left = (nh - resolution) // 2, (nw - resolution) // 2
+    out = torch.empty((n, c, resolution, resolution), dtype=torch.uint8)
+    for i in range(0, n, _CHUNK):
+        x = F.interpolate(images[i:i + _CHUNK].float(), size=(nh, nw), mode="bilinear",
+                          align_corners=False, antialias=True)
+        x = x[:, :, top:top + resolution, left:left + resolution]
+        out[i:i + _CHUNK] = x.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """1 -> 3 by repetition; 3 -> 1 by ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B), rounded."""
+    _check_batch(images)
+    check_channels(channels)
+    c = images.shape[1]
+    if c not in (1, 3):
+        raise DataError(f"can only convert 1- or 3-channel images, got {c} channels")
+    if c == channels:
+        return images.contiguous()
+    if channels == 3:
+        return images.repeat(1, 3, 1, 1)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    out = torch.empty((images.shape[0], 1, *images.shape[2:]), dtype=torch.uint8)
+    for i in range(0, images.shape[0], _CHUNK):
+        y = (images[i:i + _CHUNK].float() * weights).sum(dim=1, keepdim=True)
+        out[i:i + _CHUNK] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _finish(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
+    """Channel conversion and resize, in whichever order touches fewer bytes."""
+    if channels < images.shape[1]:
+        return resize_images(convert_channels(images, channels), resolution)
+    return convert_channels(resize_images(images, resolution), channels)
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
+    """Parse an idx file (optionally gzip-compressed) of uint8 data with ``ndim`` dimensions."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:     # includes truncated gzip streams
+        raise DataError(f"{path}: cannot read idx file ({e}); the file is truncated or corrupt, "
+                        f"download it again") from e
+    header = 4 + 4 * ndim
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
+        found = raw[:4].hex() if len(raw) >= 4 else f"{len(raw)} bytes"
+        raise DataError(f"{path}: not an idx file with magic 0x{magic:08x} (found {found}); "
+                        f"the file is corrupt or not a Fashion-MNIST file")
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    size = int(np.prod(dims))
+    if len(raw) - header != size:
+        raise DataError(f"{path}: header says {tuple(dims.tolist())} = {size} bytes of data, "
+                        f"found {len(raw) - header}; the file is truncated or corrupt")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims.tolist())
+
+
+def _fmnist_file(root: Path, name: str) -> Optional[Path]:
+    for candidate in (root / (name + ".gz"), root / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_fashion_mnist(root=None, split="train", resolution=28, channels=1, limit=0) -> ImageSet:
+    check_resolution(resolution)
+    check_channels(channels)
+    _check_limit(limit)
+    if split not in ("train", "test"):
+        raise DataError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
+    root = Path(FMNIST_DIR if root is None else root)
+    prefix = "train" if split == "train" else "t10k"
+    names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    files = [_fmnist_file(root, n) for n in names]
+    if None in files:
+        missing = [n + ".gz" for n, f in zip(names, files) if f is None]
+        where = "does not exist" if not root.is_dir() else f"lacks {', '.join(missing)}"
+        raise DataError(f"Fashion-MNIST not found: {root} {where}. Install it with "
+                        f"`sudo apt-get install dataset-fashion-mnist`, or pass a directory holding "
+                        f"train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                        f"t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (gzip optional)")
+    images = _read_idx(files[0], 0x00000803, 3)
+    labels = _read_idx(files[1], 0x00000801, 1)
+    if len(images) != len(labels):
+        raise DataError(f"{files[0]} has {len(images)} images but {files[1]} has {len(labels)} "
+                        f"labels; the files do not belong together")
+    if labels.size and labels.max() >= len(FMNIST_CLASSES):
+        raise DataError(f"{files[1]}: label {int(labels.max())} out of range 0..9; file is corrupt")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    _check_memory(len(images), channels, resolution, f"Fashion-MNIST {split}")
+    x = torch.from_numpy(images.copy()).unsqueeze(1)
+    return ImageSet(images=_finish(x, resolution, channels),
+                    labels=torch.from_numpy(labels.astype(np.int64)),
+                    class_names=list(FMNIST_CLASSES), source=f"fmnist:{root} ({split})")
+
+
+# ----------------------------------------------------------------------------- image folders
+
+def _open_image(path: Path, resolution: int, channels: int) -> np.ndarray:
+    """Decode one file to a (R, R, C) uint8 array: shorter side to R (bicubic), center crop."""
+    from PIL import Image, ImageOps
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):      # 16-bit / float grayscale
+            a = np.asarray(im, dtype=np.float64)
+            a = a / 257.0 if im.mode.startswith("I;16") or a.max() > 255 else a
+            im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+        elif im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+            rgba = im.convert("RGBA")                             # composite onto white
+            im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im.alpha_composite(rgba)
+        im = im.convert("L" if channels == 1 else "RGB")
+        w, h = im.size
+        scale = resolution / min(w, h)
+        size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+        if size != (w, h):
+            im = im.resize(size, Image.BICUBIC)
+        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+        im = im.crop((left, top, left + resolution, top + resolution))
+        return np.asarray(im, dtype=np.uint8).reshape(resolution, resolution, channels)
+
+
+def load_image_folder(path, resolution, channels=3, labels=False, limit=0) -> ImageSet:
+    check_resolution(resolution)
+    check_channels(channels)
+    _check_limit(limit)
+    if path is None:
+        raise DataError("an image folder needs a path (set data.path to a directory of images)")
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file; pass the directory that contains the images")
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise DataError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
+                        f"found under {root} (searched recursively)")
+    class_names, targets = None, None
+    if labels:
+        loose = [p for p in files if p.parent == root]
+        if loose:
+            raise DataError(f"labels from sub-folders expect the layout {root}/<class>/<image>, but "
+                            f"{len(loose)} images lie directly in {root} (e.g. {loose[0].name}); move "
+                            f"them into class folders or turn labels off (data.labels=false)")
+        first = [p.relative_to(root).parts[0] for p in files]
+        class_names = sorted(set(first))          # from all files, so indices do not depend on limit
+        index = {name: i for i, name in enumerate(class_names)}
+        targets = [index[name] for name in first]
+    if limit:
+        files = files[:limit]
+        targets = targets[:limit] if targets is not None else None
+    _check_memory(len(files), channels, resolution, f"image folder {root}")
+
+    from tqdm import tqdm
+    out = np.empty((len(files), resolution, resolution, channels), dtype=np.uint8)
+    keep, skipped = [], []
+    bar = tqdm(files, desc=f"loading {root.name or root}", unit="img",
+               disable=len(files) <= PROGRESS_MIN_FILES)
+    for i, p in enumerate(bar):
+        try:
+            out[len(keep)] = _open_image(p, resolution, channels)
+            keep.append(i)
+        except Exception as e:  # PIL raises many types for unreadable data; all mean "skip it"
+            skipped.append((p, e))
+    if skipped:
+        p, e = skipped[0]
+        detail = f"first: {p}: {type(e).__name__}: {e}"
+        if not keep:
+            raise DataError(f"none of the {len(files)} image files under {root} could be read ({detail})")
+        warnings.warn(f"skipped {len(skipped)} of {len(files)} files that could not be read as "
+                      f"images ({detail})", stacklevel=2)
+    images = torch.from_numpy(out[:len(keep)]).permute(0, 3, 1, 2).contiguous()
+    label_t = torch.tensor([targets[i] for i in keep], dtype=torch.int64) if targets is not None else None
+    return ImageSet(images=images, labels=label_t, class_names=class_names, source=f"folder:{root}")
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+def _allowed_globals() -> dict:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:                                   # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR batches: only the numpy globals needed to rebuild arrays are allowed."""
+
+    def __init__(self, file, path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+        self.allowed = _allowed_globals()
+
+    def find_class(self, module, name):
+        if (module, name) in self.allowed:
+            return self.allowed[(module, name)]
+        raise DataError(f"{self.path}: refused to load global {module}.{name} from the pickle; "
+                        f"CIFAR-10 batches hold only dicts, lists and numpy arrays, so this file "
+                        f"is not a genuine batch (it may be malicious)")
+
+
+def _load_pickle(path: Path):
+    try:
+        with open(path, "rb") as f:
+            return _RestrictedUnpickler(f, path).load()
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot read CIFAR-10 batch ({type(e).__name__}: {e}); "
+                        f"the file is truncated or corrupt") from e
+
+
+def _get(d, key: str):
+    return d.get(key.encode(), d.get(key)) if isinstance(d, dict) else None
+
+
+def load_cifar10(root, split="train", resolution=32, channels=3, limit=0) -> ImageSet:
+    check_resolution(resolution)
+    check_channels(channels)
+    _check_limit(limit)
+    if split not in ("train", "test"):
+        raise DataError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+    if root is None:
+        raise DataError("CIFAR-10 needs a path: set data.path to the extracted cifar-10-batches-py folder")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"CIFAR-10 folder {root} does not exist or is not a directory")
+    base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [n for n in names if not (base / n).is_file()]
+    if missing:
+        raise DataError(f"CIFAR-10 {split} batches missing in {base}: {', '.join(missing)}; pass the folder "
+                        f"extracted from cifar-10-python.tar.gz (data_batch_1..5, test_batch)")
+    xs, ys, count = [], [], 0
+    for name in names:
+        if limit and count >= limit:
+            break
+        d = _load_pickle(base / name)
+        data, labels = _get(d, "data"), _get(d, "labels")
+        if data is None or labels is None:
+            raise DataError(f"{base / name}: not a CIFAR-10 batch (expected a dict with data and labels)")
+        data, labels = np.asarray(data), np.asarray(labels, dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+            raise DataError(f"{base / name}: expected uint8 data of shape (N, 3072) and N labels, got "
+                            f"{data.dtype} {data.shape} and {len(labels)} labels")
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise DataError(f"{base / name}: labels out of range 0..9; the file is corrupt")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(labels)
+        count += len(data)
+    images, labels = np.concatenate(xs), np.concatenate(ys)
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    class_names = list(CIFAR10_CLASSES)
+    if (base / "batches.meta").is_file():
+        names_meta = _get(_load_pickle(base / "batches.meta"), "label_names")
+        if names_meta:
+            class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names_meta]
+    _check_memory(len(images), channels, resolution, f"CIFAR-10 {split}")
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    return ImageSet(images=_finish(x, resolution, channels), labels=torch.from_numpy(labels),
+                    class_names=class_names, source=f"cifar10:{base} ({split})")
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+_LOADERS = ("fmnist", "folder", "cifar10")
+
+
+def load_dataset(cfg) -> ImageSet:
+    """Load the data set described by a :class:`rcg.config.DataConfig`."""
+    if cfg.dataset == "fmnist":
+        return load_fashion_mnist(cfg.path, cfg.split, cfg.resolution, cfg.channels, cfg.limit)
+    if cfg.dataset == "folder":
+        return load_image_folder(cfg.path, cfg.resolution, cfg.channels, cfg.labels, cfg.limit)
+    if cfg.dataset == "cifar10":
+        return load_cifar10(cfg.path, cfg.split, cfg.resolution, cfg.channels, cfg.limit)
+    raise DataError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(_LOADERS)}")

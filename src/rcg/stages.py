@@ -1,0 +1,356 @@
+"""The library functions behind the CLI verbs: each builds the pieces of one stage and runs it.
+
+Stages hand their weights to each other through run directories (``config.json`` +
+``checkpoint.safetensors``); nothing is found by magic paths.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import augment
+from .checkpoint import WEIGHTS, CheckpointError, load_tensors, prepare_run_dir, read_config, save_tensors
+from .config import EncoderRun, from_dict, to_dict
+from .data import ImageSet, load_dataset
+from .encoders import Encoder, fingerprint
+from .evaluate import knn_accuracy
+from .ssl import MoCoV3, momentum_at
+from .checkpoint import METRICS
+from .train import EpochBatches, Job, append_metrics, fit
+
+
+def setup_torch(device: Optional[str] = None, num_threads: int = 0) -> torch.device:
+    """Pick the device (CUDA when present), flush denormals on CPU, enable TF32 on CUDA."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    if dev.type == "cpu":
+        torch.set_flush_denormal(True)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+@torch.no_grad()
+def encode_images(encoder: Encoder, images: torch.Tensor, batch_size: int = 500, features: bool = False,
+                  bf16: bool = False) -> torch.Tensor:
+    """Standardized representations (or backbone features) of uint8 images, in float32 on the CPU."""
+    encoder.eval()
+    dev = next(encoder.parameters()).device
+    out = []
+    ctx = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(dev)
+        with ctx:
+            out.append((encoder.features(x) if features else encoder.encode(x)).float().cpu())
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# train-encoder
+# ------------------------------------------------------------------------------------------------
+def _eval_set(cfg: EncoderRun) -> Optional[ImageSet]:
+    """Labelled held-out data for the kNN monitor, or None when there are no labels."""
+    try:
+        ev = load_dataset(cfg.eval_data)
+    except Exception as e:  # a missing test split must not stop training
+        print(f"kNN monitor off: {e}")
+        return None
+    return ev if ev.labels is not None else None
+
+
+def knn_eval(encoder: Encoder, train: ImageSet, test: ImageSet, cfg: EncoderRun, full: bool, bf16: bool) -> dict:
+    """kNN top-1 of the representation (and of the backbone features) on held-out data."""
+    nb = len(train) if full or not cfg.knn.bank else min(cfg.knn.bank, len(train))
+    nq = len(test) if full or not cfg.knn.queries else min(cfg.knn.queries, len(test))
+    out = {}
+    for name, feats in (("knn_rep", False), ("knn_backbone", True)):
+        a = encode_images(encoder, train.images[:nb], features=feats, bf16=bf16)
+        b = encode_images(encoder, test.images[:nq], features=feats, bf16=bf16)
+        out[name] = knn_accuracy(a, train.labels[:nb], b, test.labels[:nq], k=cfg.knn.k,
+                                 temperature=cfg.knn.temperature)
+    out.update(knn_bank=nb, knn_queries=nq)
+    return out
+
+
+def train_encoder(cfg: EncoderRun, out: str, device: Optional[str] = None, progress: bool = True) -> dict:
+    """MoCo v3 pretraining on ``cfg.data``; writes the encoder run directory ``out``."""
+    dev = setup_torch(device, cfg.optim.num_threads)
+    run_dir, resuming = prepare_run_dir(out, to_dict(cfg))
+    data = load_dataset(cfg.data)
+    print(f"data: {data.source}: {len(data)} images {tuple(data.images.shape[1:])}")
+    if data.images.shape[1] != cfg.encoder.in_chans:
+        raise ValueError(f"encoder.in_chans={cfg.encoder.in_chans} but the data has {data.images.shape[1]} channels; "
+                         f"set data.channels or encoder.in_chans")
+    evalset = _eval_set(cfg) if data.labels is not None or cfg.eval_data.dataset != "folder" else None
+    torch.manual_seed(cfg.optim.seed)
+    encoder = Encoder(cfg.encoder)
+    model = MoCoV3(encoder, pred_dim=cfg.pred_dim, temperature=cfg.temperature).to(dev)
+    channels_last = cfg.encoder.arch == "resnet"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = data.images.to(dev)
+    batches = EpochBatches(len(images), cfg.optim.batch_size, cfg.optim.seed)
+    total = max(1, int(round(cfg.optim.epochs * batches.steps_per_epoch)))
+    crop = cfg.crop_size or cfg.data.resolution
+
+    def loss_fn(step, gen):
+        x = images[batches(step).to(dev)].float() / 255.0
+        v1 = augment.ssl_view(x, crop, cfg.view1, gen)
+        v2 = augment.ssl_view(x, crop, cfg.view2, gen)
+        if channels_last:
+            v1, v2 = (v.contiguous(memory_format=torch.channels_last) for v in (v1, v2))
+        m = momentum_at(step / total, cfg.momentum)
+        return model(v1, v2, m), {"momentum": m}
+
+    def evaluate(step):
+        res = knn_eval(encoder, data, evalset, cfg, full=False, bf16=cfg.optim.bf16)
+        print(f"step {step}: kNN top-1 rep {res['knn_rep']:.4f}, backbone {res['knn_backbone']:.4f} "
+              f"({res['knn_queries']} held-out vs {res['knn_bank']} train)")
+        return res
+
+    every = int(cfg.knn.every_epochs * batches.steps_per_epoch) if evalset is not None else 0
+    job = Job(model=model, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,
+              images_per_step=cfg.optim.batch_size, export=lambda: encoder.state_dict(),
+              evaluate=evaluate if evalset is not None else None, eval_every=every, desc="train-encoder")
+    t0 = time.time()
+    last = fit(run_dir, job, cfg.optim, resuming, progress)
+    summary = {"stage": "encoder", "steps": total, "train_wall_s": round(time.time() - t0, 1), **last}
+    enc = load_encoder(run_dir, dev)
+    summary["fingerprint"] = fingerprint(enc)
+    if evalset is not None:
+        summary.update(knn_eval(enc, data, evalset, cfg, full=True, bf16=False))
+        append_metrics(run_dir / METRICS, {"step": total, "final": True, **{k: v for k, v in summary.items()
+                                                                             if k.startswith("knn")}})
+        print(f"final kNN top-1 (k={cfg.knn.k}, {summary['knn_queries']} held-out images): "
+              f"representation {summary['knn_rep']:.4f}, backbone {summary['knn_backbone']:.4f}")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def load_encoder(source, device=None) -> Encoder:
+    """An encoder from a ``train-encoder`` run directory, or from an official MoCo v3 checkpoint file."""
+    src = Path(source)
+    if src.is_file():
+        from .official import mocov3_from_official
+        enc, _ = mocov3_from_official(src)
+    else:
+        cfg = from_dict(EncoderRun, read_config(src))
+        enc = Encoder(cfg.encoder)
+        tensors, _ = load_tensors(src / WEIGHTS)
+        enc.load_state_dict(tensors)
+    enc.requires_grad_(False)
+    return enc.eval().to(device or "cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# cache-reps
+# ------------------------------------------------------------------------------------------------
+REPS_KIND = "rcg-reps"
+
+
+def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None, seed: int = 0,
+               batch_size: int = 500, scale=(0.8, 1.0), progress: bool = True) -> dict:
+    """Standardized representations of ``views`` crop+flip views of every image, written atomically to
+    ``out`` (safetensors: ``reps`` (N*views, D), ``image_index``, ``labels`` when known) together with
+    the encoder's fingerprint. The data default to the encoder run's own training data."""
+    from tqdm.auto import tqdm
+    from .config import DataConfig, apply_overrides
+
+    if views < 1:
+        raise ValueError(f"--views must be at least 1, got {views}")
+    dev = setup_torch(device)
+    encoder = load_encoder(encoder_src, dev)
+    src = Path(encoder_src)
+    base = from_dict(EncoderRun, read_config(src)).data if src.is_dir() else DataConfig("folder", channels=3)
+    data_cfg = apply_overrides(base, [o.split(".", 1)[1] if o.startswith("data.") else o for o in data_overrides])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(data_cfg)
+    fp = fingerprint(encoder)
+    n = len(data)
+    reps = []
+    bar = tqdm(total=n * views, unit="img", unit_scale=True, desc="cache-reps", disable=not progress)
+    for v in range(views):
+        for i in range(0, n, batch_size):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + v * 100_003 + i)
+            x = data.images[i:i + batch_size].float().div(255.0)
+            x = augment.crop_flip(x, data.images.shape[-1], scale=scale, gen=gen).to(dev)
+            reps.append(encoder.encode(x).float().cpu())
+            bar.update(len(x))
+    bar.close()
+    tensors = {"reps": torch.cat(reps), "image_index": torch.arange(n).repeat(views)}
+    if data.labels is not None:
+        tensors["labels"] = data.labels.repeat(views)
+    meta = {"kind": REPS_KIND, "encoder": str(encoder_src), "encoder_fingerprint": fp, "views": views,
+            "data": data.source, "resolution": data.images.shape[-1],
+            "num_classes": len(data.class_names) if data.class_names else 0}
+    save_tensors(out, tensors, meta)
+    print(f"wrote {out}: {tuple(tensors['reps'].shape)} representations ({n} images x {views} views), "
+          f"encoder {fp}")
+    return meta
+
+
+def load_reps(path, expect_fingerprint: Optional[str] = None, encoder_name: str = ""):
+    """(tensors, metadata) of a representation file; refuses one made by another encoder."""
+    tensors, meta = load_tensors(path)
+    if "reps" not in tensors:
+        raise CheckpointError(f"{path} holds no 'reps' tensor; make it with rcg cache-reps or rcg sample-reps")
+    if expect_fingerprint is not None and meta.get("encoder_fingerprint") != expect_fingerprint:
+        raise CheckpointError(
+            f"{path} was made by another encoder (fingerprint {meta.get('encoder_fingerprint')}, "
+            f"from {meta.get('encoder', '?')}) than {encoder_name} (fingerprint {expect_fingerprint}). "
+            f"Rebuild it: rcg cache-reps --encoder {encoder_name} --out {path}")
+    return tensors, meta
+
+
+# ------------------------------------------------------------------------------------------------
+# train-rdm, sample-reps, rep-fd
+# ------------------------------------------------------------------------------------------------
+def train_rdm(cfg, out: str, device: Optional[str] = None, progress: bool = True) -> dict:
+    """Train the RDM on a representation cache; ends with the representation FD check."""
+    from dataclasses import replace
+    from .diffusion import GaussianDiffusion
+    from .rdm import RDM
+
+    if not cfg.cache or not cfg.encoder:
+        raise ValueError("train-rdm needs --cache (from rcg cache-reps) and --encoder (the encoder that made it)")
+    dev = setup_torch(device, cfg.optim.num_threads)
+    fp = fingerprint(load_encoder(cfg.encoder))
+    tensors, meta = load_reps(cfg.cache, fp, cfg.encoder)
+    reps = tensors["reps"].float()
+    labels = tensors.get("labels")
+    model_cfg = replace(cfg.model, in_channels=reps.shape[1])
+    if cfg.class_cond:
+        if labels is None:
+            raise ValueError(f"--class-cond needs labels, but {cfg.cache} has none (unlabelled data)")
+        model_cfg = replace(model_cfg, num_classes=int(meta.get("num_classes") or int(labels.max()) + 1))
+    else:
+        model_cfg = replace(model_cfg, num_classes=0)
+    cfg = replace(cfg, model=model_cfg)
+    run_dir, resuming = prepare_run_dir(out, {**to_dict(cfg), "encoder_fingerprint": fp})
+    torch.manual_seed(cfg.optim.seed)
+    model = RDM(model_cfg).to(dev)
+    diffusion = GaussianDiffusion(**to_dict(cfg.diffusion)).to(dev)
+    reps_d = reps.to(dev)
+    labels_d = labels.to(dev) if (labels is not None and cfg.class_cond) else None
+    batches = EpochBatches(len(reps), cfg.optim.batch_size, cfg.optim.seed)
+    total = max(1, int(round(cfg.optim.epochs * batches.steps_per_epoch)))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"RDM: {n_params:,} parameters; {len(reps)} representations of dim {reps.shape[1]}; {total} steps")
+
+    def loss_fn(step, gen):
+        idx = batches(step).to(dev)
+        y = labels_d[idx] if labels_d is not None else None
+        x0 = reps_d[idx]
+        t = torch.randint(0, diffusion.num_steps, (len(idx),), generator=gen).to(dev)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        return diffusion.loss(lambda xt, tt: model(xt, tt, y), x0, t, noise), {}
+
+    job = Job(model=model, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,
+              images_per_step=cfg.optim.batch_size, export=lambda: model.state_dict(), desc="train-rdm",
+              metadata={"encoder_fingerprint": fp})
+    t0 = time.time()
+    last = fit(run_dir, job, cfg.optim, resuming, progress)
+    summary = {"stage": "rdm", "params": n_params, "steps": total, "train_wall_s": round(time.time() - t0, 1), **last}
+    summary.update(rep_fd_check(run_dir, reps, labels if cfg.class_cond else None, cfg, dev, progress))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def rep_fd_check(run_dir, reps: torch.Tensor, labels, cfg, dev, progress: bool) -> dict:
+    """Paper Table 8's rep FD: sampled vs all real representations, against the floor given by a real
+    subset of the same size vs all real representations."""
+    from .evaluate import fd_between
+    m = min(cfg.fd_samples, len(reps))
+    g = torch.Generator().manual_seed(cfg.optim.seed + 17)
+    pick = torch.randperm(len(reps), generator=g)[:m]
+    y = labels[pick] if labels is not None else None
+    t0 = time.time()
+    sampled = sample_reps(run_dir, None, num=m, labels=y, device=dev, progress=progress)["reps"]
+    fd = fd_between(sampled, reps)
+    floor = fd_between(reps[pick], reps)
+    res = {"rep_fd": fd, "rep_fd_floor": floor, "rep_fd_ratio": fd / floor,
+           "rep_fd_samples": m, "sample_steps": cfg.sample_steps, "eta": cfg.eta,
+           "sample_wall_s": round(time.time() - t0, 1)}
+    print(f"representation FD: sampled {fd:.4f} vs real-subset floor {floor:.4f} "
+          f"(ratio {fd / floor:.2f}; {m} samples, DDIM {cfg.sample_steps} steps, eta {cfg.eta})")
+    return res
+
+
+def load_rdm(source, device=None):
+    """(RDM in eval mode with its inference (EMA) weights, run config or None, encoder fingerprint or None)."""
+    from .config import RDMRun
+    from .rdm import RDM
+    src = Path(source)
+    if src.is_file():
+        from .official import rdm_from_official
+        model, _ = rdm_from_official(src, ema=True)
+        return model.eval().to(device or "cpu"), None, None
+    raw = read_config(src)
+    fp = raw.pop("encoder_fingerprint", None)
+    cfg = from_dict(RDMRun, raw)
+    model = RDM(cfg.model)
+    tensors, _ = load_tensors(src / WEIGHTS)
+    model.load_state_dict(tensors)
+    return model.eval().to(device or "cpu"), cfg, fp
+
+
+@torch.no_grad()
+def sample_reps(rdm_src, out=None, num: int = 1000, steps: Optional[int] = None, eta: Optional[float] = None,
+                seed: int = 0, label: Optional[int] = None, labels=None, batch_size: int = 1000, device=None,
+                progress: bool = True) -> dict:
+    """Sample ``num`` representations (sample i uses seed + i, whatever the batch size); optionally
+    write them to ``out`` (safetensors with the encoder fingerprint)."""
+    from tqdm.auto import tqdm
+    from .config import DiffusionConfig
+    from .diffusion import GaussianDiffusion, randn_per_sample
+
+    dev = torch.device(device) if device is not None else setup_torch()
+    model, cfg, fp = load_rdm(rdm_src, dev)
+    dcfg = cfg.diffusion if cfg is not None else DiffusionConfig()
+    steps = steps or (cfg.sample_steps if cfg is not None else 250)
+    eta = (cfg.eta if cfg is not None else 1.0) if eta is None else eta
+    diffusion = GaussianDiffusion(**to_dict(dcfg)).to(dev)
+    ncls = model.cfg.num_classes
+    if ncls > 0 and label is None and labels is None:
+        raise ValueError(f"this RDM is class-conditional ({ncls} classes): pass --class N")
+    if ncls == 0 and (label is not None or labels is not None):
+        raise ValueError("this RDM is unconditional; --class needs a class-conditional RDM (train-rdm --class-cond)")
+    if label is not None and not 0 <= label < ncls:
+        raise ValueError(f"--class must be in [0, {ncls}), got {label}")
+    if labels is None and label is not None:
+        labels = torch.full((num,), label, dtype=torch.int64)
+    chunks = []
+    bar = tqdm(total=num, unit="rep", desc="sample-reps", disable=not progress)
+    for i in range(0, num, batch_size):
+        n = min(batch_size, num - i)
+        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(n)]
+        x_T = randn_per_sample((n, model.cfg.in_channels), gens, device=dev)
+        y = labels[i:i + n].to(dev) if labels is not None else None
+        chunks.append(diffusion.ddim_sample(lambda x, t: model(x, t, y), x_T, steps, eta, generators=gens).float().cpu())
+        bar.update(n)
+    bar.close()
+    result = {"reps": torch.cat(chunks)}
+    if labels is not None:
+        result["labels"] = labels.clone()
+    if out is not None:
+        save_tensors(out, result, {"kind": REPS_KIND, "encoder_fingerprint": fp or "unknown", "rdm": str(rdm_src),
+                                   "steps": steps, "eta": eta, "seed": seed})
+        print(f"wrote {out}: {num} representations (DDIM {steps} steps, eta {eta})")
+    return result
+
+
+def rep_fd(a, b) -> dict:
+    """Fréchet distance between the ``reps`` of two files (cache-reps or sample-reps output)."""
+    from .evaluate import fd_between
+    ta, ma = load_reps(a)
+    tb, mb = load_reps(b)
+    fa, fb = ma.get("encoder_fingerprint"), mb.get("encoder_fingerprint")
+    if fa and fb and "unknown" not in (fa, fb) and fa != fb:
+        raise CheckpointError(f"{a} and {b} come from different encoders ({fa} vs {fb}); their FD is meaningless")
+    return {"rep_fd": fd_between(ta["reps"], tb["reps"]), "n_a": len(ta["reps"]), "n_b": len(tb["reps"])}

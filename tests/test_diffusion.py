@@ -1,0 +1,147 @@
+"""Gaussian diffusion: schedule, forward process, loss, the official DDIM sampler's properties."""
+import pytest
+import torch
+
+from rcg.diffusion import GaussianDiffusion, randn_per_sample, scaled_linear_betas
+from rcg.rdm import RDM, RDM_PRESETS
+
+
+def test_betas():
+    b = scaled_linear_betas()
+    assert b.dtype == torch.float64 and b.shape == (1000,)
+    assert abs(b[0].item() - 0.0015) < 1e-15 and abs(b[-1].item() - 0.0195) < 1e-15
+    assert torch.all(b[1:] > b[:-1])
+    assert torch.allclose(b.sqrt(), torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=torch.float64))
+
+
+def test_buffers_are_float32_and_not_saved():
+    gd = GaussianDiffusion()
+    assert gd.state_dict() == {}
+    assert all(b.dtype == torch.float32 for b in gd.buffers())
+    ac = torch.cumprod(1 - scaled_linear_betas(), 0)
+    assert torch.equal(gd.alphas_cumprod, ac.float())            # float64 math, then cast
+    assert torch.equal(gd.sqrt_recipm1_alphas_cumprod, (1 / ac - 1).sqrt().float())
+
+
+def test_q_sample_preserves_variance():
+    gd = GaussianDiffusion()
+    assert torch.allclose(gd.sqrt_alphas_cumprod ** 2 + gd.sqrt_one_minus_alphas_cumprod ** 2, torch.ones(1000),
+                          atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(20000, 8, generator=g), torch.randn(20000, 8, generator=g)
+    for step in (0, 250, 999):
+        xt = gd.q_sample(x0, torch.full((20000,), step), noise)
+        assert abs(xt.var().item() - 1.0) < 0.03
+    img = torch.randn(2, 3, 4, 4)                                 # any shape (B, ...)
+    assert gd.q_sample(img, torch.tensor([0, 999]), torch.zeros_like(img)).shape == img.shape
+
+
+def test_loss_and_parameterizations():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(16, 8, generator=g)
+    gd = GaussianDiffusion()
+    assert gd.loss(lambda xt, t: x0, x0, generator=g).item() == 0.0
+    assert gd.loss(lambda xt, t: torch.zeros_like(xt), x0, t=torch.zeros(16, dtype=torch.long)).item() == \
+        pytest.approx(x0.pow(2).mean().item())
+    noise = torch.randn(16, 8, generator=g)
+    eps = GaussianDiffusion(parameterization="eps")
+    assert eps.loss(lambda xt, t: noise, x0, noise=noise).item() == 0.0
+    l1 = gd.loss(lambda xt, t: xt, x0, generator=torch.Generator().manual_seed(3))
+    l2 = gd.loss(lambda xt, t: xt, x0, generator=torch.Generator().manual_seed(3))
+    assert l1.item() == l2.item()
+    with pytest.raises(ValueError):
+        GaussianDiffusion(parameterization="v")
+
+
+def test_eps_x0_conversions_invert_q_sample():
+    gd = GaussianDiffusion()
+    x0, noise = torch.randn(6, 16), torch.randn(6, 16)
+    t = torch.tensor([0, 1, 100, 500, 900, 999])
+    xt = gd.q_sample(x0, t, noise)
+    assert torch.allclose(gd.predict_eps_from_x0(xt, t, x0), noise, atol=1e-4)
+    assert torch.allclose(gd.predict_x0_from_eps(xt, t, noise), x0, atol=1e-4)
+
+
+def test_ddim_timesteps():
+    gd = GaussianDiffusion()
+    ts = gd.ddim_timesteps(250)
+    assert ts.dtype == torch.int64 and ts[:3].tolist() == [1, 5, 9] and ts[-1].item() == 997 and len(ts) == 250
+    assert gd.ddim_timesteps(50).tolist() == list(range(1, 1000, 20))
+    assert gd.ddim_timesteps(25).tolist() == list(range(1, 1000, 40))
+    assert len(gd.ddim_timesteps(300)) == 334            # official: stride 1000 // 300 = 3
+    for bad in (0, 501, 1000):
+        with pytest.raises(ValueError):
+            gd.ddim_timesteps(bad)
+    _, alphas, alphas_prev, sigmas = gd.ddim_coefficients(50, eta=0.0)
+    assert alphas_prev[0].item() == gd.alphas_cumprod[0].item()       # the LDM quirk: not 1.0
+    assert torch.equal(alphas_prev[1:].float(), alphas[:-1]) and torch.count_nonzero(sigmas) == 0
+
+
+def test_oracle_x0_model_ddim_eta0_bound():
+    """A model that always predicts the same x0 = c. Its implied eps is (x - sqrt(a) c) / sqrt(1 - a), so
+    pred_x0 = c at every step and the DDIM (eta = 0) update keeps eps unchanged: the residual
+    eps_T = (x_T - sqrt(a_T) c) / sqrt(1 - a_T) is carried to the end. The last step goes to
+    a_prev = alphas_cumprod[0] = 1 - beta_0 (not 1), so the returned sample is
+        x = sqrt(a_0) c + sqrt(1 - a_0) eps_T,   |x - c| <= (1 - sqrt(a_0)) |c| + sqrt(beta_0) |eps_T|
+    with sqrt(beta_0) = sqrt(0.0015) = 0.0387: close to c, but not equal to it."""
+    gd = GaussianDiffusion()
+    g = torch.Generator().manual_seed(0)
+    c, x_T = torch.randn(4, 256, generator=g), torch.randn(4, 256, generator=g)
+    for steps in (25, 50, 250):
+        x = gd.ddim_sample(lambda x, t: c, x_T, steps, eta=0.0)
+        a_T, a_0 = gd.alphas_cumprod[gd.ddim_timesteps(steps)[-1]], gd.alphas_cumprod[0]
+        eps_T = (x_T - a_T.sqrt() * c) / (1 - a_T).sqrt()
+        assert torch.allclose(x, a_0.sqrt() * c + (1 - a_0).sqrt() * eps_T, atol=1e-4)
+        bound = (1 - a_0.sqrt()) * c.abs() + (1 - a_0).sqrt() * eps_T.abs() + 1e-4
+        assert torch.all((x - c).abs() <= bound)
+        assert (x - c).abs().max() > 0.05                  # the quirk leaves ~N(0, beta_0) of noise
+
+
+def test_oracle_x0_model_ddim_eta1_residual_is_unit_noise():
+    """With eta = 1 each step adds fresh noise but keeps Var(x - sqrt(a_prev) c) = 1 - a_prev, so the final
+    residual (x - sqrt(a_0) c) / sqrt(1 - a_0) is standard normal."""
+    gd = GaussianDiffusion()
+    c = torch.randn(8, 2048, generator=torch.Generator().manual_seed(1))
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(8)]
+    x_T = randn_per_sample(c.shape, [torch.Generator().manual_seed(i) for i in range(8)])
+    x = gd.ddim_sample(lambda x, t: c, x_T, 50, eta=1.0, generators=gens)
+    a_0 = gd.alphas_cumprod[0]
+    r = (x - a_0.sqrt() * c) / (1 - a_0).sqrt()
+    assert abs(r.std().item() - 1) < 0.03 and abs(r.mean().item()) < 0.03
+
+
+def _model():
+    torch.manual_seed(0)
+    m = RDM(RDM_PRESETS["rdm-tiny"])
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def test_sample_independent_of_batch_composition():
+    gd, m = GaussianDiffusion(), _model()
+    fn = lambda x, t: m(x, t)  # noqa: E731
+    seeds = [11, 12, 13, 14, 15]
+    noise_gens = lambda ss: [torch.Generator().manual_seed(s) for s in ss]  # noqa: E731
+    x_T = randn_per_sample((5, 256), noise_gens([s + 1000 for s in seeds]))
+    batch = gd.ddim_sample(fn, x_T, 20, eta=1.0, generators=noise_gens(seeds))
+    alone = gd.ddim_sample(fn, randn_per_sample((1, 256), noise_gens([seeds[3] + 1000])), 20, eta=1.0,
+                           generators=noise_gens([seeds[3]]))
+    assert torch.allclose(alone[0], batch[3], atol=1e-5)
+    assert not torch.allclose(batch[2], batch[3])
+    with pytest.raises(ValueError, match="one generator per sample"):
+        randn_per_sample((3, 4), noise_gens([1, 2]))
+
+
+def test_eta0_is_deterministic_and_return_first():
+    gd, m = GaussianDiffusion(), _model()
+    x_T = torch.randn(3, 256)
+    state = torch.get_rng_state()
+    a, (first_x, first_pred) = gd.ddim_sample(lambda x, t: m(x, t), x_T, 10, eta=0.0, return_first=True)
+    assert torch.equal(torch.get_rng_state(), state)          # eta = 0 draws no noise
+    b = gd.ddim_sample(lambda x, t: m(x, t), x_T, 10, eta=0.0)
+    assert torch.equal(a, b) and first_x.shape == first_pred.shape == (3, 256)
+    with torch.no_grad():
+        t = torch.full((3,), 901)
+        assert torch.allclose(first_pred, m(x_T, t), atol=1e-4)   # pred_x0 of the first step = model x0

@@ -1,0 +1,135 @@
+"""The shared training loop: schedules, EMA, batching, resume by rerun, NaN handling, checkpoints."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from rcg.checkpoint import (CheckpointError, load_state, load_tensors, prepare_run_dir, save_state,
+                            save_tensors)
+from rcg.config import OptimConfig
+from rcg.train import EMA, EpochBatches, Job, TrainingError, fit, lr_at
+
+
+def test_lr_schedule_warmup_and_cosine():
+    o = OptimConfig(lr=1.0, schedule="cosine", warmup_epochs=1, min_lr=0.1)
+    assert lr_at(0, 10, 110, o) == pytest.approx(0.1)
+    assert lr_at(9, 10, 110, o) == pytest.approx(1.0)
+    assert lr_at(10, 10, 110, o) == pytest.approx(1.0)
+    assert lr_at(60, 10, 110, o) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(110, 10, 110, o) == pytest.approx(0.1)
+    assert lr_at(50, 10, 110, OptimConfig(lr=0.3)) == 0.3
+
+
+def test_ema_follows_litema_warmup():
+    m = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.0)
+    ema = EMA(m, decay=0.9999)
+    expected = 0.0
+    for n in range(1, 4):
+        with torch.no_grad():
+            m.weight.fill_(float(n))
+        ema.update(m)
+        d = min(0.9999, (1 + n) / (10 + n))
+        expected = expected - (1 - d) * (expected - n)
+    assert ema.shadow["weight"][0, 0].item() == pytest.approx(expected, rel=1e-6)
+    assert ema.state_dict_of(m)["weight"][0, 0].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_epoch_batches_cover_each_epoch_once():
+    b = EpochBatches(10, 3, seed=1)
+    assert b.steps_per_epoch == 3
+    ep0 = torch.cat([b(s) for s in range(3)])
+    ep1 = torch.cat([b(s) for s in range(3, 6)])
+    assert len(set(ep0.tolist())) == 9 and len(set(ep1.tolist())) == 9
+    assert not torch.equal(ep0, ep1)
+    assert torch.equal(EpochBatches(10, 3, seed=1)(4), ep1[3:6])   # stateless in the step
+    with pytest.raises(ValueError, match="larger than the data set"):
+        EpochBatches(2, 3, seed=0)
+
+
+def _job(model, data, total, crash_at=None, nan_at=None):
+    batches = EpochBatches(len(data), 8, seed=0)
+
+    def loss_fn(step, gen):
+        if step == crash_at:
+            raise KeyboardInterrupt("simulated kill")
+        x = data[batches(step)] + 0.1 * torch.randn(8, 4, generator=gen)
+        loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+        if step == nan_at:
+            loss = loss * float("nan")
+        return loss, {}
+
+    return Job(model=model, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,
+               images_per_step=8, export=lambda: model.state_dict())
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path):
+    data = torch.randn(40, 4, generator=torch.Generator().manual_seed(3))
+    o = OptimConfig(lr=1e-2, ema_decay=0.99, log_every=1, ckpt_every=3, schedule="cosine")
+    ref = _model()
+    d, _ = prepare_run_dir(tmp_path / "a", {"x": 1})
+    fit(d, _job(ref, data, 10), o, resuming=False, progress=False)
+
+    d, resuming = prepare_run_dir(tmp_path / "b", {"x": 1})
+    with pytest.raises(KeyboardInterrupt):
+        fit(d, _job(_model(), data, 10, crash_at=7), o, resuming, progress=False)
+    assert load_state(d / "state.pt")["step"] == 6
+    d, resuming = prepare_run_dir(tmp_path / "b", {"x": 1})
+    assert resuming
+    model = _model()
+    fit(d, _job(model, data, 10), o, resuming, progress=False)
+    for a, b in zip(ref.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    ema_a, _ = load_tensors(tmp_path / "a" / "checkpoint.safetensors")
+    ema_b, _ = load_tensors(tmp_path / "b" / "checkpoint.safetensors")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert not torch.equal(ema_a["0.weight"], ref.state_dict()["0.weight"])   # EMA weights exported
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    data = torch.randn(40, 4)
+    d, _ = prepare_run_dir(tmp_path, {"x": 1})
+    o = OptimConfig(lr=1e-2, log_every=1, ckpt_every=2)
+    with pytest.raises(TrainingError, match=r"nan at step 5; the last good checkpoint \(step 4\)"):
+        fit(d, _job(_model(), data, 10, nan_at=5), o, False, progress=False)
+    assert load_state(d / "state.pt")["step"] == 4
+
+
+def test_config_change_in_same_run_dir_is_refused(tmp_path):
+    prepare_run_dir(tmp_path, {"optim": {"lr": 1.0, "log_every": 5}, "a": 1})
+    prepare_run_dir(tmp_path, {"optim": {"lr": 1.0, "log_every": 9}, "a": 1})   # runtime-only key: fine
+    with pytest.raises(CheckpointError, match=r"differs in: a, optim.lr"):
+        prepare_run_dir(tmp_path, {"optim": {"lr": 2.0, "log_every": 5}, "a": 2})
+
+
+def test_unwritable_output_directory_fails_fast(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="cannot write to output directory"):
+        prepare_run_dir(blocker / "run", {})
+
+
+def test_truncated_or_corrupt_checkpoints_are_detected(tmp_path):
+    save_state(tmp_path / "s.pt", {"step": 3, "w": torch.arange(1000.0)})
+    assert load_state(tmp_path / "s.pt")["step"] == 3
+    raw = (tmp_path / "s.pt").read_bytes()
+    (tmp_path / "s.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_state(tmp_path / "s.pt")
+
+    save_tensors(tmp_path / "w.safetensors", {"w": torch.arange(100.0)})
+    raw = bytearray((tmp_path / "w.safetensors").read_bytes())
+    raw[-10] ^= 0xFF
+    (tmp_path / "w.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_tensors(tmp_path / "w.safetensors")
+    (tmp_path / "w.safetensors").write_bytes(bytes(raw[:50]))
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_tensors(tmp_path / "w.safetensors")
