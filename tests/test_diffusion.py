@@ -68,7 +68,9 @@ def test_ddim_timesteps():
     assert ts.dtype == torch.int64 and ts[:3].tolist() == [1, 5, 9] and ts[-1].item() == 997 and len(ts) == 250
     assert gd.ddim_timesteps(50).tolist() == list(range(1, 1000, 20))
     assert gd.ddim_timesteps(25).tolist() == list(range(1, 1000, 40))
-    assert len(gd.ddim_timesteps(300)) == 334            # official: stride 1000 // 300 = 3
+    # official: stride 1000 // 300 = 3 gives 334 entries, the last (1000) past the schedule: dropped
+    assert len(gd.ddim_timesteps(300)) == 333 and gd.ddim_timesteps(300)[-1].item() == 997
+    assert gd.ddim_timesteps(3).tolist() == [1, 334, 667]
     for bad in (0, 501, 1000):
         with pytest.raises(ValueError):
             gd.ddim_timesteps(bad)

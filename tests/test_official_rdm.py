@@ -57,6 +57,11 @@ def _close(name, got, want, atol=ATOL):
     assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
 
 
+def _diffusion(info):
+    d = info["diffusion"]          # the schedule read from the checkpoint's buffers
+    return GaussianDiffusion(d["num_steps"], d["beta_start"], d["beta_end"])
+
+
 def _labels(io, model):
     if model.cfg.num_classes > 0 and "labels" not in io:
         pytest.fail("class-conditional RDM but the io file has no 'labels'")
@@ -98,7 +103,7 @@ def test_schedule_buffers_match(path):
     from rcg.official import safe_load
     _require(path)
     sd = safe_load(path)["model"]
-    gd = GaussianDiffusion()
+    gd = _diffusion(_load(path)[3])
     for name, ours in gd.named_buffers():
         if name in sd:
             assert ours.dtype == sd[name].dtype == torch.float32
@@ -121,8 +126,8 @@ def test_network_outputs(path):
 
 @pytest.mark.parametrize("path", _cases())
 def test_ddim(path):
-    io, _, _, _, ema, _ = _load(path)
-    gd = GaussianDiffusion()
+    io, _, _, info, ema, _ = _load(path)
+    gd = _diffusion(info)
     keys = {k: DDIM_KEY.fullmatch(k).groups() for k in io if DDIM_KEY.fullmatch(k)}
     labels = _labels(io, ema)
     for S in sorted({int(s) for s, _ in keys.values()}):

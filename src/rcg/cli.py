@@ -110,6 +110,15 @@ def cmd_rep_fd(a):
     return 0
 
 
+def cmd_demo(a):
+    from .stages import demo
+    if a.dry_run:
+        print(vars(a))
+        return 0
+    demo(a.out, encoder=a.encoder, train_new_encoder=a.train_encoder, device=a.device, progress=not a.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rcg", description="Representation-conditioned image generation (RCG).")
     sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -158,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(func=cmd_rep_fd)
+    p = sub.add_parser("demo", help="every stage on Fashion-MNIST with CPU presets")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--encoder", help="use this encoder (run dir or official file) instead of the shipped one")
+    p.add_argument("--train-encoder", action="store_true", help="train a new encoder first (about an hour on 2 cores)")
+    p.add_argument("--device")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return ap
 
 

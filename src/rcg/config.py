@@ -184,7 +184,7 @@ _FMNIST_ENCODER = EncoderRun(
                           mean=(0.286,), std=(0.353,)),
     view1=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, gray_p=0.0),
     view2=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, gray_p=0.0, solarize_p=0.2),
-    optim=OptimConfig(epochs=12, batch_size=256, lr=2e-3, weight_decay=1e-4, schedule="cosine",
+    optim=OptimConfig(epochs=15, batch_size=256, lr=2e-3, weight_decay=1e-4, schedule="cosine",
                       warmup_epochs=0.2, bf16=True, log_every=20, ckpt_every=200),
 )
 

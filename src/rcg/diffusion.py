@@ -89,11 +89,14 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ DDIM
     def ddim_timesteps(self, steps: int) -> torch.Tensor:
         """The official uniform list ``arange(0, T, T // steps) + 1`` (int64, ascending). Like the
-        official code it has ceil(T / (T // steps)) entries, which is ``steps`` only when it divides T."""
+        official code it has ceil(T / (T // steps)) entries, which is ``steps`` only when it divides T.
+        Entries past the last diffusion step (where the official code would index out of range, e.g.
+        steps=3 -> 1000) are dropped."""
         T = self.num_steps
         if not 1 <= steps <= T // 2:
             raise ValueError(f"DDIM steps must be in [1, {T // 2}] for {T} diffusion steps, got {steps}")
-        return torch.arange(0, T, T // steps, dtype=torch.int64) + 1
+        ts = torch.arange(0, T, T // steps, dtype=torch.int64) + 1
+        return ts[ts < T]
 
     def ddim_coefficients(self, steps: int, eta: float = 0.0):
         """(timesteps, alphas, alphas_prev, sigmas) of the official DDIMSampler.make_schedule: alphas are the

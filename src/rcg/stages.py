@@ -354,3 +354,44 @@ def rep_fd(a, b) -> dict:
     if fa and fb and "unknown" not in (fa, fb) and fa != fb:
         raise CheckpointError(f"{a} and {b} come from different encoders ({fa} vs {fb}); their FD is meaningless")
     return {"rep_fd": fd_between(ta["reps"], tb["reps"]), "n_a": len(ta["reps"]), "n_b": len(tb["reps"])}
+
+
+# ------------------------------------------------------------------------------------------------
+# demo
+# ------------------------------------------------------------------------------------------------
+ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED_ENCODER = ASSETS / "fmnist-encoder"
+
+
+def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encoder: bool = False,
+         device: Optional[str] = None, progress: bool = True) -> dict:
+    """Every stage that exists on Fashion-MNIST with CPU presets, into ``out``; returns the summary."""
+    from .config import ENCODER_PRESETS, RDM_RUN_PRESETS, override
+    out = Path(out)
+    t0 = time.time()
+    summary = {}
+    if train_new_encoder:
+        encoder = str(out / "encoder")
+        print(f"[1/3] training the encoder (preset fmnist-encoder) into {encoder}")
+        summary["encoder"] = train_encoder(ENCODER_PRESETS["fmnist-encoder"], encoder, device, progress)
+    elif encoder is None:
+        if not (SHIPPED_ENCODER / WEIGHTS).is_file():
+            raise FileNotFoundError(f"no shipped encoder weights in {SHIPPED_ENCODER}; pass --train-encoder")
+        encoder = str(SHIPPED_ENCODER)
+        print(f"[1/3] encoder: using the weights shipped in the package ({encoder}), made by this project's "
+              f"`rcg train-encoder` (see {SHIPPED_ENCODER / 'README.md'})")
+    else:
+        print(f"[1/3] encoder: {encoder}")
+    cache = out / "reps.safetensors"
+    print(f"[2/3] caching representations of 2 views of every training image into {cache}")
+    summary["cache"] = cache_reps(encoder, cache, views=2, device=device, progress=progress)
+    print(f"[3/3] training the RDM (preset fmnist-rdm) into {out / 'rdm'}")
+    cfg = override(override(RDM_RUN_PRESETS["fmnist-rdm"], "cache", str(cache)), "encoder", encoder)
+    summary["rdm"] = train_rdm(cfg, str(out / "rdm"), device, progress)
+    summary["wall_s"] = round(time.time() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    r = summary["rdm"]
+    print(f"\ndemo done in {summary['wall_s']:.0f} s -> {out}\n"
+          f"  representation FD of RDM samples: {r['rep_fd']:.4f} (floor {r['rep_fd_floor']:.4f}, "
+          f"ratio {r['rep_fd_ratio']:.2f})")
+    return summary
