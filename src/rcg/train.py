@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -136,7 +137,8 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
     autocast = torch.autocast("cuda" if next(model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16) \
         if o.bf16 else nullcontext()
     bar = tqdm(total=job.total_steps * job.images_per_step, initial=step * job.images_per_step, unit="img",
-               unit_scale=True, desc=job.desc, disable=not progress, dynamic_ncols=True, smoothing=0.05)
+               unit_scale=True, desc=job.desc, disable=not progress, dynamic_ncols=True, smoothing=0.05,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
     t0, seen = time.time(), 0
     model.train()
     while step < job.total_steps:
