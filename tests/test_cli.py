@@ -56,3 +56,16 @@ def test_train_encoder_from_the_command_line(tmp_path, capsys):
     # the same directory with another config is refused, naming the key
     assert main(argv[:-3] + ["--lr", "0.1", "--out", str(tmp_path / "enc")]) == 2
     assert "optim.lr" in capsys.readouterr().err
+
+    # the rest of the representation side, verb by verb
+    enc, reps, rdm = str(tmp_path / "enc"), str(tmp_path / "reps.safetensors"), str(tmp_path / "rdm")
+    assert main(["cache-reps", "--encoder", enc, "--views", "2", "--seed", "3", "--out", reps, "--no-progress"]) == 0
+    assert main(["train-rdm", "--cache", reps, "--encoder", enc, "--out", rdm, "--epochs", "1", "--batch-size", "32",
+                 "--set", "model.model_channels=32", "--set", "model.num_res_blocks=1", "--set", "fd_samples=32",
+                 "--set", "sample_steps=5", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "rdm" / "summary.json").read_text())["rep_fd_samples"] == 32
+    out = str(tmp_path / "s.safetensors")
+    assert main(["sample-reps", "--rdm", rdm, "--num", "8", "--steps", "5", "--out", out, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["rep-fd", out, reps]) == 0
+    assert "rep_fd" in capsys.readouterr().out

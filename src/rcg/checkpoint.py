@@ -30,6 +30,10 @@ METRICS = "metrics.jsonl"
 RUNTIME_KEYS = ("optim.log_every", "optim.ckpt_every", "optim.num_threads", "eval_every", "progress")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CheckpointError(RuntimeError):
     """A missing, corrupt or incompatible checkpoint or run directory."""
 
@@ -44,6 +48,7 @@ def atomic_write(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)          # mkstemp creates 0600; use the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

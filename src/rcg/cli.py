@@ -37,7 +37,7 @@ def _optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
 
 
-def _overrides(a: argparse.Namespace, data_sections=("data",)) -> list:
+def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = True) -> list:
     """Explicit flags as ``section.key=value`` overrides (applied before --set)."""
     out = []
     for sec in data_sections:
@@ -48,7 +48,7 @@ def _overrides(a: argparse.Namespace, data_sections=("data",)) -> list:
                 out.append(f"{sec}.{key}={v}")
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
                       ("bf16", "bf16")):
-        v = getattr(a, flag, None)
+        v = getattr(a, flag, None) if optim else None
         if v is not None:
             out.append(f"optim.{key}={v}")
     return out + list(a.set)
@@ -76,7 +76,7 @@ def cmd_cache_reps(a):
     if a.dry_run:
         print(vars(a))
         return 0
-    cache_reps(a.encoder, a.out, views=a.views, data_overrides=_overrides(a)[:], device=a.device,
+    cache_reps(a.encoder, a.out, views=a.views, data_overrides=_overrides(a, optim=False), device=a.device,
                seed=a.seed or 0, progress=not a.no_progress)
     return 0
 
@@ -105,8 +105,8 @@ def cmd_sample_reps(a):
 
 def cmd_rep_fd(a):
     from .stages import rep_fd
-    res = rep_fd(a.a, a.b)
-    print(res)
+    import json
+    print(json.dumps(rep_fd(a.a, a.b), indent=2))
     return 0
 
 

@@ -356,6 +356,24 @@ def rep_fd(a, b) -> dict:
     return {"rep_fd": fd_between(ta["reps"], tb["reps"]), "n_a": len(ta["reps"]), "n_b": len(tb["reps"])}
 
 
+def export_run(src, dst, half: bool = True, note: str = "") -> Path:
+    """Copy a run's config and inference weights (optionally as float16, to ship small files) to ``dst``."""
+    import shutil
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "config.json", dst / "config.json")
+    tensors, meta = load_tensors(src / WEIGHTS)
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    meta.pop("sha256", None)
+    save_tensors(dst / WEIGHTS, tensors, {**meta, "exported_from": str(src), "dtype": "float16" if half else "as trained"})
+    if (src / "summary.json").exists():
+        shutil.copyfile(src / "summary.json", dst / "summary.json")
+    if note:
+        (dst / "README.md").write_text(note)
+    return dst
+
+
 # ------------------------------------------------------------------------------------------------
 # demo
 # ------------------------------------------------------------------------------------------------
