@@ -110,6 +110,48 @@ def cmd_rep_fd(a):
     return 0
 
 
+def cmd_train_pixel(a):
+    cfg = _resolve(a, C.PIXEL_PRESETS, sections=())
+    cfg = C.apply_overrides(cfg, [f"cache={a.cache}", f"encoder={a.encoder}", f"tokenizer={a.tokenizer}"]
+                            + ([f"model.cond={a.cond}"] if a.cond else []))
+    if a.dry_run:
+        return 0
+    from .stages import train_pixel
+    train_pixel(cfg, a.out or "runs/pixel", a.device, progress=not a.no_progress)
+    return 0
+
+
+def _sampling_kw(a) -> dict:
+    return {"steps": a.decode_steps, "temperature": a.temperature, "guidance": a.guidance}
+
+
+def cmd_sample(a):
+    if a.dry_run:
+        print(vars(a))
+        return 0
+    from .sample import sample_command
+    print(sample_command(a.pixel, a.rdm, a.out, num=a.num, seed=a.seed, batch_size=a.batch_size,
+                         references=a.reference, label=a.class_label, device=a.device, **_sampling_kw(a)))
+    return 0
+
+
+def cmd_interpolate(a):
+    if a.dry_run:
+        print(vars(a))
+        return 0
+    from .sample import interpolate_command
+    print(interpolate_command(a.pixel, a.a, a.b, a.out, steps=a.steps_between, seed=a.seed, device=a.device,
+                              **_sampling_kw(a)))
+    return 0
+
+
+def _sampling_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
+    g = p.add_argument_group("decoding (defaults: the pixel run's)")
+    g.add_argument(steps_flag, dest="decode_steps", type=int, help="parallel-decoding steps")
+    g.add_argument("--temperature", type=float, help="choice temperature (annealed linearly to 0)")
+    g.add_argument("--guidance", type=float, help="representation guidance tau (0 = off; linear schedule)")
+
+
 def cmd_demo(a):
     from .stages import demo
     if a.dry_run:
@@ -167,6 +209,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(func=cmd_rep_fd)
+    p = sub.add_parser("train-pixel", help="pixel generator (MAGE) conditioned on representations")
+    _common(p, C.PIXEL_PRESETS, "fmnist-mage")
+    p.add_argument("--cache", required=True, help="rcg cache-reps --tokenizer output (tokens + representations)")
+    p.add_argument("--encoder", required=True, help="the encoder that made the cache")
+    p.add_argument("--tokenizer", required=True, help="the tokenizer that made the cache")
+    p.add_argument("--cond", choices=["rep", "class", "none"], help="rep (RCG, default), class (labels), none")
+    _optim_flags(p)
+    p.set_defaults(func=cmd_train_pixel)
+
+    p = sub.add_parser("sample", help="generate images: RDM -> representation -> pixel generator")
+    p.add_argument("--pixel", required=True, help="train-pixel run directory")
+    p.add_argument("--rdm", help="train-rdm run directory (needed unless --reference)")
+    p.add_argument("--out", required=True, help="grid .png, .npz, or a folder of PNGs")
+    p.add_argument("--num", type=int, default=64, help="images (per reference image with --reference)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--reference", nargs="+", help="condition on these images' representations (paper Fig. 6)")
+    p.add_argument("--class", dest="class_label", type=int, help="class N, with a class-conditional RDM")
+    _sampling_flags(p)
+    p.add_argument("--device")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("interpolate", help="a strip of images from mixes of two images' representations")
+    p.add_argument("a", help="first image file")
+    p.add_argument("b", help="second image file")
+    p.add_argument("--pixel", required=True, help="train-pixel run directory")
+    p.add_argument("--out", required=True, help="strip .png (or .npz / folder)")
+    p.add_argument("--steps", dest="steps_between", type=int, default=11,
+                   help="images in the strip, t = 1 ... 0 (default 11)")
+    p.add_argument("--seed", type=int, default=0)
+    _sampling_flags(p, steps_flag="--decode-steps")
+    p.add_argument("--device")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=cmd_interpolate)
+
     p = sub.add_parser("demo", help="every stage on Fashion-MNIST with CPU presets")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--encoder", help="use this encoder (run dir or official file) instead of the shipped one")

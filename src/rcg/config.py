@@ -47,6 +47,7 @@ class OptimConfig:
     log_every: int = 50          # steps
     ckpt_every: int = 500        # steps
     num_threads: int = 0         # 0 = torch default
+    wd_exclude_1d: bool = False  # no weight decay on biases and norm weights (timm add_weight_decay; MAGE)
 
 
 def to_dict(cfg: Any) -> Any:
@@ -249,4 +250,35 @@ RDM_RUN_PRESETS = {
     "fmnist-rdm": RDMRun(model=RDM_PRESETS["rdm-small"], sample_steps=100,
                          optim=replace(_PAPER_RDM_OPTIM, epochs=8, batch_size=512, lr=1e-3, log_every=50,
                                        ckpt_every=500)),
+}
+
+
+from .pixel.mage import MAGE_PRESETS, MAGEConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class PixelRun:
+    """``rcg train-pixel``: a pixel generator conditioned on representations (MAGE on VQ tokens)."""
+    generator: str = "mage"
+    cache: str = ""              # rcg cache-reps --tokenizer output: tokens + representations of K views
+    encoder: str = ""            # the encoder that made the representations (checked by fingerprint)
+    tokenizer: str = ""          # the tokenizer that made the tokens (checked by fingerprint)
+    model: MAGEConfig = MAGEConfig()
+    steps: int = 20              # sampling defaults: decoding steps, choice temperature, guidance tau
+    temperature: float = 6.0
+    guidance: float = 0.0
+    optim: OptimConfig = OptimConfig()
+
+
+# The paper's MAGE training (Table 6): AdamW (0.9, 0.95), blr 1.5e-4 x 4096 / 256, wd 0.05 (not on biases and
+# norms), cosine with 10 warm-up epochs, grad clip 3.0, 800 epochs (200 for ablations), AMP.
+_PAPER_MAGE_OPTIM = OptimConfig(epochs=800, batch_size=4096, lr=1.5e-4 * 4096 / 256, betas=(0.9, 0.95),
+                                weight_decay=0.05, wd_exclude_1d=True, schedule="cosine", warmup_epochs=10,
+                                grad_clip=3.0, bf16=True, log_every=100, ckpt_every=2000)
+PIXEL_PRESETS = {
+    "mage-b": PixelRun(model=MAGE_PRESETS["mage-b"], temperature=6.0, guidance=1.0, optim=_PAPER_MAGE_OPTIM),
+    "mage-l": PixelRun(model=MAGE_PRESETS["mage-l"], temperature=11.0, guidance=6.0, optim=_PAPER_MAGE_OPTIM),
+    "fmnist-mage": PixelRun(model=MAGE_PRESETS["mage-tiny"], steps=12, temperature=2.0, guidance=0.0,
+                            optim=replace(_PAPER_MAGE_OPTIM, epochs=4, batch_size=256, lr=1e-3, warmup_epochs=0.25,
+                                          log_every=20, ckpt_every=200)),
 }

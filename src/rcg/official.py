@@ -255,3 +255,125 @@ def mocov3_from_official(path_or_dict: PathOrDict, num_heads: Optional[int] = No
     enc, info = mocov3_from_state_dict(sd, prefix, num_heads=num_heads, arch=arch if isinstance(arch, str) else None)
     info.update(prefix=prefix, epoch=ckpt.get("epoch"), arch=arch)
     return enc, info
+
+
+# ----------------------------------------------------------------------------------------------
+# ---- MAGE
+# ----------------------------------------------------------------------------------------------
+# Sub-models an official MAGE file carries beside the generator (frozen, saved by state_dict()).
+MAGE_SUBMODELS = ("vqgan", "pretrained_encoder")
+# official arch name -> (encoder width, encoder heads, decoder heads)
+_MAGE_ARCH = {"mage_vit_base_patch16": (768, 12, 16), "mage_vit_large_patch16": (1024, 16, 16),
+              "mage_vit_huge_patch16": (1280, 16, 16)}
+_MAGE_WIDTH_HEADS = {768: 12, 1024: 16, 1280: 16}          # encoder; every official decoder has 16 heads
+# created by the official constructor but unused by its forward/generation; not part of our module
+_MAGE_UNUSED = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "token_emb.position_ids")
+_MAGE_UNUSED_PREFIXES = ("patch_embed.", "decoder_pred.")
+
+
+def split_mage_checkpoint(ckpt_or_sd: Mapping[str, Any]) -> Dict[str, Dict[str, torch.Tensor]]:
+    """An official MAGE checkpoint (or its ``model`` state dict) split by prefix, prefixes stripped:
+    ``{"mage": generator keys, "vqgan": ..., "pretrained_encoder": ...}``; absent sub-models are omitted.
+    ``vqgan`` is a VQModel state dict, ``pretrained_encoder`` a MoCo v3 ViT one (:func:`mocov3_from_state_dict`)."""
+    sd = ckpt_or_sd.get("model", ckpt_or_sd)
+    if not isinstance(sd, Mapping):
+        raise CheckpointFormatError(f"not a MAGE checkpoint: 'model' is a {type(sd).__name__}")
+    out: Dict[str, Dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        name = next((p for p in MAGE_SUBMODELS if k.startswith(p + ".")), "mage")
+        out.setdefault(name, {})[k if name == "mage" else k[len(name) + 1:]] = v
+    return out
+
+
+def _mage_heads(width: int, decoder: bool, arch: Optional[str], given: Optional[int]) -> Tuple[int, str]:
+    """Heads are not stored in the weights. Rule: the argument; else the official arch name in ``args.model``
+    (mage_vit_base/large/huge_patch16) when its width matches; else the official table by width (encoder
+    {768: 12, 1024: 16, 1280: 16}, decoder 16 at those widths); else head dim 64; else an error."""
+    if given:
+        return given, "argument"
+    if arch in _MAGE_ARCH and _MAGE_ARCH[arch][0] == width:
+        return _MAGE_ARCH[arch][2 if decoder else 1], f"arch {arch!r}"
+    if width in _MAGE_WIDTH_HEADS:
+        return 16 if decoder else _MAGE_WIDTH_HEADS[width], "width table"
+    if width % 64 == 0:
+        return width // 64, "head dim 64"
+    raise CheckpointFormatError(f"cannot infer the heads of a {width}-wide MAGE "
+                                f"{'decoder' if decoder else 'encoder'}; pass {'decoder_' if decoder else ''}num_heads")
+
+
+def mage_from_official(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
+                       decoder_num_heads: Optional[int] = None, ema: bool = True) -> Tuple[torch.nn.Module, dict]:
+    """Official RCG MAGE checkpoint (``util/misc.save_model`` layout) -> (MAGE in eval mode, info).
+
+    Dimensions come from the weights, the official vocabulary (codebook + 1000 + 1; [MASK] = last id; slot-0
+    id = codebook + 76) from the word embeddings and the VQGAN codebook, masking / rep-dropout settings from
+    ``args``; heads per :func:`_mage_heads`. ``fake_latent`` becomes ``null_rep``; unused official parameters
+    are dropped (listed in ``info["dropped"]``). An unconditional official file (no latent_prior_proj, no
+    class_emb: slot 0 = the embedded slot-0 id) becomes cond="none" with latent_prior_proj weight 0 and bias =
+    that embedding, which is exact. ``info`` reports ``has_vqgan`` / ``has_encoder``; load those sub-models
+    from :func:`split_mage_checkpoint` (or :func:`mocov3_from_official` for the encoder). With ``ema`` a
+    ``model_ema`` state dict is used when the file has one (``info["ema"]``)."""
+    from .pixel.mage import MAGE, MAGEConfig
+
+    ckpt = _checkpoint(path_or_dict)
+    sd = ckpt.get("model", ckpt)
+    used_ema = ema and isinstance(ckpt.get("model_ema"), Mapping)
+    parts = split_mage_checkpoint(sd)
+    own = split_mage_checkpoint(ckpt["model_ema"] if used_ema else sd).get("mage", {})
+    what = "MAGE checkpoint"
+    if "token_emb.word_embeddings.weight" not in own or "decoder_pos_embed_learned" not in own:
+        raise CheckpointFormatError(f"not an RCG MAGE checkpoint: no token_emb / decoder weights under 'model' "
+                                    f"(found e.g. {sorted(own)[:8]})")
+    vocab, D = _shape(own, "token_emb.word_embeddings.weight", what)
+    num_tokens = _shape(own, "token_emb.position_embeddings.weight", what)[0] - 1
+    Dd = _shape(own, "decoder_embed.weight", what)[0]
+    codebook = (parts["vqgan"]["quantize.embedding.weight"].shape[0]
+                if "quantize.embedding.weight" in parts.get("vqgan", {}) else vocab - 1001)
+    if vocab != codebook + 1001:
+        raise CheckpointFormatError(f"{what}: vocabulary {vocab} is not codebook {codebook} + 1000 classes + [MASK]")
+    depth = {int(m.group(1)) for k in own for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
+    ddepth = {int(m.group(1)) for k in own for m in [re.match(r"decoder_blocks\.(\d+)\.", k)] if m}
+    args = _args_dict(ckpt) or {}
+    arch = args.get("model") if isinstance(args.get("model"), str) else None
+    heads, heads_src = _mage_heads(D, False, arch, num_heads)
+    dheads, dheads_src = _mage_heads(Dd, True, arch, decoder_num_heads)
+    if "latent_prior_proj.weight" in own:
+        cond, num_classes = "rep", 0
+    elif "class_emb.weight" in own:
+        cond, num_classes = "class", own["class_emb.weight"].shape[0]
+    else:
+        cond, num_classes = "none", 0
+    if args.get("use_rep") is not None and bool(args["use_rep"]) != (cond == "rep"):
+        raise CheckpointFormatError(f"{what}: args.use_rep={args['use_rep']} but the weights say cond={cond!r}")
+    rep_dim = own["fake_latent"].shape[1] if "fake_latent" in own else 256
+    if cond != "class":
+        _shape(own, "fake_latent", what)
+    ratios = {k: float(args[k]) for k in ("mask_ratio_min", "mask_ratio_max", "mask_ratio_mu", "mask_ratio_std")
+              if args.get(k) is not None}
+    cfg = MAGEConfig(codebook_size=codebook, num_tokens=num_tokens, vocab_size=vocab, mask_token_id=vocab - 1,
+                     cond_token_id=codebook + 1100 - 1024, embed_dim=D, depth=len(depth), num_heads=heads,
+                     decoder_embed_dim=Dd, decoder_depth=len(ddepth), decoder_num_heads=dheads,
+                     mlp_ratio=_shape(own, "blocks.0.mlp.fc1.weight", what)[0] / D, rep_dim=rep_dim, cond=cond,
+                     num_classes=num_classes, rep_drop_prob=float(args.get("rep_drop_prob") or 0.0), **ratios,
+                     drop_ratio=ratios.get("mask_ratio_min", 0.5))
+    ours, dropped = {}, []
+    for k, v in own.items():
+        if k in _MAGE_UNUSED or k.startswith(_MAGE_UNUSED_PREFIXES) or (k == "fake_latent" and cond == "class"):
+            dropped.append(k)
+        else:
+            ours["null_rep" if k == "fake_latent" else k] = v
+    if cond == "none":        # slot 0 = LayerNorm(word[slot-0 id] + pos[0]) as a constant projection
+        ln = torch.nn.functional.layer_norm(
+            own["token_emb.word_embeddings.weight"][cfg.cond_id] + own["token_emb.position_embeddings.weight"][0],
+            (D,), own["token_emb.LayerNorm.weight"], own["token_emb.LayerNorm.bias"], eps=1e-6)
+        ours["latent_prior_proj.weight"] = torch.zeros(D, rep_dim)
+        ours["latent_prior_proj.bias"] = ln
+    model = MAGE(cfg)
+    _load_strict(model, ours, what)
+    info: Dict[str, Any] = {
+        "kind": "mage", "config": asdict(cfg), "num_heads_from": heads_src, "decoder_num_heads_from": dheads_src,
+        "ema": used_ema, "epoch": ckpt.get("epoch"), "dropped": sorted(dropped),
+        "has_vqgan": "vqgan" in parts, "has_encoder": "pretrained_encoder" in parts, "args": args or None,
+        "sampling": {ours_k: args[k] for k, ours_k in (("temp", "temperature"), ("num_iter", "steps"),
+                                                       ("cfg", "guidance")) if k in args}}
+    return model.eval(), info

@@ -155,10 +155,12 @@ REPS_KIND = "rcg-reps"
 
 
 def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None, seed: int = 0,
-               batch_size: int = 500, scale=(0.8, 1.0), progress: bool = True) -> dict:
+               batch_size: int = 500, scale=(0.8, 1.0), tokenizer=None, progress: bool = True) -> dict:
     """Standardized representations of ``views`` crop+flip views of every image, written atomically to
     ``out`` (safetensors: ``reps`` (N*views, D), ``image_index``, ``labels`` when known) together with
-    the encoder's fingerprint. The data default to the encoder run's own training data."""
+    the encoder's fingerprint. With ``tokenizer`` (a train-tokenizer run dir or official VQGAN file) the
+    tokens of the very same crops are stored too (``tokens`` (N*views, L)), for pixel-generator training.
+    The data default to the encoder run's own training data."""
     from tqdm.auto import tqdm
     from .config import DataConfig, apply_overrides
 
@@ -172,8 +174,9 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     data = load_dataset(data_cfg)
     fp = fingerprint(encoder)
+    tok = load_tokenizer(tokenizer, dev) if tokenizer is not None else None
     n = len(data)
-    reps = []
+    reps, tokens = [], []
     bar = tqdm(total=n * views, unit="img", unit_scale=True, desc="cache-reps", disable=not progress)
     for v in range(views):
         for i in range(0, n, batch_size):
@@ -181,6 +184,9 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
             x = data.images[i:i + batch_size].float().div(255.0)
             x = augment.crop_flip(x, data.images.shape[-1], scale=scale, gen=gen).to(dev)
             reps.append(encoder.encode(x).float().cpu())
+            if tok is not None:
+                with torch.no_grad():
+                    tokens.append(tok.encode(x)[1].to(torch.int16 if tok.cfg.n_embed < 2 ** 15 else torch.int64).cpu())
             bar.update(len(x))
     bar.close()
     tensors = {"reps": torch.cat(reps), "image_index": torch.arange(n).repeat(views)}
@@ -189,6 +195,9 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
     meta = {"kind": REPS_KIND, "encoder": str(encoder_src), "encoder_fingerprint": fp, "views": views,
             "data": data.source, "resolution": data.images.shape[-1],
             "num_classes": len(data.class_names) if data.class_names else 0}
+    if tok is not None:
+        tensors["tokens"] = torch.cat(tokens)
+        meta.update(tokenizer=str(tokenizer), tokenizer_fingerprint=fingerprint(tok), codebook_size=tok.cfg.n_embed)
     save_tensors(out, tensors, meta)
     print(f"wrote {out}: {tuple(tensors['reps'].shape)} representations ({n} images x {views} views), "
           f"encoder {fp}")
@@ -354,6 +363,83 @@ def rep_fd(a, b) -> dict:
     if fa and fb and "unknown" not in (fa, fb) and fa != fb:
         raise CheckpointError(f"{a} and {b} come from different encoders ({fa} vs {fb}); their FD is meaningless")
     return {"rep_fd": fd_between(ta["reps"], tb["reps"]), "n_a": len(ta["reps"]), "n_b": len(tb["reps"])}
+
+
+# ------------------------------------------------------------------------------------------------
+# train-pixel
+# ------------------------------------------------------------------------------------------------
+def train_pixel(cfg, out: str, device: Optional[str] = None, progress: bool = True) -> dict:
+    """Train the pixel generator (MAGE) on cached tokens, conditioned on the representations of the very
+    same crops (RCG), on class labels (``model.cond="class"``) or on nothing (``"none"``, the baseline)."""
+    from dataclasses import replace
+    from .pixel.mage import MAGE
+
+    if cfg.generator != "mage":
+        raise ValueError(f"unknown generator {cfg.generator!r} (available: mage)")
+    if not (cfg.cache and cfg.encoder and cfg.tokenizer):
+        raise ValueError("train-pixel needs --cache (rcg cache-reps --tokenizer ...), --encoder and --tokenizer")
+    dev = setup_torch(device, cfg.optim.num_threads)
+    enc_fp = fingerprint(load_encoder(cfg.encoder))
+    tok = load_tokenizer(cfg.tokenizer)
+    tok_fp = fingerprint(tok)
+    tensors, meta = load_reps(cfg.cache, enc_fp, cfg.encoder)
+    if "tokens" not in tensors:
+        raise CheckpointError(f"{cfg.cache} holds no tokens: rebuild it with rcg cache-reps --tokenizer {cfg.tokenizer}")
+    if meta.get("tokenizer_fingerprint") != tok_fp:
+        raise CheckpointError(f"the tokens in {cfg.cache} were made by another tokenizer than {cfg.tokenizer}; "
+                              f"rebuild it with rcg cache-reps --tokenizer {cfg.tokenizer}")
+    tokens, reps, labels = tensors["tokens"].long(), tensors["reps"].float(), tensors.get("labels")
+    model_cfg = replace(cfg.model, codebook_size=tok.cfg.n_embed, num_tokens=tokens.shape[1], rep_dim=reps.shape[1])
+    if model_cfg.cond == "class":
+        if labels is None:
+            raise ValueError(f"model.cond=class needs labels, but {cfg.cache} has none")
+        model_cfg = replace(model_cfg, num_classes=int(meta.get("num_classes") or int(labels.max()) + 1))
+    cfg = replace(cfg, model=model_cfg)
+    run_dir, resuming = prepare_run_dir(out, {**to_dict(cfg), "encoder_fingerprint": enc_fp,
+                                              "tokenizer_fingerprint": tok_fp})
+    torch.manual_seed(cfg.optim.seed)
+    model = MAGE(model_cfg).to(dev)
+    tokens_d, reps_d = tokens.to(dev), reps.to(dev)
+    labels_d = labels.to(dev) if labels is not None else None
+    batches = EpochBatches(len(tokens), cfg.optim.batch_size, cfg.optim.seed)
+    total = max(1, int(round(cfg.optim.epochs * batches.steps_per_epoch)))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"MAGE ({model_cfg.cond}-conditioned): {n_params:,} parameters; {len(tokens)} token maps of "
+          f"{tokens.shape[1]} tokens; {total} steps")
+
+    def loss_fn(step, gen):
+        idx = batches(step).to(dev)
+        rep = reps_d[idx] if model_cfg.cond == "rep" else None
+        y = labels_d[idx] if model_cfg.cond == "class" else None
+        return model.loss(tokens_d[idx], rep=rep, labels=y, generator=gen)
+
+    job = Job(model=model, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,
+              images_per_step=cfg.optim.batch_size, export=lambda: model.state_dict(), desc="train-pixel",
+              metadata={"encoder_fingerprint": enc_fp, "tokenizer_fingerprint": tok_fp})
+    t0 = time.time()
+    last = fit(run_dir, job, cfg.optim, resuming, progress)
+    summary = {"stage": "pixel", "generator": "mage", "cond": model_cfg.cond, "params": n_params, "steps": total,
+               "train_wall_s": round(time.time() - t0, 1), **last}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def load_pixel(source, device=None):
+    """(MAGE in eval mode, PixelRun config, {encoder_fingerprint, tokenizer_fingerprint}) from a run dir."""
+    from .config import PixelRun
+    from .pixel.mage import MAGE
+    src = Path(source)
+    if src.is_file():
+        from .official import mage_from_official
+        model, info = mage_from_official(src)
+        return model.eval().to(device or "cpu"), None, info
+    raw = read_config(src)
+    fps = {k: raw.pop(k, None) for k in ("encoder_fingerprint", "tokenizer_fingerprint")}
+    cfg = from_dict(PixelRun, raw)
+    model = MAGE(cfg.model)
+    tensors, _ = load_tensors(src / WEIGHTS)
+    model.load_state_dict(tensors)
+    return model.eval().to(device or "cpu"), cfg, fps
 
 
 def export_run(src, dst, half: bool = True, note: str = "") -> Path:

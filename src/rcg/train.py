@@ -111,7 +111,12 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
     run_dir = Path(run_dir)
     model = job.model
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if o.wd_exclude_1d:
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    else:
+        groups = [{"params": params, "weight_decay": o.weight_decay}]
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
     step, last = 0, {}
     if resuming:

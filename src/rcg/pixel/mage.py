@@ -1,0 +1,399 @@
+"""MAGE, RCG's representation-conditioned pixel generator: a masked generative transformer over VQ tokens.
+
+Works on ``tokens`` int64 ``(B, num_tokens)`` of a VQ tokenizer (codes in ``[0, codebook_size)``); images are
+the tokenizer's business (MAGE's VQGAN takes and returns floats in [0, 1]).
+
+The sequence is ``[slot 0, image tokens in raster order]``. Token ids are embedded BERT-style (word + learned
+position embedding, LayerNorm, dropout); slot 0 is then **overwritten** (no position embedding, no
+LayerNorm) by the condition: ``latent_prior_proj(rep)`` (``cond="rep"``, RCG), ``latent_prior_proj(null_rep)``
+(the learned unconditional branch; always for ``cond="none"``), or ``class_emb(labels)`` (``cond="class"``,
+no guidance). Training (:meth:`MAGE.loss`) masks a truncated-normal fraction of the tokens (one ratio per
+batch), drops ``drop_ratio`` of them from the encoder MAE-style, fills every masked position of the decoder
+input with the decoder-embedded slot-0 vector, and scores the masked positions with label-smoothed CE over the
+codebook. Generation (:meth:`MAGE.generate`) is the official ``gen_image`` parallel decoding with a cosine
+schedule, annealed Gumbel re-masking and the linear guidance schedule. Parameter names follow the official
+``models_mage.py`` (its ``fake_latent`` is our ``null_rep``; unused official parameters are not created).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..guidance import guided, linear_tau
+
+
+@dataclass(frozen=True)
+class MAGEConfig:
+    codebook_size: int = 1024
+    num_tokens: int = 256            # image tokens (16x16); sequence = 1 + num_tokens
+    vocab_size: int = 0              # 0 = codebook_size + 1 (codes + [MASK]); official: codebook + 1000 + 1
+    mask_token_id: int = -1          # -1 = codebook_size; official: vocab_size - 1
+    cond_token_id: int = -1          # id embedded at slot 0 before it is overwritten; -1 = mask id; official 1100
+    embed_dim: int = 768; depth: int = 12; num_heads: int = 12                        # noqa: E702
+    decoder_embed_dim: int = 768; decoder_depth: int = 8; decoder_num_heads: int = 16  # noqa: E702
+    mlp_ratio: float = 4.0
+    rep_dim: int = 256
+    cond: str = "rep"                # "rep" (RCG) | "class" (class-label baseline) | "none" (always null_rep)
+    num_classes: int = 0             # for cond="class"
+    rep_drop_prob: float = 0.1
+    mask_ratio_min: float = 0.5; mask_ratio_max: float = 1.0                          # noqa: E702
+    mask_ratio_mu: float = 0.75; mask_ratio_std: float = 0.25                         # noqa: E702
+    drop_ratio: float = 0.5          # fraction of tokens dropped from the encoder (official: mask_ratio_min)
+    label_smoothing: float = 0.1
+    dropout: float = 0.1; attn_dropout: float = 0.1                                   # noqa: E702
+
+    def __post_init__(self):
+        if self.cond not in ("rep", "class", "none"):
+            raise ValueError(f"cond must be 'rep', 'class' or 'none', got {self.cond!r}")
+        if self.cond == "class" and self.num_classes <= 0:
+            raise ValueError("cond='class' needs num_classes > 0")
+        if self.vocab <= self.codebook_size:
+            raise ValueError(f"vocab_size {self.vocab} must exceed codebook_size {self.codebook_size} ([MASK])")
+        for name in ("mask_id", "cond_id"):
+            if not 0 <= getattr(self, name) < self.vocab:
+                raise ValueError(f"{name} {getattr(self, name)} outside the vocabulary [0, {self.vocab})")
+        if self.mask_id < self.codebook_size:
+            raise ValueError("the mask token must not be a codebook id")
+        if not 0.0 <= self.mask_ratio_min <= self.mask_ratio_max <= 1.0 or self.mask_ratio_std <= 0:
+            raise ValueError("need 0 <= mask_ratio_min <= mask_ratio_max <= 1 and mask_ratio_std > 0")
+        if not 0.0 <= self.drop_ratio <= self.mask_ratio_min:
+            raise ValueError(f"drop_ratio {self.drop_ratio} must be in [0, mask_ratio_min]: dropped tokens "
+                             f"must be masked ones")
+        for dim, heads in ((self.embed_dim, self.num_heads), (self.decoder_embed_dim, self.decoder_num_heads)):
+            if dim % heads:
+                raise ValueError(f"width {dim} is not divisible by {heads} heads")
+
+    @property
+    def vocab(self) -> int:
+        return self.vocab_size or self.codebook_size + 1
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size if self.mask_token_id < 0 else self.mask_token_id
+
+    @property
+    def cond_id(self) -> int:
+        return self.mask_id if self.cond_token_id < 0 else self.cond_token_id
+
+
+MAGE_PRESETS: Dict[str, MAGEConfig] = {
+    # the paper's MAGE-B / MAGE-L (official mage_vit_{base,large}_patch16; 256 px, VQGAN f16, 1024 codes)
+    "mage-b": MAGEConfig(),
+    "mage-l": MAGEConfig(embed_dim=1024, depth=24, num_heads=16, decoder_embed_dim=1024, decoder_depth=8,
+                         decoder_num_heads=16),
+    # CPU-sized, for 7x7 = 49 tokens of a small tokenizer (4.2M parameters; paper sizes: B 145.1M, L 408.1M)
+    "mage-tiny": MAGEConfig(codebook_size=512, num_tokens=49, embed_dim=192, depth=6, num_heads=6,
+                            decoder_embed_dim=192, decoder_depth=3, decoder_num_heads=6),
+}
+
+
+def mage_config(name: str, **overrides) -> MAGEConfig:
+    """A preset with fields overridden, e.g. ``mage_config("mage-tiny", codebook_size=256)``."""
+    if name not in MAGE_PRESETS:
+        raise KeyError(f"unknown MAGE preset {name!r}; choices: {sorted(MAGE_PRESETS)}")
+    return replace(MAGE_PRESETS[name], **overrides)
+
+
+def uniform(shape: Sequence[int], gen, device) -> torch.Tensor:
+    """Uniform [0, 1) float32 on ``device``: from the global RNG (``gen=None``), one torch.Generator, or one
+    generator per sample (row i from ``gen[i]`` alone, drawn on its device)."""
+    shape = tuple(shape)
+    if gen is None or isinstance(gen, torch.Generator):
+        return torch.rand(shape, generator=gen, device=gen.device if gen is not None else device).to(device)
+    if len(gen) != shape[0]:
+        raise ValueError(f"need one generator per sample: got {len(gen)} for batch size {shape[0]}")
+    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device).to(device) for g in gen])
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniforms."""
+    tiny = torch.finfo(u.dtype).tiny
+    return -torch.log(-torch.log(u.clamp(tiny, 1.0 - torch.finfo(u.dtype).eps)))
+
+
+def cosine_mask_len(num_tokens: int, step: int, steps: int) -> int:
+    """Tokens left masked after decoding step ``step`` (before clamping): floor(L cos(pi/2 (step+1)/steps))."""
+    return math.floor(num_tokens * math.cos(math.pi / 2.0 * (step + 1) / steps))
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules (official names)
+# ----------------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    """Multi-head self-attention; logits and softmax in float32 (also under autocast), as the official code."""
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.num_heads, self.attn_drop = num_heads, attn_drop
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).float()
+        with torch.autocast(x.device.type, enabled=False):
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, N, C)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1, self.fc2, self.drop = nn.Linear(dim, hidden), nn.Linear(hidden, dim), nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (LayerNorm eps 1e-6, qkv bias, exact GELU, dropout, no drop-path)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop: float, attn_drop: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, attn_drop, drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TokenEmbedding(nn.Module):
+    """BERT embeddings: LayerNorm(eps 1e-6)(word + position), then dropout."""
+
+    def __init__(self, vocab: int, dim: int, seq_len: int, drop: float):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, dim)
+        self.position_embeddings = nn.Embedding(seq_len, dim)
+        self.LayerNorm = nn.LayerNorm(dim, eps=1e-6)
+        self.dropout = nn.Dropout(drop)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = self.position_embeddings.weight[: ids.shape[1]]
+        return self.dropout(self.LayerNorm(self.word_embeddings(ids) + pos))
+
+
+class MlmLayer(nn.Module):
+    """logits = LayerNorm(eps 1e-5)(GELU(fc(x))) @ word_embeddings^T + bias (embeddings tied, detached)."""
+
+    def __init__(self, dim_in: int, word_dim: int, vocab: int):
+        super().__init__()
+        self.fc = nn.Linear(dim_in, word_dim)
+        self.ln = nn.LayerNorm(word_dim)
+        self.bias = nn.Parameter(torch.zeros(1, 1, vocab))
+
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        h = self.ln(F.gelu(self.fc(x)))
+        bias = self.bias[0, 0, : word_embeddings.shape[0]]
+        return h @ word_embeddings.t().to(h.dtype) + bias.to(h.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# MAGE
+# ----------------------------------------------------------------------------------------------
+class MAGE(nn.Module):
+    config_class = MAGEConfig
+
+    def __init__(self, cfg: MAGEConfig = MAGEConfig()):
+        super().__init__()
+        self.cfg = c = cfg
+        D, Dd, S = c.embed_dim, c.decoder_embed_dim, 1 + c.num_tokens
+        self.token_emb = TokenEmbedding(c.vocab, D, S, c.dropout)
+        if c.cond == "class":
+            self.class_emb = nn.Embedding(c.num_classes, D)
+        else:
+            self.latent_prior_proj = nn.Linear(c.rep_dim, D)
+            self.null_rep = nn.Parameter(torch.zeros(1, c.rep_dim))
+        self.blocks = nn.ModuleList(Block(D, c.num_heads, c.mlp_ratio, c.dropout, c.attn_dropout)
+                                    for _ in range(c.depth))
+        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.decoder_embed = nn.Linear(D, Dd)
+        self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, S, Dd))
+        self.decoder_blocks = nn.ModuleList(Block(Dd, c.decoder_num_heads, c.mlp_ratio, c.dropout, c.attn_dropout)
+                                            for _ in range(c.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(Dd, eps=1e-6)
+        self.mlm_layer = MlmLayer(Dd, D, c.vocab)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official init: Linear xavier-uniform / zero bias, LayerNorm 1 / 0, token embeddings, learned decoder
+        positions and null_rep N(0, 0.02); class_emb keeps nn.Embedding's N(0, 1) as in the official code."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for p in (self.token_emb.word_embeddings.weight, self.token_emb.position_embeddings.weight,
+                  self.decoder_pos_embed_learned) + ((self.null_rep,) if hasattr(self, "null_rep") else ()):
+            nn.init.normal_(p, std=0.02)
+        nn.init.zeros_(self.mlm_layer.bias)
+
+    # ---- conditioning ------------------------------------------------------------------------
+    def _slot0(self, B: int, rep, labels, null, device) -> torch.Tensor:
+        """The slot-0 vectors (B, embed_dim)."""
+        c = self.cfg
+        if c.cond == "class":
+            if labels is None:
+                raise ValueError(f"this MAGE is class-conditional ({c.num_classes} classes): pass labels (B,)")
+            if null is not None and bool(null.any()):
+                raise ValueError("a class-conditional MAGE has no null condition (no guidance)")
+            if labels.shape != (B,):
+                raise ValueError(f"labels must be ({B},), got {tuple(labels.shape)}")
+            return self.class_emb(labels.to(device))
+        w = self.latent_prior_proj.weight
+        nul = self.null_rep.to(w.dtype).expand(B, -1)
+        if c.cond == "none" or rep is None:
+            if c.cond == "rep" and null is not None and not bool(null.all()):
+                raise ValueError("rep is None but some samples are not selected as null")
+            return self.latent_prior_proj(nul)
+        if rep.shape != (B, c.rep_dim):
+            raise ValueError(f"rep must be ({B}, {c.rep_dim}), got {tuple(rep.shape)}")
+        r = rep.to(device=w.device, dtype=w.dtype)
+        if null is not None:
+            r = torch.where(null.to(w.device).view(B, 1), nul, r)
+        return self.latent_prior_proj(r)
+
+    # ---- network -----------------------------------------------------------------------------
+    def _decoded(self, ids: torch.Tensor, slot0: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Encoder + decoder for image-token ids (B, L) with [MASK]s; ``keep`` (B, K) = positions the encoder
+        sees (None = all). Returns the normed decoder output (B, 1 + L, decoder_embed_dim)."""
+        B, L = ids.shape
+        seq = torch.cat([ids.new_full((B, 1), self.cfg.cond_id), ids], 1)
+        e = self.token_emb(seq)
+        img = e[:, 1:] if keep is None else e[:, 1:].gather(1, keep.unsqueeze(-1).expand(-1, -1, e.shape[-1]))
+        x = torch.cat([slot0.unsqueeze(1).to(e.dtype), img], 1)          # slot 0 overwritten after the LN
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.decoder_embed(self.norm(x))
+        fill = x[:, :1]
+        if keep is not None:                                              # put kept tokens back in place
+            idx = keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+            x = torch.cat([fill, fill.expand(-1, L, -1).contiguous().scatter(1, idx, x[:, 1:])], 1)
+        masked = torch.cat([torch.zeros_like(ids[:, :1], dtype=torch.bool), ids == self.cfg.mask_id], 1)
+        x = torch.where(masked.unsqueeze(-1), fill, x) + self.decoder_pos_embed_learned
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_norm(x)
+
+    def _mlm(self, h: torch.Tensor, vocab: int) -> torch.Tensor:
+        return self.mlm_layer(h, self.token_emb.word_embeddings.weight.detach()[:vocab])
+
+    def _step(self, tokens_in: torch.Tensor, rep, labels, null) -> torch.Tensor:
+        if tokens_in.dim() != 2 or tokens_in.shape[1] != self.cfg.num_tokens:
+            raise ValueError(f"tokens must be (B, {self.cfg.num_tokens}), got {tuple(tokens_in.shape)}")
+        return self._decoded(tokens_in, self._slot0(tokens_in.shape[0], rep, labels, null, tokens_in.device))
+
+    def logits(self, tokens_in: torch.Tensor, rep: Optional[torch.Tensor] = None,
+               labels: Optional[torch.Tensor] = None, null: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One decoding step for ids (B, num_tokens) where the mask id marks unknown tokens: logits
+        (B, num_tokens, codebook_size). ``null`` (B,) bool selects ``null_rep`` per sample; with ``rep=None``
+        (and always for cond="none") every sample uses ``null_rep``. Call in eval mode for the official step."""
+        return self._mlm(self._step(tokens_in, rep, labels, null)[:, 1:], self.cfg.codebook_size)
+
+    def full_logits(self, tokens_in: torch.Tensor, rep: Optional[torch.Tensor] = None,
+                    labels: Optional[torch.Tensor] = None, null: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Like :meth:`logits` over the whole sequence and vocabulary: (B, 1 + num_tokens, vocab)."""
+        return self._mlm(self._step(tokens_in, rep, labels, null), self.cfg.vocab)
+
+    # ---- training ----------------------------------------------------------------------------
+    def sample_mask_ratio(self, generator: Optional[torch.Generator] = None) -> float:
+        """One draw of the truncated normal (mu, std) on [min, max], by inverse CDF in float64."""
+        c = self.cfg
+        u = uniform((), generator, "cpu").double()
+        lo, hi = (torch.tensor((v - c.mask_ratio_mu) / c.mask_ratio_std, dtype=torch.float64)
+                  for v in (c.mask_ratio_min, c.mask_ratio_max))
+        p = torch.special.ndtr(lo) + u * (torch.special.ndtr(hi) - torch.special.ndtr(lo))
+        r = c.mask_ratio_mu + c.mask_ratio_std * float(torch.special.ndtri(p))
+        return min(max(r, c.mask_ratio_min), c.mask_ratio_max)
+
+    def loss(self, tokens: torch.Tensor, rep: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+             generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """MAGE training loss on token ids (B, num_tokens); ``generator`` drives masking and rep dropout."""
+        c = self.cfg
+        B, L = tokens.shape
+        if L != c.num_tokens or bool(((tokens < 0) | (tokens >= c.codebook_size)).any()):
+            raise ValueError(f"tokens must be (B, {c.num_tokens}) ids in [0, {c.codebook_size})")
+        dev = tokens.device
+        ratio = self.sample_mask_ratio(generator)
+        n_mask, n_drop = math.ceil(L * ratio), math.ceil(L * c.drop_ratio)
+        noise = uniform((B, L), generator, dev)
+        order = noise.argsort(1)                                          # small noise = masked / dropped first
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=dev).expand(B, L))
+        masked = rank < n_mask
+        keep = order[:, n_drop:].sort(1).values
+        null = None
+        if c.cond == "rep":
+            if rep is None:
+                raise ValueError("cond='rep': pass rep (B, rep_dim)")
+            null = uniform((B,), generator, dev) < c.rep_drop_prob
+        slot0 = self._slot0(B, rep, labels, null, dev)
+        h = self._decoded(tokens.masked_fill(masked, c.mask_id), slot0, keep)
+        logits = self._mlm(h[:, 1:][masked], c.codebook_size).float()
+        target = tokens[masked]
+        loss = F.cross_entropy(logits, target, label_smoothing=c.label_smoothing)
+        acc = (logits.detach().argmax(-1) == target).float().mean()
+        return loss, {"mask_ratio": torch.tensor(ratio), "acc": acc}
+
+    # ---- generation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, rep: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None, steps: int = 20,
+                 temperature: float = 6.0, guidance: float = 0.0,
+                 generators: Optional[Sequence[torch.Generator]] = None, batch_size: Optional[int] = None,
+                 return_history: bool = False):
+        """Official ``gen_image`` parallel decoding -> tokens (B, num_tokens) in [0, codebook_size).
+
+        Starts all-masked; step k samples every unknown token from Categorical(logits) (guided logits
+        ``cond + tau_k (cond - uncond)``, ``tau_k = guidance (k+1)/steps``, uncond = ``null_rep``; no uncond
+        pass when guidance = 0), keeps known tokens, then re-masks the ``mask_len`` least confident
+        (confidence = log p(sampled) + temperature (1 - r) Gumbel, known tokens +inf), ``mask_len =
+        floor(L cos(pi/2 r))`` clamped to [1, #unknown - 1], r = (k+1)/steps. Returns the last step's sampled
+        ids (complete). ``generators``: one per sample, for batch-size-independent results (else the global
+        RNG). ``return_history``: also return (steps, B, L) ids after each step (re-masked; the last entry is
+        the result). Call in eval mode. Batch size from rep / labels / generators / ``batch_size``."""
+        c = self.cfg
+        B = next((int(x.shape[0]) for x in (rep, labels) if x is not None), None)
+        B = B if B is not None else (len(generators) if generators is not None else batch_size)
+        if B is None:
+            raise ValueError("cannot tell the batch size: pass rep, labels, generators or batch_size")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if guidance and c.cond == "class":
+            raise ValueError("a class-conditional MAGE has no unconditional branch: use guidance=0")
+        if c.cond == "rep" and rep is None:
+            raise ValueError("cond='rep': pass rep (B, rep_dim) (e.g. sampled by the RDM)")
+        dev = next((x.device for x in (rep, labels) if x is not None), self.decoder_pos_embed_learned.device)
+        L, C = c.num_tokens, c.codebook_size
+        ids = torch.full((B, L), c.mask_id, dtype=torch.long, device=dev)
+        uncond = bool(guidance) and c.cond == "rep"
+        history = []
+        for k in range(steps):
+            unknown = ids == c.mask_id
+            if uncond:
+                null = torch.arange(2 * B, device=dev) >= B
+                both = self.logits(ids.repeat(2, 1), rep.repeat(2, 1), null=null).float()
+                lg = guided(both[:B], both[B:], linear_tau(guidance, k, steps))
+            else:
+                lg = self.logits(ids, rep, labels).float()
+            sampled = (lg + gumbel(uniform((B, L, C), generators, dev))).argmax(-1)   # Categorical
+            sampled = torch.where(unknown, sampled, ids)
+            r = (k + 1) / steps
+            mask_len = (unknown.sum(1) - 1).clamp(max=cosine_mask_len(L, k, steps)).clamp(min=1)
+            conf = lg.log_softmax(-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+            conf = conf + temperature * (1.0 - r) * gumbel(uniform((B, L), generators, dev))
+            conf = conf.masked_fill(~unknown, float("inf"))
+            order = conf.argsort(1)
+            remask = torch.zeros_like(unknown).scatter(1, order, torch.arange(L, device=dev) < mask_len[:, None])
+            ids = torch.where(remask, c.mask_id, sampled)
+            if return_history:
+                history.append(sampled if k == steps - 1 else ids)
+        return (sampled, torch.stack(history)) if return_history else sampled

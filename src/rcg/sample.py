@@ -1,0 +1,181 @@
+"""Generation: RDM -> representation -> pixel generator -> tokens -> tokenizer -> uint8 images.
+
+Each image has its own seed (``seed + index``): the representation noise, the decoding randomness and
+the Gumbel choices of image i depend only on that seed, never on the batch size or the device count.
+Writers: a grid PNG, a folder of PNGs, or an npz (``arr_0`` (N, H, W, C) uint8, the ADM/OpenAI format).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .encoders import fingerprint
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8 (rounded, clipped)."""
+    return (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, value: int = 255) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> one uint8 (C, H', W') grid, ``nrow`` images per row."""
+    n, c, h, w = images.shape
+    rows = (n + nrow - 1) // nrow
+    grid = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), value, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = images[i]
+    return grid
+
+
+def save_png(image: torch.Tensor, path, scale: int = 1) -> None:
+    """One uint8 (C, H, W) image to PNG, optionally upscaled (nearest) for viewing."""
+    from PIL import Image
+    arr = image.permute(1, 2, 0).cpu().numpy()
+    img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def write_images(images: torch.Tensor, out, nrow: Optional[int] = None, scale: int = 1) -> str:
+    """Write uint8 (N, C, H, W) images by the extension of ``out``: ``.png`` a grid, ``.npz`` an array,
+    anything else a folder of numbered PNGs. Returns a description."""
+    out = Path(out)
+    if out.suffix.lower() == ".png":
+        nrow = nrow or max(1, int(np.ceil(np.sqrt(len(images)))))
+        save_png(make_grid(images, nrow), out, scale)
+        return f"grid of {len(images)} images -> {out}"
+    if out.suffix.lower() == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, arr_0=images.permute(0, 2, 3, 1).cpu().numpy())
+        return f"{len(images)} images -> {out} (arr_0: N, H, W, C uint8)"
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        save_png(img, out / f"{i:06d}.png")
+    return f"{len(images)} PNGs -> {out}/"
+
+
+class RCGSampler:
+    """The loaded models of one RCG system: pixel generator + its tokenizer and encoder, and an RDM."""
+
+    def __init__(self, pixel: str, rdm: Optional[str] = None, device=None):
+        from .stages import load_encoder, load_pixel, load_rdm, load_tokenizer
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.cfg, fps = load_pixel(pixel, self.device)
+        if self.cfg is None:
+            raise ValueError("sampling from an official MAGE file needs the paper presets (rcg sample --preset)")
+        self.tokenizer = load_tokenizer(self.cfg.tokenizer, self.device)
+        self.encoder = load_encoder(self.cfg.encoder, self.device)
+        if fps.get("tokenizer_fingerprint") not in (None, fingerprint(self.tokenizer)):
+            raise ValueError(f"the tokenizer {self.cfg.tokenizer} changed since {pixel} was trained")
+        if fps.get("encoder_fingerprint") not in (None, fingerprint(self.encoder)):
+            raise ValueError(f"the encoder {self.cfg.encoder} changed since {pixel} was trained")
+        self.rdm = None
+        if rdm is not None:
+            self.rdm_src = rdm
+            self.rdm, rdm_cfg, rdm_fp = load_rdm(rdm, self.device)
+            if rdm_fp is not None and fps.get("encoder_fingerprint") not in (None, rdm_fp):
+                raise ValueError(f"the RDM {rdm} was trained on another encoder's representations than the pixel "
+                                 f"generator {pixel}; train both on the same encoder")
+
+    @property
+    def cond(self) -> str:
+        return self.cfg.model.cond
+
+    def reps_from_rdm(self, seeds: Sequence[int], label: Optional[int] = None, steps=None, eta=None) -> torch.Tensor:
+        """One RDM representation per (consecutive) seed; ``label`` for a class-conditional RDM."""
+        from .stages import sample_reps
+        if self.rdm is None:
+            raise ValueError("unconditional RCG sampling needs an RDM (--rdm RUN_DIR)")
+        seeds = [int(s) for s in seeds]
+        if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+            raise ValueError("seeds must be consecutive")
+        res = sample_reps(self.rdm_src, None, num=len(seeds), steps=steps, eta=eta, seed=seeds[0], label=label,
+                          batch_size=len(seeds), device=self.device, progress=False)
+        return res["reps"].to(self.device)
+
+    @torch.no_grad()
+    def reps_from_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Standardized representations of uint8 images at the generator's resolution."""
+        return self.encoder.encode(images.to(self.device))
+
+    @torch.no_grad()
+    def images_from_reps(self, reps: Optional[torch.Tensor], seeds: Sequence[int], labels=None, steps=None,
+                         temperature=None, guidance=None) -> torch.Tensor:
+        """Decode one image per seed conditioned on ``reps`` (or ``labels``); uint8 (B, C, H, W)."""
+        c = self.cfg
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        tokens = self.model.generate(rep=reps if self.cond == "rep" else None,
+                                     labels=labels if self.cond == "class" else None,
+                                     steps=steps or c.steps, temperature=c.temperature if temperature is None else temperature,
+                                     guidance=c.guidance if guidance is None else guidance, generators=gens,
+                                     batch_size=len(seeds))
+        return to_uint8(self.tokenizer.decode_ids(tokens)).cpu()
+
+    def stream(self, num: int, seed: int = 0, batch_size: int = 64, label: Optional[int] = None,
+               **kw) -> Iterator[torch.Tensor]:
+        """uint8 batches of ``num`` unconditional (or class-conditional RDM) samples, image i from seed + i."""
+        for i in range(0, num, batch_size):
+            seeds = list(range(seed + i, seed + min(num, i + batch_size)))
+            reps = self.reps_from_rdm(seeds, label) if self.cond == "rep" else None
+            labels = torch.full((len(seeds),), label or 0, dtype=torch.long, device=self.device) \
+                if self.cond == "class" else None
+            yield self.images_from_reps(reps, seeds, labels=labels, **kw)
+
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 11, seed: int = 0, **kw) -> torch.Tensor:
+        """Images from rep = t * rep(a) + (1 - t) * rep(b), t = 1 ... 0 (paper Fig. 7); one seed for all."""
+        ra, rb = self.reps_from_images(torch.stack([a, b])).unbind(0)
+        ts = torch.linspace(1.0, 0.0, steps, device=ra.device)
+        reps = ts[:, None] * ra[None] + (1 - ts[:, None]) * rb[None]
+        return self.images_from_reps(reps, [seed] * steps, **kw)
+
+
+def load_image_files(paths: Sequence[str], channels: int, resolution: int) -> torch.Tensor:
+    """Image files -> uint8 (N, channels, resolution, resolution) (shorter side resized, center crop)."""
+    from PIL import Image, UnidentifiedImageError
+    from .data import resize_images
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {p}: {e}") from e
+        t = torch.from_numpy(arr.copy())
+        out.append(resize_images((t[None] if t.ndim == 2 else t.permute(2, 0, 1))[None], resolution))
+    return torch.cat(out)
+
+
+def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=None, label=None, device=None,
+                   **kw) -> str:
+    """``rcg sample``: unconditional (RDM), class-conditional RDM (``label``), or variations of reference
+    images (each row: the reference, then ``num`` images conditioned on its representation)."""
+    s = RCGSampler(pixel, rdm, device)
+    if references:
+        refs = load_image_files(references, s.tokenizer.cfg.in_channels, s.tokenizer.cfg.resolution)
+        reps = s.reps_from_images(refs)
+        rows = []
+        for i in range(len(refs)):
+            imgs = s.images_from_reps(reps[i:i + 1].expand(num, -1), list(range(seed, seed + num)), **kw)
+            rows.append(torch.cat([refs[i:i + 1], imgs]))
+        return write_images(torch.cat(rows), out, nrow=num + 1, scale=2)
+    if s.cond == "rep" and rdm is None:
+        raise ValueError("pass --rdm RUN_DIR (or --reference IMAGE) to sample from a representation-conditioned model")
+    batches = list(s.stream(num, seed=seed, batch_size=batch_size, label=label, **kw))
+    return write_images(torch.cat(batches), out, scale=2)
+
+
+def interpolate_command(pixel, a, b, out, steps=11, seed=0, device=None, **kw) -> str:
+    """``rcg interpolate``: a strip generated from t * rep(a) + (1 - t) * rep(b), t from 1 to 0."""
+    if steps < 2:
+        raise ValueError(f"--steps must be at least 2, got {steps}")
+    s = RCGSampler(pixel, None, device)
+    if s.cond != "rep":
+        raise ValueError("interpolation needs a representation-conditioned pixel generator")
+    ims = load_image_files([a, b], s.tokenizer.cfg.in_channels, s.tokenizer.cfg.resolution)
+    return write_images(s.interpolate(ims[0], ims[1], steps, seed, **kw), out, nrow=steps, scale=2)
