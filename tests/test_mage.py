@@ -54,8 +54,8 @@ def test_registry_presets_and_names():
     assert (c.vocab, c.mask_id, c.cond_id) == (33, 32, 32)
     with pytest.raises(ValueError):
         MAGEConfig(**TINY, drop_ratio=0.6)             # dropped tokens must be masked ones
-    with pytest.raises(ValueError):
-        MAGEConfig(**TINY, cond="class")               # needs num_classes
+    with pytest.raises(ValueError, match="num_classes"):
+        MAGE(MAGEConfig(**TINY, cond="class"))         # needs num_classes (filled from the data by train-pixel)
 
 
 @pytest.mark.parametrize("mu", [0.75, 0.55])

@@ -77,7 +77,7 @@ def cmd_cache_reps(a):
         print(vars(a))
         return 0
     cache_reps(a.encoder, a.out, views=a.views, data_overrides=_overrides(a, optim=False), device=a.device,
-               seed=a.seed or 0, progress=not a.no_progress)
+               seed=a.seed or 0, tokenizer=a.tokenizer, progress=not a.no_progress)
     return 0
 
 
@@ -107,6 +107,15 @@ def cmd_rep_fd(a):
     from .stages import rep_fd
     import json
     print(json.dumps(rep_fd(a.a, a.b), indent=2))
+    return 0
+
+
+def cmd_train_tokenizer(a):
+    cfg = _resolve(a, C.TOKENIZER_PRESETS, sections=("data", "eval_data"))
+    if a.dry_run:
+        return 0
+    from .stages import train_tokenizer
+    train_tokenizer(cfg, a.out or "runs/tokenizer", a.device, progress=not a.no_progress)
     return 0
 
 
@@ -140,7 +149,7 @@ def cmd_interpolate(a):
         print(vars(a))
         return 0
     from .sample import interpolate_command
-    print(interpolate_command(a.pixel, a.a, a.b, a.out, steps=a.steps_between, seed=a.seed, device=a.device,
+    print(interpolate_command(a.pixel, a.a, a.b, a.out, num=a.steps_between, seed=a.seed, device=a.device,
                               **_sampling_kw(a)))
     return 0
 
@@ -175,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="train-encoder run directory, or an official MoCo v3 .pth.tar")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
     p.add_argument("--views", type=int, default=4, help="augmented views per image (default 4)")
+    p.add_argument("--tokenizer", help="also store the tokens of the same crops (for train-pixel)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--dry-run", action="store_true")
@@ -209,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.set_defaults(func=cmd_rep_fd)
+    p = sub.add_parser("train-tokenizer", help="VQ tokenizer (MAGE's VQGAN architecture) on your images")
+    _common(p, C.TOKENIZER_PRESETS, "fmnist-tokenizer")
+    _data_flags(p)
+    _optim_flags(p)
+    p.set_defaults(func=cmd_train_tokenizer)
+
     p = sub.add_parser("train-pixel", help="pixel generator (MAGE) conditioned on representations")
     _common(p, C.PIXEL_PRESETS, "fmnist-mage")
     p.add_argument("--cache", required=True, help="rcg cache-reps --tokenizer output (tokens + representations)")

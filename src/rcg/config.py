@@ -282,3 +282,54 @@ PIXEL_PRESETS = {
                             optim=replace(_PAPER_MAGE_OPTIM, epochs=4, batch_size=256, lr=1e-3, warmup_epochs=0.25,
                                           log_every=20, ckpt_every=200)),
 }
+
+
+from .tokenizer import VQConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ReseedConfig:
+    """Dead-code re-seeding of the VQ codebook (every code's usage share is tracked as an EMA)."""
+    every: int = 25              # steps between re-seeds (0 = off)
+    decay: float = 0.98          # per-step EMA decay of the usage shares
+    threshold: float = 0.03      # a code is dead when its EMA share < threshold / n_embed
+    stop: float = 0.8            # no re-seeding after this fraction of training (the decoder settles)
+
+
+@dataclass(frozen=True)
+class TokenizerRun:
+    """``rcg train-tokenizer``: a VQ tokenizer (the MAGE VQGAN architecture) on the user's images, in [0, 1].
+    Loss: l1 |x - x'| + mse (x - x')^2 + grad (L1 of finite differences) + VQ loss (legacy VectorQuantizer2)."""
+    data: DataConfig = DataConfig()
+    eval_data: DataConfig = DataConfig(split="test")
+    model: VQConfig = VQConfig()
+    l1_weight: float = 1.0
+    mse_weight: float = 0.0
+    grad_weight: float = 0.0
+    reseed: ReseedConfig = ReseedConfig()
+    eval_every_epochs: float = 0.0   # held-out PSNR during training (0 = only at the end)
+    eval_images: int = 1000      # held-out images of the periodic check (the final check uses all)
+    optim: OptimConfig = OptimConfig()
+
+
+TOKENIZER_PRESETS = {
+    # CPU-sized: 28 px gray -> 7x7 tokens, 512 codes of dim 32, ~0.24 M parameters.
+    "fmnist-tokenizer": TokenizerRun(
+        data=DataConfig("fmnist", resolution=28, channels=1),
+        eval_data=DataConfig("fmnist", split="test", resolution=28, channels=1),
+        model=VQConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32,
+                       embed_dim=32, n_embed=512, resolution=28, num_groups=8),
+        optim=OptimConfig(epochs=1, batch_size=64, lr=2e-3, schedule="cosine", warmup_epochs=0.02, min_lr=1e-4,
+                          bf16=True, log_every=25, ckpt_every=200),
+    ),
+    # The official MAGE / RCG VQGAN architecture (config/mage/vqgan.yaml): f16, 16x16 tokens at 256 px.
+    "vqgan-f16-1024": TokenizerRun(
+        data=DataConfig("folder", resolution=256, channels=3, labels=False),
+        eval_data=DataConfig("folder", split="val", resolution=256, channels=3, labels=False),
+        model=VQConfig(),
+        # taming-transformers' VQGAN optimiser: Adam (0.5, 0.9), lr 4.5e-6 x batch. Our loss has no perceptual or
+        # adversarial term (L1 + VQ only), so this preset reproduces the architecture, not the official weights.
+        optim=OptimConfig(epochs=100, batch_size=64, lr=4.5e-6 * 64, betas=(0.5, 0.9), bf16=True, log_every=100,
+                          ckpt_every=2000),
+    ),
+}

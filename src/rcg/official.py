@@ -377,3 +377,59 @@ def mage_from_official(path_or_dict: PathOrDict, num_heads: Optional[int] = None
         "sampling": {ours_k: args[k] for k, ours_k in (("temp", "temperature"), ("num_iter", "steps"),
                                                        ("cfg", "guidance")) if k in args}}
     return model.eval(), info
+
+
+# ----------------------------------------------------------------------------------------------
+# ---- VQGAN (MAGE tokenizer)
+# ----------------------------------------------------------------------------------------------
+_VQ_PREFIXES = ("", "vqgan.", "module.vqgan.")
+
+
+def vqgan_from_official(path_or_dict: PathOrDict, resolution: int = 256,
+                        num_groups: int = 32) -> Tuple[torch.nn.Module, dict]:
+    """MAGE's VQGAN file (``{"state_dict": VQModel.state_dict()}``, what ``VQModel(ckpt_path=...)`` reads, as
+    ``vqgan_jax_strongaug.ckpt``), a plain VQModel state dict, or the ``vqgan.*`` weights inside an official MAGE
+    file -> (:class:`rcg.tokenizer.VQModel` in eval mode, info).
+
+    ch, ch_mult, num_res_blocks, z_channels, embed_dim, n_embed and in/out channels come from the weights;
+    ``resolution`` (not stored; only fixes ``token_grid``) and ``num_groups`` (official 32) are arguments.
+    Only the JAX-converted MaskGIT variant exists here: attention blocks or quant_conv are refused."""
+    from .tokenizer import VQConfig, VQModel
+
+    ckpt = _checkpoint(path_or_dict)
+    sd = ckpt.get("state_dict", ckpt.get("model", ckpt))
+    if not isinstance(sd, Mapping):
+        raise CheckpointFormatError(f"not a VQGAN checkpoint: 'state_dict' is a {type(sd).__name__}")
+    prefix = next((p for p in _VQ_PREFIXES if p + "quantize.embedding.weight" in sd), None)
+    if prefix is None:
+        raise CheckpointFormatError(f"not a VQGAN checkpoint: no '*quantize.embedding.weight' "
+                                    f"(found e.g. {sorted(sd)[:8]})")
+    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    dropped = sorted(k for k in sd if k.startswith("loss."))     # taming training files: LPIPS / discriminator
+    sd = {k: v for k, v in sd.items() if not k.startswith("loss.")}
+    what = "VQGAN checkpoint"
+    extra = sorted(k for k in sd if ".attn" in k or k.startswith(("quant_conv.", "post_quant_conv.")))
+    if extra:
+        raise CheckpointFormatError(f"{what}: has {extra[:3]}: a taming VQGAN with attention / quant_conv, not the "
+                                    f"JAX-converted MaskGIT VQGAN that MAGE uses; not supported")
+    ch, in_channels = _shape(sd, "encoder.conv_in.weight", what)[:2]
+    # levels: encoder.down.i / decoder.up.i (with num_res_blocks 0 only the decoder's upsample convs exist)
+    found = {int(m.group(1)) for k in sd for m in [re.match(r"(?:encoder\.down|decoder\.up)\.(\d+)\.", k)] if m}
+    levels = list(range(max(found) + 1 if found else 1))
+    num_res_blocks = len({m.group(1) for k in sd for m in [re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)] if m})
+    widths = [_shape(sd, f"encoder.down.{i}.block.0.conv1.weight", what)[0] if num_res_blocks
+              else _shape(sd, "encoder.mid.block_1.conv1.weight", what)[0] for i in levels]
+    if any(w % ch for w in widths):
+        raise CheckpointFormatError(f"{what}: level widths {widths} are not multiples of ch={ch}")
+    z_channels = _shape(sd, "encoder.conv_out.weight", what)[0]
+    n_embed, embed_dim = _shape(sd, "quantize.embedding.weight", what)
+    if z_channels != embed_dim:
+        raise CheckpointFormatError(f"{what}: z_channels {z_channels} != embed_dim {embed_dim} (needs a quant_conv)")
+    cfg = VQConfig(in_channels=in_channels, out_channels=_shape(sd, "decoder.conv_out.weight", what)[0], ch=ch,
+                   ch_mult=tuple(w // ch for w in widths), num_res_blocks=num_res_blocks, z_channels=z_channels,
+                   embed_dim=embed_dim, n_embed=n_embed, resolution=resolution, num_groups=num_groups)
+    model = VQModel(cfg)
+    _load_strict(model, sd, what)
+    info = {"kind": "vqgan", "config": asdict(cfg), "prefix": prefix, "dropped": dropped,
+            "token_grid": model.token_grid}
+    return model.eval(), info

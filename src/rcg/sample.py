@@ -127,12 +127,12 @@ class RCGSampler:
                 if self.cond == "class" else None
             yield self.images_from_reps(reps, seeds, labels=labels, **kw)
 
-    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 11, seed: int = 0, **kw) -> torch.Tensor:
-        """Images from rep = t * rep(a) + (1 - t) * rep(b), t = 1 ... 0 (paper Fig. 7); one seed for all."""
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, num: int = 11, seed: int = 0, **kw) -> torch.Tensor:
+        """``num`` images from rep = t * rep(a) + (1 - t) * rep(b), t = 1 ... 0 (paper Fig. 7); one seed for all."""
         ra, rb = self.reps_from_images(torch.stack([a, b])).unbind(0)
-        ts = torch.linspace(1.0, 0.0, steps, device=ra.device)
+        ts = torch.linspace(1.0, 0.0, num, device=ra.device)
         reps = ts[:, None] * ra[None] + (1 - ts[:, None]) * rb[None]
-        return self.images_from_reps(reps, [seed] * steps, **kw)
+        return self.images_from_reps(reps, [seed] * num, **kw)
 
 
 def load_image_files(paths: Sequence[str], channels: int, resolution: int) -> torch.Tensor:
@@ -170,12 +170,12 @@ def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=No
     return write_images(torch.cat(batches), out, scale=2)
 
 
-def interpolate_command(pixel, a, b, out, steps=11, seed=0, device=None, **kw) -> str:
-    """``rcg interpolate``: a strip generated from t * rep(a) + (1 - t) * rep(b), t from 1 to 0."""
-    if steps < 2:
-        raise ValueError(f"--steps must be at least 2, got {steps}")
+def interpolate_command(pixel, a, b, out, num=11, seed=0, device=None, **kw) -> str:
+    """``rcg interpolate``: a strip of ``num`` images from t * rep(a) + (1 - t) * rep(b), t from 1 to 0."""
+    if num < 2:
+        raise ValueError(f"--steps must be at least 2, got {num}")
     s = RCGSampler(pixel, None, device)
     if s.cond != "rep":
         raise ValueError("interpolation needs a representation-conditioned pixel generator")
     ims = load_image_files([a, b], s.tokenizer.cfg.in_channels, s.tokenizer.cfg.resolution)
-    return write_images(s.interpolate(ims[0], ims[1], steps, seed, **kw), out, nrow=steps, scale=2)
+    return write_images(s.interpolate(ims[0], ims[1], num, seed, **kw), out, nrow=num, scale=2)

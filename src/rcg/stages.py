@@ -468,34 +468,203 @@ SHIPPED_ENCODER = ASSETS / "fmnist-encoder"
 
 
 def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encoder: bool = False,
-         device: Optional[str] = None, progress: bool = True) -> dict:
-    """Every stage that exists on Fashion-MNIST with CPU presets, into ``out``; returns the summary."""
-    from .config import ENCODER_PRESETS, RDM_RUN_PRESETS, override
+         device: Optional[str] = None, progress: bool = True, overrides: Optional[dict] = None) -> dict:
+    """Every stage on Fashion-MNIST with the CPU presets, into ``out``: tokenizer, representation cache,
+    RDM, MAGE, then an 8x8 grid of unconditional samples, variations of reference images and an
+    interpolation strip. ``overrides`` maps a stage name (encoder, tokenizer, rdm, pixel) to ``--set``
+    style overrides (used by the tests to shrink everything)."""
+    from .config import (ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS, apply_overrides,
+                         override)
+    from .data import load_dataset
+    from .sample import RCGSampler, write_images
+    over = overrides or {}
     out = Path(out)
-    t0 = time.time()
-    summary = {}
+    out.mkdir(parents=True, exist_ok=True)
+    t0, summary, times = time.time(), {}, {}
+
+    def stage(name):
+        times[name] = round(time.time() - t0 - sum(times.values()), 1)
+
+    enc_cfg = apply_overrides(ENCODER_PRESETS["fmnist-encoder"], over.get("encoder", []))
     if train_new_encoder:
         encoder = str(out / "encoder")
-        print(f"[1/3] training the encoder (preset fmnist-encoder) into {encoder}")
-        summary["encoder"] = train_encoder(ENCODER_PRESETS["fmnist-encoder"], encoder, device, progress)
+        print(f"[1/6] training the encoder (preset fmnist-encoder) into {encoder}")
+        summary["encoder"] = train_encoder(enc_cfg, encoder, device, progress)
     elif encoder is None:
         if not (SHIPPED_ENCODER / WEIGHTS).is_file():
-            raise FileNotFoundError(f"no shipped encoder weights in {SHIPPED_ENCODER}; pass --train-encoder")
+            raise FileNotFoundError(f"no shipped encoder weights in {SHIPPED_ENCODER}; use --train-encoder")
         encoder = str(SHIPPED_ENCODER)
-        print(f"[1/3] encoder: using the weights shipped in the package ({encoder}), made by this project's "
-              f"`rcg train-encoder` (see {SHIPPED_ENCODER / 'README.md'})")
+        print(f"[1/6] encoder: the weights shipped with rcg ({encoder}), trained by this project's "
+              f"`rcg train-encoder --preset fmnist-encoder` (command and seed in its README.md)")
     else:
-        print(f"[1/3] encoder: {encoder}")
-    cache = out / "reps.safetensors"
-    print(f"[2/3] caching representations of 2 views of every training image into {cache}")
-    summary["cache"] = cache_reps(encoder, cache, views=2, device=device, progress=progress)
-    print(f"[3/3] training the RDM (preset fmnist-rdm) into {out / 'rdm'}")
-    cfg = override(override(RDM_RUN_PRESETS["fmnist-rdm"], "cache", str(cache)), "encoder", encoder)
-    summary["rdm"] = train_rdm(cfg, str(out / "rdm"), device, progress)
-    summary["wall_s"] = round(time.time() - t0, 1)
+        print(f"[1/6] encoder: {encoder}")
+    stage("encoder")
+    print(f"[2/6] training the VQ tokenizer (preset fmnist-tokenizer) into {out / 'tokenizer'}")
+    tok_cfg = apply_overrides(TOKENIZER_PRESETS["fmnist-tokenizer"], over.get("tokenizer", []))
+    summary["tokenizer"] = train_tokenizer(tok_cfg, str(out / "tokenizer"), device, progress)
+    stage("tokenizer")
+    cache = out / "cache.safetensors"
+    print(f"[3/6] representations and tokens of 2 views of every training image -> {cache}")
+    data_over = [f"data.{k}={v}" for k, v in over.get("data", {}).items()]
+    summary["cache"] = cache_reps(encoder, cache, views=2, device=device, tokenizer=str(out / "tokenizer"),
+                                  data_overrides=data_over, progress=progress)
+    stage("cache")
+    print(f"[4/6] training the RDM (preset fmnist-rdm) into {out / 'rdm'}")
+    rdm_cfg = apply_overrides(override(override(RDM_RUN_PRESETS["fmnist-rdm"], "cache", str(cache)), "encoder", encoder),
+                              over.get("rdm", []))
+    summary["rdm"] = train_rdm(rdm_cfg, str(out / "rdm"), device, progress)
+    stage("rdm")
+    print(f"[5/6] training MAGE on representations (preset fmnist-mage) into {out / 'pixel'}")
+    pix_cfg = apply_overrides(PIXEL_PRESETS["fmnist-mage"], [f"cache={cache}", f"encoder={encoder}",
+                                                             f"tokenizer={out / 'tokenizer'}"] + over.get("pixel", []))
+    summary["pixel"] = train_pixel(pix_cfg, str(out / "pixel"), device, progress)
+    stage("pixel")
+    print("[6/6] sampling")
+    s = RCGSampler(str(out / "pixel"), str(out / "rdm"), device)
+    grid = torch.cat(list(s.stream(64, seed=0, batch_size=64)))
+    files = {"samples": write_images(grid, out / "samples.png", nrow=8, scale=3)}
+    test = load_dataset(replace_data(enc_cfg.eval_data, over.get("data", {})))
+    idx = _one_per_class(test.labels, 6) if test.labels is not None else list(range(6))
+    refs = test.images[idx]
+    rows = []
+    for i in range(len(refs)):
+        rows.append(torch.cat([refs[i:i + 1], s.images_from_reps(s.reps_from_images(refs[i:i + 1]).expand(7, -1),
+                                                                 list(range(100, 107)))]))
+    files["references"] = write_images(torch.cat(rows), out / "references.png", nrow=8, scale=3)
+    strip = s.interpolate(refs[0], refs[1], num=11, seed=7)
+    files["interpolation"] = write_images(torch.cat([refs[0:1], strip, refs[1:2]]), out / "interpolation.png",
+                                          nrow=13, scale=3)
+    stage("sample")
+    summary.update(files=files, stage_wall_s=times, wall_s=round(time.time() - t0, 1),
+                   encoder_source=encoder)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    r = summary["rdm"]
+    r, t = summary["rdm"], summary["tokenizer"]
     print(f"\ndemo done in {summary['wall_s']:.0f} s -> {out}\n"
-          f"  representation FD of RDM samples: {r['rep_fd']:.4f} (floor {r['rep_fd_floor']:.4f}, "
-          f"ratio {r['rep_fd_ratio']:.2f})")
+          f"  stage times (s): {times}\n"
+          f"  tokenizer PSNR {t.get('psnr', float('nan')):.2f} dB; RDM representation FD {r['rep_fd']:.4f} "
+          f"(real-subset floor {r['rep_fd_floor']:.4f})\n"
+          f"  {files['samples']}\n  {files['references']} (first column: the reference)\n"
+          f"  {files['interpolation']} (ends: the two images)")
     return summary
+
+
+def replace_data(cfg, fields: dict):
+    from dataclasses import replace
+    return replace(cfg, **fields) if fields else cfg
+
+
+def _one_per_class(labels: torch.Tensor, n: int) -> list:
+    """Indices of the first image of each of the first ``n`` classes."""
+    out = []
+    for c in range(int(labels.max()) + 1):
+        hits = (labels == c).nonzero()
+        if len(hits):
+            out.append(int(hits[0]))
+        if len(out) == n:
+            break
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# train-tokenizer
+# ------------------------------------------------------------------------------------------------
+TOKENIZER_KIND = "rcg-tokenizer"
+
+
+def train_tokenizer(cfg, out: str, device: Optional[str] = None, progress: bool = True) -> dict:
+    """Train the VQ tokenizer (MAGE's VQGAN architecture) on ``cfg.data`` into the run directory ``out``;
+    ends with the held-out reconstruction PSNR, codebook usage and perplexity (``summary.json``) and a grid
+    of held-out images over their reconstructions (``samples/reconstructions.png``)."""
+    from .tokenizer import VQModel, VQTrainer, reconstruction_metrics
+
+    dev = setup_torch(device, cfg.optim.num_threads)
+    run_dir, resuming = prepare_run_dir(out, to_dict(cfg))
+    m = cfg.model
+    data = load_dataset(cfg.data)
+    print(f"data: {data.source}: {len(data)} images {tuple(data.images.shape[1:])}")
+    if (data.images.shape[1], data.images.shape[-1]) != (m.in_channels, m.resolution) or m.out_channels != m.in_channels:
+        raise ValueError(f"the tokenizer takes {m.in_channels}x{m.resolution}px images (out_channels {m.out_channels}) "
+                         f"but the data are {data.images.shape[1]}x{data.images.shape[-1]}px; set data.channels / "
+                         f"data.resolution or model.in_channels / out_channels / resolution")
+    try:
+        held = load_dataset(cfg.eval_data)
+        split = "held-out"
+        if held.images.shape[1:] != data.images.shape[1:]:
+            raise ValueError(f"eval_data gives {tuple(held.images.shape[1:])} images, training {tuple(data.images.shape[1:])}")
+    except Exception as e:  # no test split: report the PSNR on (the last) training images, and say so
+        print(f"no held-out images ({e}); PSNR is measured on training images")
+        held, split = data, "train"
+    torch.manual_seed(cfg.optim.seed)
+    vq = VQModel(m)
+    trainer = VQTrainer(vq, cfg.l1_weight, cfg.mse_weight, cfg.grad_weight, cfg.reseed.decay,
+                        cfg.reseed.threshold).to(dev)
+    images = data.images.to(dev)
+    batches = EpochBatches(len(images), cfg.optim.batch_size, cfg.optim.seed)
+    total = max(1, int(round(cfg.optim.epochs * batches.steps_per_epoch)))
+    stop = int(cfg.reseed.stop * total)
+    n_params = sum(p.numel() for p in vq.parameters())
+    print(f"VQ tokenizer: {n_params:,} parameters; {vq.token_grid}x{vq.token_grid} tokens of {m.n_embed} codes; "
+          f"{total} steps")
+
+    def loss_fn(step, gen):
+        x = images[batches(step).to(dev)].float().div(255.0)
+        if cfg.reseed.every and 0 < step < stop and step % cfg.reseed.every == 0:
+            trainer.reseed(x, gen)          # under no_grad, before the loss; randomness from the step generator
+        return trainer.loss(x)
+
+    n_eval = min(cfg.eval_images or len(held), len(held))
+    eval_images = held.images[-n_eval:]
+
+    def evaluate(step):
+        res = reconstruction_metrics(vq, eval_images, bf16=cfg.optim.bf16)
+        print(f"step {step}: {split} PSNR {res['psnr']:.2f} dB, codebook usage {res['codebook_usage']:.3f}, "
+              f"perplexity {res['perplexity']:.1f} ({res['eval_images']} images)")
+        return {"eval_" + k: v for k, v in res.items()}
+
+    every = int(cfg.eval_every_epochs * batches.steps_per_epoch)
+    job = Job(model=trainer, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,
+              images_per_step=cfg.optim.batch_size, export=lambda: vq.state_dict(), evaluate=evaluate,
+              eval_every=every, metadata={"kind": TOKENIZER_KIND}, desc="train-tokenizer")
+    t0 = time.time()
+    last = fit(run_dir, job, cfg.optim, resuming, progress)
+    summary_path = run_dir / "summary.json"
+    if not last and summary_path.is_file():
+        print(f"{run_dir} is finished; summary: {summary_path}")
+        return json.loads(summary_path.read_text())
+    summary = {"stage": "tokenizer", "params": n_params, "steps": total, "train_wall_s": round(time.time() - t0, 1),
+               "token_grid": vq.token_grid, **last}
+    t1 = time.time()
+    tok = load_tokenizer(run_dir, dev)
+    res = reconstruction_metrics(tok, held.images)
+    summary.update(res, psnr_split=split, eval_wall_s=round(time.time() - t1, 1), fingerprint=fingerprint(tok))
+    append_metrics(run_dir / METRICS, {"step": total, "final": True, **res})
+    with torch.no_grad():
+        x = held.images[:16].to(dev)
+        recon = tok.decode_ids(tok.encode(x)[1], (vq.token_grid, vq.token_grid)).float().clamp(0, 1)
+    from .sample import to_uint8, write_images
+    write_images(torch.cat([x.cpu(), to_uint8(recon).cpu()]), run_dir / "samples" / "reconstructions.png", nrow=16,
+                 scale=max(1, 112 // m.resolution))
+    print(f"{split} reconstruction ({res['eval_images']} images): PSNR {res['psnr']:.2f} dB, codebook usage "
+          f"{res['codebook_usage']:.3f}, perplexity {res['perplexity']:.1f} -> {run_dir}")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def load_tokenizer(source, device=None):
+    """A frozen VQ tokenizer (VQModel, eval mode) from a ``train-tokenizer`` run directory, or from an official
+    VQGAN checkpoint file (MAGE's ``vqgan_jax_strongaug.ckpt`` layout; 256 px assumed)."""
+    from .config import TokenizerRun
+    from .tokenizer import VQModel
+    src = Path(source)
+    if src.is_file():
+        from .official import vqgan_from_official
+        vq, _ = vqgan_from_official(src)
+    else:
+        cfg = from_dict(TokenizerRun, read_config(src))
+        vq = VQModel(cfg.model)
+        tensors, meta = load_tensors(src / WEIGHTS)
+        if meta.get("kind", TOKENIZER_KIND) != TOKENIZER_KIND:
+            raise CheckpointError(f"{src} holds a {meta.get('kind')!r} checkpoint, not a tokenizer")
+        vq.load_state_dict(tensors)
+    vq.requires_grad_(False)
+    return vq.eval().to(device or "cpu")

@@ -43,8 +43,7 @@ class VQConfig:
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
-    """x * sigmoid(x) (official), computed by the fused ``silu`` (same function; faster backward)."""
-    return F.silu(x)
+    return x * torch.sigmoid(x)
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -269,8 +268,8 @@ def reseed_dead_codes(codebook: torch.Tensor, usage: torch.Tensor, z_flat: torch
 
 class VQTrainer(nn.Module):
     """Training wrapper: loss = l1 |x - x'| + mse (x - x')^2 + grad |d x - d x'| + VQ loss. The buffer
-    ``usage`` is an EMA of each code's share of the assignments; it is part of the state dict, so resume
-    continues it exactly. Only ``vq`` is exported."""
+    ``usage`` is an EMA (from 0) of each code's share of the assignments and ``reseeded`` counts re-seeded
+    codes; both are in the state dict, so resume continues them exactly. Only ``vq`` is exported."""
 
     def __init__(self, vq: VQModel, l1: float = 1.0, mse: float = 0.0, grad: float = 0.0,
                  usage_decay: float = 0.99, dead_threshold: float = 0.03):
@@ -279,15 +278,17 @@ class VQTrainer(nn.Module):
         self.l1, self.mse, self.grad = l1, mse, grad
         self.usage_decay, self.dead_threshold = usage_decay, dead_threshold
         n = vq.cfg.n_embed
-        self.register_buffer("usage", torch.full((n,), 1.0 / n))
+        self.register_buffer("usage", torch.zeros(n))
+        self.register_buffer("reseeded", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
     def reseed(self, x: torch.Tensor, gen: Optional[torch.Generator] = None) -> int:
         """Re-seed the dead codes from the encoder outputs of ``x`` (call before the loss of a step)."""
         z = self.vq.encoder(self.vq._float(x)).float()
         z_flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        return reseed_dead_codes(self.vq.quantize.embedding.weight.data, self.usage, z_flat,
-                                 self.dead_threshold, gen)
+        n = reseed_dead_codes(self.vq.quantize.embedding.weight.data, self.usage, z_flat, self.dead_threshold, gen)
+        self.reseeded += n
+        return n
 
     def loss(self, x: torch.Tensor):
         """x float [0, 1] -> (loss, metrics); updates the usage EMA."""
@@ -304,7 +305,8 @@ class VQTrainer(nn.Module):
         stats = code_stats(counts)
         metrics = {"rec_loss": rec.detach(), "vq_loss": vq_loss.detach(), "psnr_batch": -10 * torch.log10(mse),
                    "batch_code_usage": stats["codebook_usage"], "batch_perplexity": stats["perplexity"],
-                   "live_codes": float((self.usage >= self.dead_threshold / len(self.usage)).float().mean())}
+                   "live_codes": float((self.usage >= self.dead_threshold / len(self.usage)).float().mean()),
+                   "reseeded_total": float(self.reseeded)}
         return rec + vq_loss, metrics
 
 

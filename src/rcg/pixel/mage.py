@@ -50,8 +50,6 @@ class MAGEConfig:
     def __post_init__(self):
         if self.cond not in ("rep", "class", "none"):
             raise ValueError(f"cond must be 'rep', 'class' or 'none', got {self.cond!r}")
-        if self.cond == "class" and self.num_classes <= 0:
-            raise ValueError("cond='class' needs num_classes > 0")
         if self.vocab <= self.codebook_size:
             raise ValueError(f"vocab_size {self.vocab} must exceed codebook_size {self.codebook_size} ([MASK])")
         for name in ("mask_id", "cond_id"):
@@ -208,6 +206,8 @@ class MAGE(nn.Module):
         D, Dd, S = c.embed_dim, c.decoder_embed_dim, 1 + c.num_tokens
         self.token_emb = TokenEmbedding(c.vocab, D, S, c.dropout)
         if c.cond == "class":
+            if c.num_classes <= 0:
+                raise ValueError("cond='class' needs num_classes > 0")
             self.class_emb = nn.Embedding(c.num_classes, D)
         else:
             self.latent_prior_proj = nn.Linear(c.rep_dim, D)
