@@ -268,7 +268,7 @@ def test_image_folder_source_round_trips_pngs(tmp_path):
     assert src.num_images == 5 and torch.equal(torch.cat(list(src)), rgb)
     assert torch.equal(torch.cat(list(iterate_image_folder(tmp_path / "gray", batch_size=4))), gray)
     assert torch.equal(torch.cat(list(iterate_image_folder(tmp_path / "gray", channels=3))), gray.repeat(1, 3, 1, 1))
-    assert next(iter(iterate_image_folder(tmp_path / "rgb", resolution=6))).shape == (5, 3, 6, 6)
+    assert next(iter(iterate_image_folder(tmp_path / "rgb", resolution=10))).shape == (5, 3, 10, 10)
     with pytest.raises(EvalError, match="does not exist"):
         iterate_image_folder(tmp_path / "nope")
 

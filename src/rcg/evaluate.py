@@ -709,7 +709,7 @@ class NpzSource:
                 raw = f.read(n * item)
                 if len(raw) != n * item:
                     raise EvalError(f"{self.path}: truncated array (ended at image {i + len(raw) // item})")
-                a = np.frombuffer(raw, dtype=np.uint8).reshape((n,) + self.shape[1:])
+                a = np.frombuffer(bytearray(raw), dtype=np.uint8).reshape((n,) + self.shape[1:])
                 yield _to_nchw(a, self.layout)
         finally:
             f.close()
