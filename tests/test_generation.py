@@ -95,3 +95,21 @@ def test_pixel_baselines_train_with_class_and_none(system, tmp_path):
         assert summ["cond"] == cond and summ["loss"] > 0
     s = RCGSampler(str(tmp_path / "none"), None, "cpu")
     assert torch.cat(list(s.stream(2, batch_size=2))).shape == (2, 1, 16, 16)
+
+
+def test_cli_eval_streams_generated_images_against_cached_reference(system, tmp_path, capsys):
+    import json
+    from test_evalnet import tiny_run
+    from rcg.evalnet import train_evalnet
+    train_evalnet(tiny_run(system / "data", epochs=1), str(tmp_path / "evalnet"), "cpu", progress=False)
+    argv = ["eval", "--pixel", str(system / "mage"), "--rdm", str(system / "rdm"), "--num", "12", "--batch-size", "5",
+            "--evalnet", str(tmp_path / "evalnet"), "--ref-data", "fmnist", "--ref-dir", str(system / "data"),
+            "--resolution", "16", "--ref-cache", str(tmp_path / "ref.npz"),
+            "--rep-reference", str(system / "cache.safetensors"), "--json", str(tmp_path / "r.json"), "--no-progress"]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["num_samples"] == 12 and res["num_reference"] == 128
+    assert res["fid_dom"] > 0 and 1.0 <= res["is_dom"] <= 2.0 and res["rep_fd"] > 0
+    assert 0 <= res["precision"] <= 1 and (tmp_path / "ref.npz").is_file()
+    assert main(argv) == 0                                   # second time: the cached reference statistics
+    assert json.loads((tmp_path / "r.json").read_text())["fid_dom"] == pytest.approx(res["fid_dom"], rel=1e-5)

@@ -161,6 +161,34 @@ def _sampling_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> 
     g.add_argument("--guidance", type=float, help="representation guidance tau (0 = off; linear schedule)")
 
 
+def cmd_train_evalnet(a):
+    from .evalnet import EVALNET_PRESETS, train_evalnet
+    cfg = _resolve(a, EVALNET_PRESETS, sections=("data", "eval_data"))
+    if a.dry_run:
+        return 0
+    train_evalnet(cfg, a.out or "runs/evalnet", a.device, progress=not a.no_progress)
+    return 0
+
+
+def cmd_eval(a):
+    import json
+    ref_data = None
+    if a.ref_data:
+        ref_data = C.DataConfig(a.ref_data, path=a.ref_dir, split=a.ref_split, resolution=a.resolution or 28,
+                                channels=a.channels or 1, labels=False)
+    if a.dry_run:
+        print(vars(a))
+        return 0
+    from .stages import run_eval
+    res = run_eval(npz=a.npz, folder=a.folder, pixel=a.pixel, rdm=a.rdm, num=a.num, seed=a.seed,
+                   guidance=a.guidance, temperature=a.temperature, steps=a.decode_steps,
+                   inception_weights=a.inception_weights, evalnet=a.evalnet, ref=a.ref, ref_data=ref_data,
+                   ref_cache=a.ref_cache, rep_reference=a.rep_reference, batch_size=a.batch_size, out_json=a.json,
+                   device=a.device, progress=not a.no_progress)
+    print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
 def cmd_demo(a):
     from .stages import demo
     if a.dry_run:
@@ -260,6 +288,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("train-evalnet", help="domain classifier whose features give fid_dom / is_dom")
+    from .evalnet import EVALNET_PRESETS
+    _common(p, EVALNET_PRESETS, "fmnist-evalnet")
+    _data_flags(p)
+    _optim_flags(p)
+    p.set_defaults(func=cmd_train_evalnet)
+
+    p = sub.add_parser("eval", help="FID / IS / precision-recall (and rep FD) of generated images")
+    g = p.add_argument_group("generated images (one of)")
+    g.add_argument("--npz", help="npz of uint8 images (arr_0: N,H,W,C)")
+    g.add_argument("--folder", help="folder of images")
+    g.add_argument("--pixel", help="train-pixel run: images are generated and streamed (with --rdm)")
+    g.add_argument("--rdm", help="train-rdm run for --pixel")
+    g.add_argument("--num", type=int, default=10000, help="generated images for --pixel (default 10000)")
+    g.add_argument("--seed", type=int, default=0)
+    _sampling_flags(p)
+    g = p.add_argument_group("feature network (one of)")
+    g.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth (torch-fidelity's)")
+    g.add_argument("--evalnet", help="rcg train-evalnet run directory (reports fid_dom / is_dom)")
+    g = p.add_argument_group("reference")
+    g.add_argument("--ref", help="npz of reference statistics (ours, or ADM's mu/sigma)")
+    g.add_argument("--ref-data", choices=["fmnist", "folder", "cifar10"], help="compute them from this data set")
+    g.add_argument("--ref-dir", help="its folder (default location for fmnist)")
+    g.add_argument("--ref-split", default="train")
+    g.add_argument("--resolution", type=int)
+    g.add_argument("--channels", type=int, choices=[1, 3])
+    g.add_argument("--ref-cache", help="keep the reference statistics in this npz (computed once)")
+    p.add_argument("--rep-reference", help="representation cache for the representation FD (with --pixel)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--device")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="every stage on Fashion-MNIST with CPU presets")
     p.add_argument("--out", default="runs/demo")
