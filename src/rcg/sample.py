@@ -65,23 +65,36 @@ class RCGSampler:
 
     def __init__(self, pixel: str, rdm: Optional[str] = None, device=None):
         from .stages import load_encoder, load_pixel, load_rdm, load_tokenizer
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.cfg, fps = load_pixel(pixel, self.device)
-        if self.cfg is None:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, cfg, fps = load_pixel(pixel, device)
+        if cfg is None:
             raise ValueError("sampling from an official MAGE file needs the paper presets (rcg sample --preset)")
-        self.tokenizer = load_tokenizer(self.cfg.tokenizer, self.device)
-        self.encoder = load_encoder(self.cfg.encoder, self.device)
-        if fps.get("tokenizer_fingerprint") not in (None, fingerprint(self.tokenizer)):
-            raise ValueError(f"the tokenizer {self.cfg.tokenizer} changed since {pixel} was trained")
-        if fps.get("encoder_fingerprint") not in (None, fingerprint(self.encoder)):
-            raise ValueError(f"the encoder {self.cfg.encoder} changed since {pixel} was trained")
-        self.rdm = None
+        tokenizer = load_tokenizer(cfg.tokenizer, device)
+        encoder = load_encoder(cfg.encoder, device)
+        if fps.get("tokenizer_fingerprint") not in (None, fingerprint(tokenizer)):
+            raise ValueError(f"the tokenizer {cfg.tokenizer} changed since {pixel} was trained")
+        if fps.get("encoder_fingerprint") not in (None, fingerprint(encoder)):
+            raise ValueError(f"the encoder {cfg.encoder} changed since {pixel} was trained")
+        rdm_model = rdm_cfg = None
         if rdm is not None:
-            self.rdm_src = rdm
-            self.rdm, rdm_cfg, rdm_fp = load_rdm(rdm, self.device)
+            rdm_model, rdm_cfg, rdm_fp = load_rdm(rdm, device)
             if rdm_fp is not None and fps.get("encoder_fingerprint") not in (None, rdm_fp):
                 raise ValueError(f"the RDM {rdm} was trained on another encoder's representations than the pixel "
                                  f"generator {pixel}; train both on the same encoder")
+        self.setup(model, cfg, tokenizer, encoder, rdm_model, rdm_cfg, device)
+
+    def setup(self, model, cfg, tokenizer, encoder, rdm=None, rdm_cfg=None, device=None) -> "RCGSampler":
+        """Use already-loaded parts (e.g. converted official weights): the pixel generator ``model`` with
+        its PixelRun ``cfg`` (sampling defaults), tokenizer, encoder, and optionally an RDM with its RDMRun
+        ``rdm_cfg`` (None = the paper's DDIM 250 steps, eta 1)."""
+        self.model, self.cfg, self.tokenizer, self.encoder = model, cfg, tokenizer, encoder
+        self.rdm, self.rdm_cfg = rdm, rdm_cfg
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        return self
+
+    @classmethod
+    def from_parts(cls, *args, **kw) -> "RCGSampler":
+        return cls.__new__(cls).setup(*args, **kw)
 
     @property
     def cond(self) -> str:
@@ -89,14 +102,13 @@ class RCGSampler:
 
     def reps_from_rdm(self, seeds: Sequence[int], label: Optional[int] = None, steps=None, eta=None) -> torch.Tensor:
         """One RDM representation per (consecutive) seed; ``label`` for a class-conditional RDM."""
-        from .stages import sample_reps
+        from .stages import draw_reps
         if self.rdm is None:
             raise ValueError("unconditional RCG sampling needs an RDM (--rdm RUN_DIR)")
         seeds = [int(s) for s in seeds]
         if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
             raise ValueError("seeds must be consecutive")
-        res = sample_reps(self.rdm_src, None, num=len(seeds), steps=steps, eta=eta, seed=seeds[0], label=label,
-                          batch_size=len(seeds), device=self.device, progress=False)
+        res = draw_reps(self.rdm, self.rdm_cfg, len(seeds), steps, eta, seeds[0], label, batch_size=len(seeds))
         return res["reps"].to(self.device)
 
     @torch.no_grad()

@@ -313,14 +313,28 @@ def load_rdm(source, device=None):
 def sample_reps(rdm_src, out=None, num: int = 1000, steps: Optional[int] = None, eta: Optional[float] = None,
                 seed: int = 0, label: Optional[int] = None, labels=None, batch_size: int = 1000, device=None,
                 progress: bool = True) -> dict:
-    """Sample ``num`` representations (sample i uses seed + i, whatever the batch size); optionally
-    write them to ``out`` (safetensors with the encoder fingerprint)."""
+    """Sample ``num`` representations from an RDM run directory or official file (sample i uses seed + i,
+    whatever the batch size); optionally write them to ``out`` (safetensors with the encoder fingerprint)."""
+    dev = torch.device(device) if device is not None else setup_torch()
+    model, cfg, fp = load_rdm(rdm_src, dev)
+    result = draw_reps(model, cfg, num, steps, eta, seed, label, labels, batch_size, progress)
+    if out is not None:
+        save_tensors(out, result, {"kind": REPS_KIND, "encoder_fingerprint": fp or "unknown", "rdm": str(rdm_src),
+                                   "steps": result["steps"].item(), "eta": result["eta"].item(), "seed": seed})
+        print(f"wrote {out}: {num} representations (DDIM {result['steps'].item()} steps, eta {result['eta'].item()})")
+    return result
+
+
+@torch.no_grad()
+def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[float] = None, seed: int = 0,
+              label: Optional[int] = None, labels=None, batch_size: int = 1000, progress: bool = False) -> dict:
+    """DDIM samples of a loaded RDM (``cfg``: its RDMRun, or None for the paper's sampler settings):
+    {"reps" (num, D) float32 on the CPU, "labels" when class-conditional, "steps", "eta"}."""
     from tqdm.auto import tqdm
     from .config import DiffusionConfig
     from .diffusion import GaussianDiffusion, randn_per_sample
 
-    dev = torch.device(device) if device is not None else setup_torch()
-    model, cfg, fp = load_rdm(rdm_src, dev)
+    dev = next(model.parameters()).device
     dcfg = cfg.diffusion if cfg is not None else DiffusionConfig()
     steps = steps or (cfg.sample_steps if cfg is not None else 250)
     eta = (cfg.eta if cfg is not None else 1.0) if eta is None else eta
@@ -344,13 +358,9 @@ def sample_reps(rdm_src, out=None, num: int = 1000, steps: Optional[int] = None,
         chunks.append(diffusion.ddim_sample(lambda x, t: model(x, t, y), x_T, steps, eta, generators=gens).float().cpu())
         bar.update(n)
     bar.close()
-    result = {"reps": torch.cat(chunks)}
+    result = {"reps": torch.cat(chunks), "steps": torch.tensor(steps), "eta": torch.tensor(float(eta))}
     if labels is not None:
         result["labels"] = labels.clone()
-    if out is not None:
-        save_tensors(out, result, {"kind": REPS_KIND, "encoder_fingerprint": fp or "unknown", "rdm": str(rdm_src),
-                                   "steps": steps, "eta": eta, "seed": seed})
-        print(f"wrote {out}: {num} representations (DDIM {steps} steps, eta {eta})")
     return result
 
 
