@@ -9,6 +9,16 @@ modules and load them strictly, and return ``(module in eval mode, info dict)``.
   LitEma shadows ``model_ema.<name without dots>``, ``cond_stage_model.embedding.weight``).
 - :func:`mocov3_from_official`: MoCo v3 ``main_moco.py`` files (``module.base_encoder.*``) and the
   ``pretrained_encoder.*`` copy inside RCG files; :func:`mocov3_from_state_dict` for a plain ViT dict.
+- :func:`mage_from_official`: RCG MAGE-B/L files (generator keys; ``fake_latent`` -> ``null_rep``; unused
+  official parameters dropped); :func:`split_mage_checkpoint` separates the ``vqgan.*`` and
+  ``pretrained_encoder.*`` sub-models inside them.
+- :func:`vqgan_from_official`: MAGE's VQGAN ``.ckpt`` (``{"state_dict": VQModel}``), or the ``vqgan.*`` copy
+  inside a MAGE file.
+- :func:`detect_kind` / :func:`checkpoint_info` (``rcg info``): which of mocov3, rdm, mage, vqgan, dit
+  (recognised, not supported yet) a file is, its architecture, parameter count, EMA, epoch and sub-models.
+- :func:`convert` (``rcg convert``): an official file -> our run directory (``config.json`` +
+  ``checkpoint.safetensors``) that ``rcg.stages.load_rdm`` / ``load_encoder`` / ``load_tokenizer`` /
+  ``load_pixel`` read (a MAGE file also gives ``encoder/`` and ``tokenizer/`` run directories).
 """
 from __future__ import annotations
 
@@ -433,3 +443,329 @@ def vqgan_from_official(path_or_dict: PathOrDict, resolution: int = 256,
     info = {"kind": "vqgan", "config": asdict(cfg), "prefix": prefix, "dropped": dropped,
             "token_grid": model.token_grid}
     return model.eval(), info
+
+
+# ----------------------------------------------------------------------------------------------
+# ---- what is this file? (rcg info) and official -> run directories (rcg convert)
+# ----------------------------------------------------------------------------------------------
+KINDS = ("mocov3", "rdm", "mage", "vqgan", "dit")
+# fixed (requires_grad=False) tables and buffers among the official MAGE keys: not "trainable parameters"
+_MAGE_FIXED = ("pos_embed", "decoder_pos_embed", "token_emb.position_ids")
+
+
+def _weights(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
+    for key in ("model", "state_dict"):
+        if isinstance(ckpt.get(key), Mapping):
+            return ckpt[key]
+    return ckpt
+
+
+def detect_kind(ckpt: Mapping[str, Any]) -> str:
+    """The official format of a loaded checkpoint dict, from its keys: ``rdm`` (``model.diffusion_model.*``),
+    ``mage`` (``token_emb.word_embeddings.weight``), ``dit`` (``x_embedder`` / ``t_embedder``), ``vqgan``
+    (``quantize.embedding.weight`` + ``encoder.conv_in.weight``), ``mocov3`` (a ViT: ``*patch_embed.proj.weight``)."""
+    sd = _weights(ckpt)
+    keys = [k for k in sd if isinstance(k, str)]
+    if any(k.startswith(_NET) for k in keys):
+        return "rdm"
+    if "token_emb.word_embeddings.weight" in sd:
+        return "mage"
+    if any(k.startswith(("x_embedder.", "t_embedder.")) for k in keys):
+        return "dit"
+    if any(p + "quantize.embedding.weight" in sd and p + "encoder.conv_in.weight" in sd for p in _VQ_PREFIXES):
+        return "vqgan"
+    if any(k.endswith("patch_embed.proj.weight") or k.endswith("patch_embed.proj.0.weight") for k in keys):
+        return "mocov3"
+    raise CheckpointFormatError(f"not an official RCG / MoCo v3 / MAGE VQGAN checkpoint: unknown key layout "
+                                f"(found e.g. {sorted(keys)[:8]}); known kinds: {', '.join(KINDS)}")
+
+
+def _nparams(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _plain(cfg) -> dict:
+    from .config import to_dict
+    return to_dict(cfg)
+
+
+def _encoder_summary(enc: Encoder, einfo: dict) -> dict:
+    c = enc.cfg
+    return {"kind": "mocov3", "params": _nparams(enc), "backbone_params": _nparams(enc.backbone),
+            "projector_params": _nparams(enc.head), "num_heads_from": einfo.get("num_heads_from"),
+            "architecture": f"ViT {c.embed_dim} wide, {c.depth} deep, {c.num_heads} heads, patch {c.patch_size}, "
+                            f"{c.img_size} px; projector {c.proj_layers} layers {c.mlp_dim} -> {c.rep_dim}",
+            "config": _plain(c)}
+
+
+def _vq_downsampling(sd: Mapping[str, Any]) -> int:
+    """2 ** (levels - 1) of a VQModel state dict (prefix stripped), from its encoder.down.i / decoder.up.i keys."""
+    levels = {int(m.group(1)) for k in sd for m in [re.match(r"(?:encoder\.down|decoder\.up)\.(\d+)\.", k)] if m}
+    return 2 ** max(levels) if levels else 1
+
+
+def _vq_summary(vq: torch.nn.Module, vinfo: dict) -> dict:
+    c = vq.cfg
+    f = 2 ** (len(c.ch_mult) - 1)
+    return {"kind": "vqgan", "params": _nparams(vq), "token_grid": vq.token_grid, "downsampling": f,
+            "architecture": f"VQGAN f{f}: ch {c.ch} x {list(c.ch_mult)}, {c.num_res_blocks} res blocks per level, "
+                            f"codebook {c.n_embed} x {c.embed_dim}, {vq.token_grid}x{vq.token_grid} tokens at "
+                            f"{c.resolution} px", "dropped": vinfo.get("dropped", []), "config": _plain(c)}
+
+
+def _mage_with_heads(ckpt, num_heads, decoder_num_heads, strict_heads: bool):
+    """mage_from_official; without ``strict_heads`` a width whose heads cannot be inferred is built with 1 head
+    (heads do not change the parameters) and reported as unknown."""
+    try:
+        return mage_from_official(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads) + (True,)
+    except CheckpointFormatError as e:
+        if strict_heads or "heads" not in str(e):
+            raise
+        model, info = mage_from_official(ckpt, num_heads=num_heads or 1, decoder_num_heads=decoder_num_heads or 1)
+        return model, info, False
+
+
+def _mage_submodels(ckpt, mage_cfg) -> Dict[str, Tuple[torch.nn.Module, dict]]:
+    """The VQGAN and MoCo encoder inside an official MAGE file, built as our modules."""
+    parts = split_mage_checkpoint(ckpt)
+    out: Dict[str, Tuple[torch.nn.Module, dict]] = {}
+    if "vqgan" in parts:
+        grid = int(round(mage_cfg.num_tokens ** 0.5))
+        out["vqgan"] = vqgan_from_official(parts["vqgan"], resolution=grid * _vq_downsampling(parts["vqgan"]))
+    if "pretrained_encoder" in parts:
+        args = _args_dict(ckpt) or {}
+        arch = args.get("pretrained_enc_arch")
+        out["pretrained_encoder"] = mocov3_from_state_dict(parts["pretrained_encoder"],
+                                                           arch=arch if isinstance(arch, str) else None)
+    return out
+
+
+def matching_mage_preset(cfg) -> Optional[str]:
+    """"mage-b" / "mage-l" when a MAGE config has that preset's encoder/decoder widths and depths, else None."""
+    from .pixel.mage import MAGE_PRESETS
+    dims = lambda c: (c.embed_dim, c.depth, c.decoder_embed_dim, c.decoder_depth)  # noqa: E731
+    return next((n for n in ("mage-b", "mage-l") if dims(MAGE_PRESETS[n]) == dims(cfg)), None)
+
+
+def _dit_summary(ckpt: Mapping[str, Any]) -> dict:
+    sd = _weights(ckpt)
+    what = "DiT checkpoint"
+    hidden, in_ch, patch, _ = _shape(sd, "x_embedder.proj.weight", what)
+    out = _shape(sd, "final_layer.linear.weight", what)[0] // (patch * patch)
+    depth = len({int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
+    rep_dim = sd["rep_embedder.weight"].shape[1] if "rep_embedder.weight" in sd else 0
+    args = _args_dict(ckpt) or {}
+    return {"params": sum(v.numel() for k, v in sd.items() if torch.is_tensor(v) and k != "pos_embed"),
+            "ema": isinstance(ckpt.get("model_ema"), Mapping), "class_conditional": False,
+            "architecture": f"DiT {hidden} wide, {depth} deep, patch {patch}, {in_ch} latent channels in, {out} out"
+                            + (f", representation-conditioned ({rep_dim}-d)" if rep_dim else ""),
+            "config": {"hidden_size": hidden, "depth": depth, "patch_size": patch, "in_channels": in_ch,
+                       "out_channels": out, "learn_sigma": out == 2 * in_ch, "rep_dim": rep_dim,
+                       "dit_model": args.get("dit_model")},
+            "note": "representation-conditioned DiT files are recognised but not supported yet (no loader)"}
+
+
+def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
+                    decoder_num_heads: Optional[int] = None) -> dict:
+    """What an official checkpoint is (``rcg info``): ``kind`` (mocov3, rdm, mage, vqgan, dit), ``supported``,
+    ``architecture`` (one line), ``params`` (of the module we load), ``config`` (ours, every dimension from the
+    file), ``class_conditional``, ``ema`` (EMA weights present: RDM LitEma shadows, a MAGE/DiT ``model_ema``),
+    ``epoch``, ``submodels`` (the MoCo encoder inside RDM/MAGE files, the VQGAN inside MAGE files) and per-kind
+    details. Read with :func:`safe_load` (an unsafe pickle raises :class:`UnsafeCheckpointError`); the file is
+    loaded once and each module is built, loaded strictly, counted and freed. Heads are not stored in the
+    weights: ``num_heads`` / ``decoder_num_heads`` override the inference rules, and a width they cannot
+    decide is reported as ``num_heads: None`` (the counts do not depend on it)."""
+    ckpt = _checkpoint(path_or_dict)
+    kind = detect_kind(ckpt)
+    info: Dict[str, Any] = {"kind": kind, "supported": kind != "dit", "epoch": ckpt.get("epoch")}
+    if not isinstance(path_or_dict, Mapping):
+        info.update(path=os.fspath(path_or_dict), bytes=os.path.getsize(path_or_dict))
+    if kind == "rdm":
+        model, ri = rdm_from_official(ckpt, ema=True)
+        c = model.cfg
+        info.update(params=_nparams(model), network_params=_nparams(model.net), class_conditional=c.num_classes > 0,
+                    ema=ri["ema"], config=_plain(c), diffusion=ri.get("diffusion"),
+                    architecture=f"RDM (SimpleMLP) {c.num_res_blocks} blocks x {c.model_channels}, time embedding "
+                                 f"{c.time_embed_dim}, representation {c.in_channels}-d, "
+                                 + (f"class-conditional ({c.num_classes} classes x {c.class_embed_dim})"
+                                    if c.num_classes else "unconditional"))
+        info.update({k: ri[k] for k in ("ema_decay", "ema_num_updates") if k in ri})
+        del model
+        if ri["has_pretrained_encoder"]:
+            enc, ei = mocov3_from_official(ckpt)
+            info["submodels"] = {"pretrained_encoder": _encoder_summary(enc, ei)}
+    elif kind == "mocov3":
+        enc, ei = mocov3_from_official(ckpt, num_heads=num_heads)
+        sd = _weights(ckpt)
+        info.update(_encoder_summary(enc, ei), kind="mocov3", class_conditional=False, ema=False,
+                    arch=ei.get("arch"), prefix=ei["prefix"],
+                    momentum_encoder=any("momentum_encoder." in k for k in sd),
+                    predictor=any(k.startswith(("module.predictor.", "predictor.")) for k in sd))
+    elif kind == "mage":
+        model, mi, heads_known = _mage_with_heads(ckpt, num_heads, decoder_num_heads, strict_heads=False)
+        c = model.cfg
+        own = split_mage_checkpoint(_weights(ckpt)).get("mage", {})
+        official = sum(v.numel() for k, v in own.items() if torch.is_tensor(v) and k not in _MAGE_FIXED)
+        info.update(params=_nparams(model), official_trainable_params=official, cond=c.cond,
+                    class_conditional=c.cond == "class", ema=mi["ema"], config=_plain(c), dropped=mi["dropped"],
+                    paper_preset=matching_mage_preset(c), sampling=mi["sampling"],
+                    num_heads=c.num_heads if heads_known else None,
+                    decoder_num_heads=c.decoder_num_heads if heads_known else None,
+                    num_heads_from=mi["num_heads_from"] if heads_known else "unknown (not stored; pass num_heads)",
+                    architecture=f"MAGE encoder {c.embed_dim} x {c.depth}"
+                                 + (f" ({c.num_heads} heads)" if heads_known else "")
+                                 + f", decoder {c.decoder_embed_dim} x {c.decoder_depth}"
+                                 + (f" ({c.decoder_num_heads} heads)" if heads_known else "")
+                                 + f", {c.num_tokens} tokens of {c.codebook_size} codes, {c.cond}-conditioned")
+        del model
+        info["submodels"] = {}
+        for name, (m, si) in _mage_submodels(ckpt, c).items():
+            info["submodels"][name] = _vq_summary(m, si) if name == "vqgan" else _encoder_summary(m, si)
+    elif kind == "vqgan":
+        vq, vi = vqgan_from_official(ckpt)
+        info.update(_vq_summary(vq, vi), kind="vqgan", class_conditional=False, ema=False, prefix=vi["prefix"])
+        info["note"] = "resolution is not stored; 256 px assumed (pass resolution= to convert otherwise)"
+    else:
+        info.update(_dit_summary(ckpt))
+    args = _args_dict(ckpt)
+    if args:
+        keep = ("model", "dit_model", "config", "pretrained_enc_arch", "epochs", "batch_size", "blr", "lr",
+                "rdm_steps", "eta", "temp", "num_iter", "cfg", "rep_drop_prob", "mask_ratio_mu")
+        info["args"] = {k: args[k] for k in keep if k in args}
+    return info
+
+
+def format_info(info: dict) -> str:
+    """A few readable lines of :func:`checkpoint_info` output (for ``rcg info``)."""
+    lines = [f"kind: {info['kind']}" + ("" if info.get("supported", True) else " (not supported yet)"),
+             f"architecture: {info.get('architecture', '?')}"]
+    if "params" in info:
+        lines.append(f"parameters: {info['params']:,} ({info['params'] / 1e6:.2f}M)"
+                     + (f"; official trainable incl. unused: {info['official_trainable_params']:,}"
+                        if "official_trainable_params" in info else ""))
+    lines.append(f"class-conditional: {info.get('class_conditional')}; EMA weights: {info.get('ema')}; "
+                 f"epoch: {info.get('epoch')}")
+    for name, sub in (info.get("submodels") or {}).items():
+        lines.append(f"inside: {name}: {sub['architecture']} ({sub['params']:,} parameters)")
+    if info.get("note"):
+        lines.append(f"note: {info['note']}")
+    return "\n".join(lines)
+
+
+def _write_run(out, config: dict, tensors: Dict[str, torch.Tensor], meta: dict, source: dict):
+    from .checkpoint import WEIGHTS, atomic_write, prepare_run_dir, save_tensors
+    import json
+    run_dir, _ = prepare_run_dir(out, config)
+    save_tensors(run_dir / WEIGHTS, tensors, meta)
+    atomic_write(run_dir / "official.json", (json.dumps(source, indent=2, default=str) + "\n").encode())
+    return run_dir
+
+
+def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
+            decoder_num_heads: Optional[int] = None, resolution: Optional[int] = None) -> dict:
+    """Official checkpoint -> our run directory (``rcg convert FILE OUT``): ``config.json`` +
+    ``checkpoint.safetensors`` (atomic) + ``official.json`` (provenance), read back by our loaders:
+
+    - RDM -> a ``load_rdm`` directory: ``RDMRun`` (EMA weights when present, sampler DDIM 250 steps / eta 1,
+      schedule read from the file's buffers, the paper's training recipe) + ``encoder_fingerprint`` of the MoCo
+      encoder inside the file (its ``encoder`` field names the official file, which ``load_encoder`` reads).
+    - MoCo v3 -> a ``load_encoder`` directory (``EncoderRun``: the ``mocov3-vit-*`` recipe of that width, data at
+      256 px as RCG feeds the encoder).
+    - VQGAN -> a ``load_tokenizer`` directory (``TokenizerRun``, metadata kind ``rcg-tokenizer``); ``resolution``
+      (not stored in the file) defaults to 256.
+    - MAGE -> a ``load_pixel`` directory (``PixelRun``: cond from the weights; sampling defaults of the matching
+      paper preset, mage-b: 20 steps / temperature 6 / tau 1, mage-l: 20 / 11 / 6, else the file's ``args``)
+      whose ``encoder`` / ``tokenizer`` point at ``out_dir/encoder`` and ``out_dir/tokenizer``, written from the
+      sub-models inside the file, with their fingerprints.
+    - DiT: refused (not supported yet).
+
+    Nothing is written before the file has been read safely and every module loaded strictly. A directory
+    holding a different config is refused (rerunning the same conversion overwrites it). Returns a summary."""
+    from dataclasses import replace
+    from pathlib import Path
+    from .config import (ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS, DiffusionConfig,
+                         PixelRun, to_dict)
+    from .encoders import fingerprint
+    from .stages import TOKENIZER_KIND
+
+    ckpt = _checkpoint(path_or_dict)
+    kind = detect_kind(ckpt)
+    src_name = "<dict>" if isinstance(path_or_dict, Mapping) else str(Path(path_or_dict).resolve())
+    source = {"source": src_name, "kind": kind, "epoch": ckpt.get("epoch"), "args": _args_dict(ckpt)}
+    out = Path(out_dir)
+    meta = {"converted_from": f"official {kind}", "source": os.path.basename(src_name)}
+
+    def encoder_run(enc: Encoder) -> dict:
+        base = ENCODER_PRESETS[{384: "mocov3-vit-s", 1024: "mocov3-vit-l"}.get(enc.cfg.embed_dim, "mocov3-vit-b")]
+        return to_dict(replace(base, encoder=enc.cfg, data=replace(base.data, resolution=256)))
+
+    def tokenizer_run(vq) -> dict:
+        base = TOKENIZER_PRESETS["vqgan-f16-1024"]
+        data = dict(resolution=vq.cfg.resolution, channels=vq.cfg.in_channels)
+        return to_dict(replace(base, model=vq.cfg, data=replace(base.data, **data),
+                               eval_data=replace(base.eval_data, **data)))
+
+    if kind == "dit":
+        raise CheckpointFormatError("representation-conditioned DiT checkpoints are not supported yet; "
+                                    "nothing was written")
+    if kind == "rdm":
+        model, ri = rdm_from_official(ckpt, ema=True)
+        d = ri.get("diffusion")
+        if d is not None and not d["schedule_matches"]:
+            raise CheckpointFormatError(f"the file's diffusion schedule is not RCG's scaled-linear one ({d}); "
+                                        f"our sampler would not reproduce it")
+        diff = DiffusionConfig(num_steps=d["num_steps"], beta_start=d["beta_start"], beta_end=d["beta_end"]) \
+            if d is not None else DiffusionConfig()
+        preset = RDM_RUN_PRESETS["rdm-l12-w1536-cls1000" if model.cfg.num_classes else "rdm-l12-w1536"]
+        cfg = replace(preset, model=model.cfg, class_cond=model.cfg.num_classes > 0, diffusion=diff,
+                      encoder=src_name if ri["has_pretrained_encoder"] else "", sample_steps=250, eta=1.0)
+        config = to_dict(cfg)
+        if ri["has_pretrained_encoder"]:
+            config["encoder_fingerprint"] = fingerprint(mocov3_from_official(ckpt)[0])
+        _write_run(out, config, model.state_dict(), {**meta, "ema": ri["ema"]}, {**source, "ema": ri["ema"]})
+        runs = {"rdm": str(out)}
+        params = _nparams(model)
+    elif kind == "mocov3":
+        enc, ei = mocov3_from_official(ckpt, num_heads=num_heads)
+        _write_run(out, encoder_run(enc), enc.state_dict(), meta, {**source, "num_heads_from": ei["num_heads_from"]})
+        runs, params = {"encoder": str(out)}, _nparams(enc)
+    elif kind == "vqgan":
+        vq, vi = vqgan_from_official(ckpt, resolution=resolution or 256)
+        _write_run(out, tokenizer_run(vq), vq.state_dict(), {**meta, "kind": TOKENIZER_KIND}, source)
+        runs, params = {"tokenizer": str(out)}, _nparams(vq)
+    else:
+        model, mi, _ = _mage_with_heads(ckpt, num_heads, decoder_num_heads, strict_heads=True)
+        subs = _mage_submodels(ckpt, model.cfg)
+        base = out.resolve()
+        fps, runs = {}, {}
+        for name, sub_dir in (("pretrained_encoder", "encoder"), ("vqgan", "tokenizer")):
+            if name not in subs:
+                continue
+            m = subs[name][0]
+            cfg_dict = encoder_run(m) if name == "pretrained_encoder" else tokenizer_run(m)
+            extra = {"kind": TOKENIZER_KIND} if name == "vqgan" else {}
+            _write_run(out / sub_dir, cfg_dict, m.state_dict(), {**meta, **extra, "submodel": name},
+                       {**source, "submodel": name})
+            fps[f"{sub_dir}_fingerprint"] = fingerprint(m)
+            runs[sub_dir] = str(base / sub_dir)
+        preset = matching_mage_preset(model.cfg)
+        args = _args_dict(ckpt) or {}
+        if preset is not None:
+            p = PIXEL_PRESETS[preset]
+            sampling = dict(steps=p.steps, temperature=p.temperature, guidance=p.guidance)
+        else:
+            sampling = {k: conv(args[a]) for a, k, conv in (("num_iter", "steps", int), ("temp", "temperature", float),
+                                                            ("cfg", "guidance", float)) if args.get(a) is not None}
+        cfg = PixelRun(generator="mage", encoder=runs.get("encoder", ""), tokenizer=runs.get("tokenizer", ""),
+                       model=model.cfg, optim=PIXEL_PRESETS[preset or "mage-b"].optim, **sampling)
+        _write_run(out, {**to_dict(cfg), **{k: fps.get(k) for k in ("encoder_fingerprint", "tokenizer_fingerprint")}},
+                   model.state_dict(), {**meta, "ema": mi["ema"]},
+                   {**source, "ema": mi["ema"], "num_heads_from": mi["num_heads_from"],
+                    "decoder_num_heads_from": mi["decoder_num_heads_from"], "dropped": mi["dropped"],
+                    "paper_preset": preset})
+        runs = {"pixel": str(out), **runs}
+        params = _nparams(model)
+    loader = {"rdm": "rcg.stages.load_rdm", "mocov3": "rcg.stages.load_encoder",
+              "vqgan": "rcg.stages.load_tokenizer", "mage": "rcg.stages.load_pixel"}[kind]
+    return {"kind": kind, "out": str(out), "runs": runs, "params": params, "load_with": loader,
+            "source": src_name}

@@ -1,0 +1,464 @@
+"""Official checkpoints end to end: full-size architectures and their parameter counts, official-layout files ->
+one generated image (paper presets and ``convert``), ``checkpoint_info`` / ``convert`` on every official fixture,
+and unsafe pickles refused by every entry point.
+
+Expected parameter counts are computed here from the layer shapes (RCG_FACTS sections 2-4), never by our code.
+Full-size modules are built on the ``meta`` device (shapes only, no memory); official-layout files are tiny.
+"""
+import argparse
+import json
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import fixtures_dir
+from safetensors import safe_open
+
+from rcg.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig, fingerprint
+from rcg.official import (CheckpointFormatError, UnsafeCheckpointError, checkpoint_info, convert, format_info,
+                          mage_from_official, mocov3_from_official, rdm_from_official, safe_load,
+                          split_mage_checkpoint, vqgan_from_official)
+from rcg.pixel.mage import MAGE, MAGEConfig
+from rcg.rdm import RDM, RDMConfig
+from rcg.tokenizer import VQConfig, VQModel
+
+
+def _n(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) full-size architectures, counted from the layer shapes
+# ------------------------------------------------------------------------------------------------
+def lin(i, o, bias=True):
+    return i * o + (o if bias else 0)
+
+
+def ln(d):
+    return 2 * d
+
+
+def vit_block(d, ratio=4):
+    h = d * ratio
+    return ln(d) + lin(d, 3 * d) + lin(d, d) + ln(d) + lin(d, h) + lin(h, d)
+
+
+def rdm_count(rep=256, temb=256, width=1536, blocks=12, ctx=0):
+    """SimpleMLP: time MLP, input projection, blocks (LN, Linear, emb Linear, [ctx Linear], LN, Linear), out."""
+    block = ln(width) + lin(width, width) + lin(temb, width) + (lin(ctx, width) if ctx else 0) + ln(width) \
+        + lin(width, width)
+    return lin(width, temb) + lin(temb, temb) + lin(rep, width) + blocks * block + ln(width) + lin(width, rep)
+
+
+def vit_backbone_count(d, depth, img=224, patch=16):
+    """patch conv, cls token, fixed pos table (a Parameter in timm), blocks, final norm."""
+    tokens = 1 + (img // patch) ** 2
+    return d * 3 * patch * patch + d + d + tokens * d + depth * vit_block(d) + ln(d)
+
+
+def projector_count(d, mlp=4096, out=256):
+    """MoCo v3 build_mlp(3): Linear(no bias) BN ReLU, Linear(no bias) BN ReLU, Linear(no bias) BN(affine=False)."""
+    return lin(d, mlp, False) + 2 * mlp + lin(mlp, mlp, False) + 2 * mlp + lin(mlp, out, False)
+
+
+def mage_counts(d, depth, dd=None, ddepth=8, vocab=2025, seq=257, rep=256, patch_pixels=16 * 16 * 3):
+    """(parameters of the generation path, unused trainable official ones: cls_token, mask_token, patch_embed,
+    decoder_pred). The fixed pos_embed / decoder_pos_embed tables are not trainable and not counted."""
+    dd = dd or d
+    used = (vocab * d + seq * d + ln(d)                     # token_emb: word + position embeddings, LayerNorm
+            + lin(rep, d) + rep                             # latent_prior_proj, fake_latent
+            + depth * vit_block(d) + ln(d)                  # encoder blocks, norm
+            + lin(d, dd) + seq * dd                         # decoder_embed, decoder_pos_embed_learned
+            + ddepth * vit_block(dd) + ln(dd)               # decoder blocks, decoder_norm
+            + lin(dd, d) + ln(d) + vocab)                   # mlm_layer fc, ln, bias
+    unused = d + dd + (patch_pixels * d + d) + lin(dd, patch_pixels)
+    return used, unused
+
+
+def resblock(cin, cout):
+    return ln(cin) + cin * cout * 9 + ln(cout) + cout * cout * 9 + (cout * cout if cin != cout else 0)
+
+
+def vqgan_counts(ch=128, mult=(1, 1, 2, 2, 4), nrb=2, z=256, n_embed=1024, cin=3):
+    """(encoder, decoder, codebook) of MAGE's VQGAN (no attention, no quant_conv; 1x1 shortcut where channels
+    change; encoder convs without bias except conv_out; decoder conv_in / upsample / conv_out with bias)."""
+    widths = [ch * m for m in mult]
+    top = widths[-1]
+    enc = cin * ch * 9
+    prev = ch
+    for w in widths:
+        for j in range(nrb):
+            enc += resblock(prev if j == 0 else w, w)
+        prev = w
+    enc += 2 * resblock(top, top) + ln(top) + lin(top, z)
+    dec = z * top * 9 + top + 2 * resblock(top, top)
+    prev = top
+    for i in reversed(range(len(widths))):
+        for j in range(nrb):
+            dec += resblock(prev if j == 0 else widths[i], widths[i])
+        prev = widths[i]
+        if i > 0:
+            dec += widths[i] * widths[i] * 9 + widths[i]
+    dec += ln(widths[0]) + widths[0] * 3 * 9 + 3
+    return enc, dec, n_embed * z
+
+
+def test_full_size_parameter_counts():
+    from rcg.config import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS
+    official_vocab = dict(vocab_size=2025, mask_token_id=2024, cond_token_id=1100)
+    with torch.device("meta"):                        # shapes only: no memory, no initialisation cost
+        # RDM 12 x 1536: 62,721,280 (RCG_FACTS 3, paper "63M"); class-conditional: + 12 context Linear(512 -> 1536)
+        # and the 1000 x 512 class embedding = 72,176,896 + 512,000 (paper 512M = 439M + 72.7M)
+        rdm = RDM(RDM_RUN_PRESETS["rdm-l12-w1536"].model)
+        assert _n(rdm) == rdm_count() == 62_721_280
+        del rdm
+        rdm = RDM(RDM_RUN_PRESETS["rdm-l12-w1536-cls1000"].model)
+        assert _n(rdm.net) == rdm_count(ctx=512) == 72_176_896
+        assert _n(rdm) == rdm_count(ctx=512) + 1000 * 512 == 72_688_896
+        del rdm
+        # MoCo v3 ViT-B / ViT-L backbones (paper Table 7b: 86M / 304M) + the 3-layer 4096-wide projector
+        for name, d, depth, paper in (("mocov3-vit-b", 768, 12, 86e6), ("mocov3-vit-l", 1024, 24, 304e6)):
+            enc = Encoder(ENCODER_PRESETS[name].encoder)
+            assert _n(enc.backbone) == vit_backbone_count(d, depth), name
+            assert _n(enc.head) == projector_count(d), name
+            assert abs(_n(enc.backbone) - paper) / paper < 0.005, (name, _n(enc.backbone))
+            del enc
+        assert vit_backbone_count(768, 12) + projector_count(768) == 106_786_560
+        assert vit_backbone_count(1024, 24) + projector_count(1024) == 325_338_112
+        # VQGAN f16 (config/mage/vqgan.yaml): 16x16 tokens at 256 px
+        vq = VQModel(TOKENIZER_PRESETS["vqgan-f16-1024"].model)
+        enc_n, dec_n, cb_n = vqgan_counts()
+        assert (_n(vq.encoder), _n(vq.decoder), _n(vq.quantize)) == (enc_n, dec_n, cb_n)
+        assert vq.token_grid == 16 and _n(vq) == 54_515_587
+        del vq
+        # MAGE-B / -L: RCG_FACTS 4 counts 146.28M / 409.63M incl. the unused official parameters, which our module
+        # does not create. Paper "params at generation" 176M / 439M = generation path + VQGAN decoder + codebook.
+        for name, d, depth, facts, paper in (("mage-b", 768, 12, 146.28e6, 176e6),
+                                             ("mage-l", 1024, 24, 409.63e6, 439e6)):
+            m = MAGE(replace(PIXEL_PRESETS[name].model, **official_vocab))
+            used, unused = mage_counts(d, depth)
+            assert _n(m) == used, name
+            assert round((used + unused) / 1e4) == round(facts / 1e4), (name, used + unused)
+            assert round((used + dec_n + cb_n) / 1e6) == paper / 1e6, (name, used + dec_n + cb_n)
+            del m
+    assert mage_counts(768, 12) == (145_094_377, 1_182_720)
+    assert mage_counts(1024, 24) == (408_051_945, 1_576_704)
+
+
+# ------------------------------------------------------------------------------------------------
+# (b) a random-weight file in the official layout -> one generated image on CPU at batch 1
+# ------------------------------------------------------------------------------------------------
+CB, REP = 16, 8
+
+
+def _perturb(module, scale=0.05):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return module.eval()
+
+
+def _tiny_modules(num_classes=0, seed=0):
+    """Our modules with tiny, complete dims: MoCo ViT (rep 8), VQGAN f2 (16 codes, 8 px -> 4x4 tokens),
+    MAGE with the official vocabulary (codebook + 1000 + 1; head dim 64 -> 1 head), RDM 2 x 32."""
+    torch.manual_seed(seed)
+    enc = _perturb(Encoder(EncoderConfig(arch="vit", in_chans=3, rep_dim=REP, proj_layers=3, mlp_dim=16, img_size=32,
+                                         patch_size=16, embed_dim=16, depth=1, num_heads=1, mean=IMAGENET_MEAN,
+                                         std=IMAGENET_STD, input_size=32)))
+    vq = _perturb(VQModel(VQConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, z_channels=8, embed_dim=8,
+                                   n_embed=CB, resolution=8)))
+    mage = _perturb(MAGE(MAGEConfig(codebook_size=CB, num_tokens=16, vocab_size=CB + 1001, mask_token_id=CB + 1000,
+                                    cond_token_id=CB + 76, embed_dim=64, depth=1, num_heads=1, decoder_embed_dim=64,
+                                    decoder_depth=1, decoder_num_heads=1, rep_dim=REP)))
+    with torch.no_grad():
+        mage.token_emb.word_embeddings.weight.mul_(10.0)       # non-uniform logits
+    rdm = _perturb(RDM(RDMConfig(in_channels=REP, time_embed_dim=16, model_channels=32, num_res_blocks=2,
+                                 num_classes=num_classes, class_embed_dim=12)))
+    return enc, vq, mage, rdm
+
+
+def _vit_official(enc):
+    """Our Encoder state dict under the official ViT names (``backbone.`` dropped; ``head.*`` as is)."""
+    return {k[len("backbone."):] if k.startswith("backbone.") else k: v.clone() for k, v in enc.state_dict().items()}
+
+
+def _adamw_state(p):
+    moments = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+    return {"state": {0: {"step": torch.tensor(3.0), **moments}},
+            "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.05, "params": [0]}]}
+
+
+def official_mage_file(mage, vq, enc, args=None):
+    """util/misc.save_model layout of an RCG MAGE file: the full state_dict incl. unused parameters and the frozen
+    ``vqgan.*`` / ``pretrained_encoder.*`` sub-models, ``model_ema`` None, optimizer, epoch, scaler, ``args``."""
+    c = mage.cfg
+    D, Dd, S = c.embed_dim, c.decoder_embed_dim, 1 + c.num_tokens
+    sd = {("fake_latent" if k == "null_rep" else k): v.clone() for k, v in mage.state_dict().items()}
+    sd.update({"cls_token": torch.randn(1, 1, D), "pos_embed": torch.randn(1, S, D),
+               "mask_token": torch.randn(1, 1, Dd),
+               "decoder_pos_embed": torch.randn(1, S, Dd), "token_emb.position_ids": torch.arange(S)[None],
+               "patch_embed.proj.weight": torch.randn(D, 3, 16, 16), "patch_embed.proj.bias": torch.randn(D),
+               "decoder_pred.weight": torch.randn(768, Dd), "decoder_pred.bias": torch.randn(768)})
+    sd.update({"vqgan." + k: v.clone() for k, v in vq.state_dict().items()})
+    sd.update({"pretrained_encoder." + k: v for k, v in _vit_official(enc).items()})
+    ns = argparse.Namespace(model="mage_vit_tiny_patch16", use_rep=True, rep_dim=REP, rep_drop_prob=0.1,
+                            pretrained_enc_arch="mocov3_vit_tiny", pretrained_enc_withproj=True, temp=6.0,
+                            num_iter=20, cfg=1.0, mask_ratio_min=0.5, mask_ratio_max=1.0, mask_ratio_mu=0.75,
+                            mask_ratio_std=0.25, rdm_steps=250, eta=1.0, epochs=200, blr=1.5e-4, **(args or {}))
+    return {"model": sd, "model_ema": None, "optimizer": _adamw_state(sd["fake_latent"]), "epoch": 199,
+            "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                       "_growth_tracker": 0}, "args": ns}
+
+
+def official_rdm_file(rdm, enc, ema_offset=0.01):
+    """util/misc.save_model layout of an RCG RDM file: schedule buffers, ``model.diffusion_model.*``, LitEma
+    shadows ``model_ema.<name without dots>`` (+ decay, num_updates), the class embedding, the MoCo encoder."""
+    betas = torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=torch.float64) ** 2
+    sd = {"betas": betas.float(), "alphas_cumprod": torch.cumprod(1 - betas, 0).float()}
+    for k, v in rdm.net.state_dict().items():
+        sd["model.diffusion_model." + k] = v.clone()
+        sd["model_ema." + ("diffusion_model." + k).replace(".", "")] = v.clone() + ema_offset * torch.randn_like(v)
+    sd["model_ema.decay"] = torch.tensor(0.9999)
+    sd["model_ema.num_updates"] = torch.tensor(54321, dtype=torch.int32)
+    sd["cond_stage_model.embedding.weight"] = (rdm.class_embed.weight.detach().clone() if rdm.cfg.num_classes
+                                               else torch.randn(1, rdm.cfg.class_embed_dim))
+    sd.update({"pretrained_encoder." + k: v for k, v in _vit_official(enc).items()})
+    ns = argparse.Namespace(config="config/rdm/mocov3vitb_simplemlp_l12_w1536.yaml", batch_size=128, epochs=200,
+                            blr=1e-6, weight_decay=0.01)
+    return {"model": sd, "model_ema": None, "optimizer": _adamw_state(sd["betas"]), "epoch": 199,
+            "scaler": {"scale": 65536.0}, "args": ns}
+
+
+def _write_system(folder, names, num_classes=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    enc, vq, mage, rdm = _tiny_modules(num_classes)
+    torch.save(official_mage_file(mage, vq, enc), folder / names[1])
+    torch.save(official_rdm_file(rdm, enc), folder / names[0])
+    return enc, vq, mage, rdm
+
+
+@pytest.mark.parametrize("preset,names,ncls", [
+    ("imagenet-rcg-mage-b", ("rdm-mocov3vitb.pth", "mage-b.pth"), 0),
+    ("imagenet-rcg-mage-l-cls", ("rdm-mocov3vitl-clscond.pth", "mage-l.pth"), 5),
+])
+def test_official_layout_to_one_image(tmp_path, preset, names, ncls):
+    from rcg.paper import PAPER_PRESETS, load_paper_system
+    enc, vq, mage, rdm = _write_system(tmp_path / "final_ckpts", names, ncls)      # found under final_ckpts/
+    s = load_paper_system(preset, tmp_path, device="cpu", check_sizes=False)
+    p = PAPER_PRESETS[preset]
+    assert (s.cfg.steps, s.cfg.temperature, s.cfg.guidance) == (20, p.temperature, p.guidance)
+    assert (s.rdm_cfg.sample_steps, s.rdm_cfg.eta) == (250, 1.0) and s.rdm_cfg.class_cond == bool(ncls)
+    # the weights arrived: MAGE logits, VQGAN decode, encoder reps, RDM (EMA differs from raw)
+    ids = torch.randint(0, CB, (2, 16)).masked_fill(torch.rand(2, 16) < 0.5, CB + 1000)
+    rep, x = torch.randn(2, REP), torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(s.model.logits(ids, rep), mage.logits(ids, rep))
+        assert torch.equal(s.tokenizer.decode_ids(ids.clamp(max=CB - 1)), vq.decode_ids(ids.clamp(max=CB - 1)))
+        assert torch.equal(s.encoder.encode(x), enc.encode(x))
+        y = torch.arange(2) if ncls else None
+        assert not torch.allclose(s.rdm(rep, torch.tensor([3, 700]), y), rdm(rep, torch.tensor([3, 700]), y))
+    label = 3 if ncls else None
+    img = next(s.stream(1, seed=7, batch_size=1, label=label))
+    assert img.shape == (1, 3, 8, 8) and img.dtype == torch.uint8
+    assert torch.equal(img, next(s.stream(1, seed=7, batch_size=1, label=label)))      # one seed, one image
+    if ncls:
+        with pytest.raises(ValueError, match="class"):
+            next(s.stream(1, seed=7, batch_size=1))
+
+    # the same files through rcg convert and our run-directory loaders give the same image
+    from rcg.sample import RCGSampler
+    convert(tmp_path / "final_ckpts" / names[1], tmp_path / "conv" / "pixel")
+    convert(tmp_path / "final_ckpts" / names[0], tmp_path / "conv" / "rdm")
+    s2 = RCGSampler(str(tmp_path / "conv" / "pixel"), str(tmp_path / "conv" / "rdm"), "cpu")
+    assert (s2.cfg.steps, s2.cfg.temperature, s2.cfg.guidance) == (20, 6.0, 1.0)        # the file's args
+    img2 = next(s2.stream(1, seed=7, batch_size=1, label=label, temperature=p.temperature, guidance=p.guidance))
+    assert torch.equal(img2, img)
+
+
+def test_paper_presets_and_file_lookup(tmp_path):
+    from rcg.paper import PAPER_PRESETS, find_weights, load_paper_system
+    assert set(PAPER_PRESETS) == {"imagenet-rcg-mage-b", "imagenet-rcg-mage-l", "imagenet-rcg-mage-b-cls",
+                                  "imagenet-rcg-mage-l-cls"}
+    for name, p in PAPER_PRESETS.items():
+        assert (p.rdm_steps, p.eta, p.steps) == (250, 1.0, 20)
+        assert (p.temperature, p.guidance) == ((11.0, 6.0) if "mage-l" in name else (6.0, 1.0))
+        assert p.class_cond == name.endswith("-cls")
+    assert PAPER_PRESETS["imagenet-rcg-mage-l"].rdm_files[0] == "rdm-mocov3vitl.pth"
+    assert PAPER_PRESETS["imagenet-rcg-mage-l-cls"].rdm_files[0] == "rdm-mocov3vitl-clscond.pth"
+    assert PAPER_PRESETS["imagenet-rcg-mage-l"].mage_files[0] == "mage-l.pth"
+    with pytest.raises(FileNotFoundError, match=r"rdm-mocov3vitl\.pth.*final_ckpts"):
+        find_weights("imagenet-rcg-mage-l", tmp_path)
+    with pytest.raises(KeyError, match="imagenet-rcg-mage-l"):
+        find_weights("imagenet-rcg-mage-xl", tmp_path)
+    _write_system(tmp_path, ("rdm-mocov3vitb.pth", "mage-b.pth"))
+    assert find_weights("imagenet-rcg-mage-b", tmp_path) == {"rdm": tmp_path / "rdm-mocov3vitb.pth",
+                                                             "mage": tmp_path / "mage-b.pth"}
+    with pytest.raises(ValueError, match="wrong file for this preset"):          # tiny MAGE is not MAGE-B
+        load_paper_system("imagenet-rcg-mage-b", tmp_path, device="cpu")
+    with pytest.raises(ValueError, match="unconditional RDM"):                  # explicit files, wrong RDM kind
+        load_paper_system("imagenet-rcg-mage-b-cls", rdm=tmp_path / "rdm-mocov3vitb.pth",
+                          mage=tmp_path / "mage-b.pth", device="cpu", check_sizes=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# (c) checkpoint_info and convert on every official fixture
+# ------------------------------------------------------------------------------------------------
+SUFFIXES = (".pth.tar", ".pth", ".ckpt")
+
+
+def _fixture_cases():
+    d = fixtures_dir()
+    if d is None:
+        return [pytest.param(None, id="disabled", marks=pytest.mark.skip(reason="RCG_OFFICIAL_FIXTURES is empty"))]
+    files = sorted(f for f in d.iterdir() if f.name.endswith(SUFFIXES)) if d.is_dir() else []
+    return [pytest.param(f, id=f.name) for f in files] or [pytest.param(None, id="missing")]
+
+
+def _io(path):
+    if path is None:
+        pytest.fail(f"no official fixtures in {fixtures_dir()}: set RCG_OFFICIAL_FIXTURES to the folder holding them "
+                    f"(or to an empty string to disable the official parity tests)")
+    stem = next(path.name[:-len(s)] for s in SUFFIXES if path.name.endswith(s))
+    io_path = path.with_name(stem + "_io.safetensors")
+    if not io_path.is_file():
+        pytest.fail(f"{path.name} has no companion io file {io_path.name}")
+    with safe_open(str(io_path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads((f.metadata() or {}).get("fixture", "{}"))
+
+
+def _close(name, got, want, atol):
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    err = (got.double() - want.double()).abs().max().item()
+    assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
+
+
+@pytest.mark.parametrize("path", _fixture_cases())
+def test_info_and_convert_fixture(path, tmp_path):
+    from rcg.stages import load_encoder, load_pixel, load_rdm, load_tokenizer
+    io, meta = _io(path)
+    cfg = meta.get("config", {})
+    kind = path.name.split("_")[0]
+    heads = dict(num_heads=cfg.get("num_heads"), decoder_num_heads=cfg.get("decoder_num_heads")) \
+        if kind == "mage" else {}
+    info = checkpoint_info(path, **heads)
+    assert info["kind"] == kind and info["supported"] == (kind != "dit")
+    assert info["params"] > 0 and info["architecture"] and format_info(info)
+    json.dumps(info, default=str)
+    out = tmp_path / "conv"
+    if kind == "dit":
+        assert info["ema"] is True and info["config"]["rep_dim"] == cfg.get("rep_dim", 256)
+        with pytest.raises(CheckpointFormatError, match="not supported yet"):
+            convert(path, out)
+        assert not out.exists()
+        return
+    res = convert(path, out, resolution=32 if kind == "vqgan" else None, **heads)
+    assert res["kind"] == kind and (out / "config.json").is_file() and (out / "checkpoint.safetensors").is_file()
+    with torch.no_grad():
+        if kind == "rdm":
+            direct, dinfo = rdm_from_official(path)
+            model, rcfg, fp = load_rdm(out)
+            assert info["ema"] == dinfo["ema"] and info["class_conditional"] == (model.cfg.num_classes > 0)
+            assert info["params"] == _n(model) and model.cfg == direct.cfg
+            assert (rcfg.sample_steps, rcfg.eta, rcfg.diffusion.beta_start, rcfg.diffusion.beta_end) == \
+                (250, 1.0, 0.0015, 0.0195)
+            assert fp == fingerprint(mocov3_from_official(path)[0])
+            assert fp == fingerprint(load_encoder(rcfg.encoder))       # the official file, read as an encoder
+            y = io.get("labels") if model.cfg.num_classes else None
+            assert torch.equal(model(io["x"], io["t"], y), direct(io["x"], io["t"], y))
+            if "out_ema" in io:
+                _close("out_ema", model(io["x"], io["t"], y), io["out_ema"], 1e-5)
+        elif kind == "mocov3":
+            enc = load_encoder(out)
+            direct, _ = mocov3_from_official(path)
+            assert info["momentum_encoder"] and info["predictor"] and info["params"] == _n(enc)
+            rep = enc.encode(io["images_uint8"])
+            assert torch.equal(rep, direct.encode(io["images_uint8"]))
+            _close("rep", rep, io["rep"], 2e-4)
+        elif kind == "vqgan":
+            vq = load_tokenizer(out)
+            direct, _ = vqgan_from_official(path, resolution=32)
+            assert vq.cfg == direct.cfg and vq.token_grid == 16
+            assert torch.equal(vq.encode(io["images"])[1], io["ids"])
+            assert torch.equal(vq.decode_ids(io["ids_dec"]), direct.decode_ids(io["ids_dec"]))
+            _close("decoded_from_ids_dec", vq.decode_ids(io["ids_dec"]), io["decoded_from_ids_dec"], 1e-4)
+        else:
+            from rcg.sample import RCGSampler
+            model, pcfg, fps = load_pixel(out)
+            direct, dinfo = mage_from_official(path, **heads)
+            used = _n(model)
+            assert info["params"] == used and info["official_trainable_params"] > used
+            assert set(info["submodels"]) == {"vqgan", "pretrained_encoder"}
+            full = model.full_logits(io["tokens_in"], io["rep"])
+            assert torch.equal(full, direct.full_logits(io["tokens_in"], io["rep"]))
+            sel = full[:, 1:, :model.cfg.codebook_size][:, io["sel_positions"]]
+            _close("logits_sel_cond", sel, io["logits_sel_cond"], 2e-4)
+            assert pcfg.steps == dinfo["args"]["num_iter"] and pcfg.temperature == dinfo["args"]["temp"]
+            parts = split_mage_checkpoint(safe_load(path))
+            tok, enc = load_tokenizer(pcfg.tokenizer), load_encoder(pcfg.encoder)
+            assert torch.equal(tok.quantize.embedding.weight, parts["vqgan"]["quantize.embedding.weight"])
+            assert torch.equal(enc.head[0].weight, parts["pretrained_encoder"]["head.0.weight"])
+            assert fps == {"encoder_fingerprint": fingerprint(enc), "tokenizer_fingerprint": fingerprint(tok)}
+            s = RCGSampler(str(out), None, "cpu")                  # fingerprints check out
+            img = s.images_from_reps(io["rep"][:1], [0], steps=2)
+            assert img.shape == (1, 3, 256, 256) and img.dtype == torch.uint8
+    again = convert(path, out, resolution=32 if kind == "vqgan" else None, **heads)     # rerun: same config
+    assert again["runs"] == res["runs"]
+
+
+def test_convert_refuses_a_different_run(tmp_path):
+    enc, vq, mage, rdm = _tiny_modules()
+    torch.save(official_rdm_file(rdm, enc), tmp_path / "a.pth")
+    _, _, _, rdm2 = _tiny_modules(num_classes=3, seed=1)
+    torch.save(official_rdm_file(rdm2, enc), tmp_path / "b.pth")
+    convert(tmp_path / "a.pth", tmp_path / "out")
+    from rcg.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="different config"):
+        convert(tmp_path / "b.pth", tmp_path / "out")
+    info = checkpoint_info(tmp_path / "b.pth")
+    assert info["class_conditional"] and info["ema"] and info["ema_num_updates"] == 54321
+    assert info["params"] == rdm_count(REP, 16, 32, 2, ctx=12) + 3 * 12
+
+
+# ------------------------------------------------------------------------------------------------
+# (d) a pickle that would run code is refused everywhere, and never runs
+# ------------------------------------------------------------------------------------------------
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _entry_points(tmp_path):
+    from rcg import stages
+    from rcg.paper import load_paper_system
+    return {
+        "checkpoint_info": checkpoint_info,
+        "convert": lambda p: convert(p, tmp_path / "out"),
+        "load_paper_system": lambda p: load_paper_system("imagenet-rcg-mage-b", rdm=p, mage=p, device="cpu"),
+        "load_rdm": stages.load_rdm, "load_encoder": stages.load_encoder, "load_tokenizer": stages.load_tokenizer,
+        "load_pixel": stages.load_pixel,
+    }
+
+
+@pytest.mark.parametrize("entry", ["checkpoint_info", "convert", "load_paper_system", "load_rdm", "load_encoder",
+                                   "load_tokenizer", "load_pixel"])
+@pytest.mark.parametrize("where", ["args", "weights"])
+def test_unsafe_pickle_is_refused(tmp_path, entry, where):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    sd = {"model.diffusion_model.input_proj.weight": torch.zeros(4, 2), "token_emb.word_embeddings.weight":
+          torch.zeros(3, 2)}
+    ckpt = {"model": sd, "epoch": 1, "args": argparse.Namespace(lr=1.0)}
+    if where == "args":
+        ckpt["args"] = _Exploit(marker)
+    else:
+        sd["quantize.embedding.weight"] = _Exploit(marker)
+    torch.save(ckpt, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"system") as e:
+        _entry_points(tmp_path)[entry](path)
+    assert "nothing was executed" in str(e.value)
+    assert not marker.exists(), "the pickled payload was executed"
+    assert not (tmp_path / "out").exists()
