@@ -69,3 +69,33 @@ def test_train_encoder_from_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["rep-fd", out, reps]) == 0
     assert "rep_fd" in capsys.readouterr().out
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_info_and_convert_refuse_code_running_checkpoints(tmp_path, capsys):
+    import torch
+    marker = tmp_path / "pwned"
+    torch.save({"model": {"w": torch.zeros(2)}, "x": _Evil(marker)}, tmp_path / "evil.pth")
+    assert main(["info", str(tmp_path / "evil.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "refusing" in err and "system" in err
+    assert main(["convert", str(tmp_path / "evil.pth"), str(tmp_path / "out")]) == 2
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_info_and_convert_an_official_rdm(tmp_path, capsys):
+    from conftest import fixtures_dir
+    rdm = next(iter(sorted(fixtures_dir().glob("rdm_*.pth"))))
+    assert main(["info", str(rdm)]) == 0
+    assert "kind: rdm" in capsys.readouterr().out
+    assert main(["convert", str(rdm), str(tmp_path / "rdm")]) == 0
+    assert main(["sample-reps", "--rdm", str(tmp_path / "rdm"), "--num", "2", "--steps", "5",
+                 "--out", str(tmp_path / "r.safetensors"), "--no-progress"]) == 0

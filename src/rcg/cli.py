@@ -140,7 +140,8 @@ def cmd_sample(a):
         return 0
     from .sample import sample_command
     print(sample_command(a.pixel, a.rdm, a.out, num=a.num, seed=a.seed, batch_size=a.batch_size,
-                         references=a.reference, label=a.class_label, device=a.device, **_sampling_kw(a)))
+                         references=a.reference, label=a.class_label, device=a.device,
+                         preset=a.preset, weights=a.weights, mage=a.mage, **_sampling_kw(a)))
     return 0
 
 
@@ -152,6 +153,14 @@ def cmd_interpolate(a):
     print(interpolate_command(a.pixel, a.a, a.b, a.out, num=a.steps_between, seed=a.seed, device=a.device,
                               **_sampling_kw(a)))
     return 0
+
+
+def _paper_flags(p) -> None:
+    from .paper import PAPER_PRESETS
+    p.add_argument("--preset", choices=sorted(PAPER_PRESETS),
+                   help="the paper's released system (official files in --weights; or --rdm/--mage FILE)")
+    p.add_argument("--weights", help="folder with the official RDM and MAGE .pth files (for --preset)")
+    p.add_argument("--mage", help="official MAGE .pth (for --preset, instead of finding it in --weights)")
 
 
 def _sampling_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
@@ -181,10 +190,31 @@ def cmd_eval(a):
         return 0
     from .stages import run_eval
     res = run_eval(npz=a.npz, folder=a.folder, pixel=a.pixel, rdm=a.rdm, num=a.num, seed=a.seed,
+                   preset=a.preset, weights=a.weights, mage=a.mage,
                    guidance=a.guidance, temperature=a.temperature, steps=a.decode_steps,
                    inception_weights=a.inception_weights, evalnet=a.evalnet, ref=a.ref, ref_data=ref_data,
                    ref_cache=a.ref_cache, rep_reference=a.rep_reference, batch_size=a.batch_size, out_json=a.json,
                    device=a.device, progress=not a.no_progress)
+    print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+def cmd_info(a):
+    from .official import checkpoint_info, format_info
+    info = checkpoint_info(a.file, num_heads=a.num_heads, decoder_num_heads=a.decoder_num_heads)
+    if a.json:
+        import json
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(format_info(info))
+    return 0
+
+
+def cmd_convert(a):
+    import json
+    from .official import convert
+    res = convert(a.file, a.out, num_heads=a.num_heads, decoder_num_heads=a.decoder_num_heads,
+                  resolution=a.resolution)
     print(json.dumps(res, indent=2, default=str))
     return 0
 
@@ -263,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_pixel)
 
     p = sub.add_parser("sample", help="generate images: RDM -> representation -> pixel generator")
-    p.add_argument("--pixel", required=True, help="train-pixel run directory")
-    p.add_argument("--rdm", help="train-rdm run directory (needed unless --reference)")
+    p.add_argument("--pixel", help="train-pixel run directory (or use --preset with the official weights)")
+    p.add_argument("--rdm", help="train-rdm run directory (needed unless --reference); official file with --preset")
+    _paper_flags(p)
     p.add_argument("--out", required=True, help="grid .png, .npz, or a folder of PNGs")
     p.add_argument("--num", type=int, default=64, help="images (per reference image with --reference)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
@@ -301,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--npz", help="npz of uint8 images (arr_0: N,H,W,C)")
     g.add_argument("--folder", help="folder of images")
     g.add_argument("--pixel", help="train-pixel run: images are generated and streamed (with --rdm)")
+    _paper_flags(g)
     g.add_argument("--rdm", help="train-rdm run for --pixel")
     g.add_argument("--num", type=int, default=10000, help="generated images for --pixel (default 10000)")
     g.add_argument("--seed", type=int, default=0)
@@ -323,6 +355,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="what an official (or our) checkpoint is: kind, architecture, parameters, EMA")
+    p.add_argument("file")
+    p.add_argument("--num-heads", type=int, help="attention heads (not stored in the weights) if not inferable")
+    p.add_argument("--decoder-num-heads", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="official checkpoint -> our run directory (safetensors + config.json)")
+    p.add_argument("file")
+    p.add_argument("out")
+    p.add_argument("--num-heads", type=int)
+    p.add_argument("--decoder-num-heads", type=int)
+    p.add_argument("--resolution", type=int, help="image size of a VQGAN file (not stored in it; default 256)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="every stage on Fashion-MNIST with CPU presets")
     p.add_argument("--out", default="runs/demo")

@@ -163,11 +163,23 @@ def load_image_files(paths: Sequence[str], channels: int, resolution: int) -> to
     return torch.cat(out)
 
 
+def load_sampler(pixel=None, rdm=None, device=None, preset=None, weights=None, mage=None) -> RCGSampler:
+    """Our runs (``pixel`` + ``rdm`` run directories) or a paper preset with the official files."""
+    if preset is not None:
+        from .paper import load_paper_system
+        if pixel is not None:
+            raise ValueError("give either --pixel (our run) or --preset (official weights), not both")
+        return load_paper_system(preset, weights, rdm=rdm, mage=mage, device=device)
+    if pixel is None:
+        raise ValueError("give --pixel RUN_DIR (and --rdm RUN_DIR), or --preset with --weights DIR")
+    return RCGSampler(pixel, rdm, device)
+
+
 def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=None, label=None, device=None,
-                   **kw) -> str:
+                   preset=None, weights=None, mage=None, **kw) -> str:
     """``rcg sample``: unconditional (RDM), class-conditional RDM (``label``), or variations of reference
     images (each row: the reference, then ``num`` images conditioned on its representation)."""
-    s = RCGSampler(pixel, rdm, device)
+    s = load_sampler(pixel, rdm, device, preset, weights, mage)
     if references:
         refs = load_image_files(references, s.tokenizer.cfg.in_channels, s.tokenizer.cfg.resolution)
         reps = s.reps_from_images(refs)
@@ -176,7 +188,7 @@ def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=No
             imgs = s.images_from_reps(reps[i:i + 1].expand(num, -1), list(range(seed, seed + num)), **kw)
             rows.append(torch.cat([refs[i:i + 1], imgs]))
         return write_images(torch.cat(rows), out, nrow=num + 1, scale=2)
-    if s.cond == "rep" and rdm is None:
+    if s.cond == "rep" and s.rdm is None:
         raise ValueError("pass --rdm RUN_DIR (or --reference IMAGE) to sample from a representation-conditioned model")
     batches = list(s.stream(num, seed=seed, batch_size=batch_size, label=label, **kw))
     return write_images(torch.cat(batches), out, scale=2)

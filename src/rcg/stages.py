@@ -683,7 +683,8 @@ def load_tokenizer(source, device=None):
 # ------------------------------------------------------------------------------------------------
 # eval
 # ------------------------------------------------------------------------------------------------
-def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, num: int = 10000, seed: int = 0, guidance=None,
+def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weights=None, mage=None,
+             num: int = 10000, seed: int = 0, guidance=None,
              temperature=None, steps=None, inception_weights=None, evalnet=None, ref=None, ref_data=None,
              ref_cache=None, rep_reference=None, batch_size: int = 250, out_json=None, device=None,
              progress: bool = True) -> dict:
@@ -691,8 +692,8 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, num: int = 10000, s
     pixel run + RDM, no PNG round trip) against a reference (an npz of statistics, or ``ref_data``, a
     DataConfig whose statistics are computed once and cached in ``ref_cache``)."""
     from . import evaluate as E
-    if sum(x is not None for x in (npz, folder, pixel)) != 1:
-        raise ValueError("give exactly one of --npz, --folder, --pixel")
+    if sum(x is not None for x in (npz, folder, pixel or preset)) != 1:
+        raise ValueError("give exactly one of --npz, --folder, --pixel (or --preset for the official weights)")
     if (inception_weights is None) == (evalnet is None):
         raise ValueError("give exactly one feature network: --inception-weights FILE or --evalnet RUN_DIR")
     if ref is None and ref_data is None:
@@ -715,17 +716,17 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, num: int = 10000, s
     elif folder is not None:
         batches = E.iterate_image_folder(folder, batch_size)
     else:
-        from .sample import RCGSampler
-        s = RCGSampler(pixel, rdm, dev)
+        from .sample import load_sampler
+        s = load_sampler(pixel, rdm, dev, preset, weights, mage)
         batches = s.stream(num, seed=seed, batch_size=batch_size, steps=steps, temperature=temperature,
                            guidance=guidance)
         if rep_reference is not None:
             rep_encoder = s.encoder
-            rep_ref = load_reps(rep_reference, fingerprint(s.encoder), s.cfg.encoder)[0]["reps"]
+            rep_ref = load_reps(rep_reference, fingerprint(s.encoder), str(s.cfg.encoder))[0]["reps"]
     res = E.evaluate_stream(batches, net, reference, rep_encoder=rep_encoder, rep_reference=rep_ref,
                             progress=progress)
-    res["source"] = npz or folder or f"{pixel} (rdm {rdm}, seed {seed}, guidance {guidance}, " \
-                                     f"temperature {temperature}, steps {steps})"
+    res["source"] = npz or folder or f"{pixel or preset} (rdm {rdm or weights}, seed {seed}, guidance " \
+                                     f"{guidance}, temperature {temperature}, steps {steps})"
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(res, indent=2, default=str) + "\n")
