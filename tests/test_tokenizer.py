@@ -89,6 +89,14 @@ def test_quantizer_argmin_ties_and_legacy_loss():
     e_flat = e.permute(0, 2, 3, 1).reshape(-1, 3)
     cb = torch.zeros(6, 3).index_add_(0, ids.flatten(), (2 * 0.25 / z.numel()) * (e_flat - flat))
     assert torch.allclose(q.embedding.weight.grad, cb, atol=1e-7)
+    q2 = VectorQuantizer(6, 3, beta=0.25, legacy=False)         # beta on the commitment term instead
+    q2.load_state_dict(q.state_dict())
+    z2 = z.detach().clone().requires_grad_(True)
+    _, loss2, ids2 = q2(z2)
+    loss2.backward()
+    assert torch.equal(ids2, ids) and loss2.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert torch.allclose(z2.grad, 0.25 * z.grad, atol=1e-8)
+    assert torch.allclose(q2.embedding.weight.grad, q.embedding.weight.grad / 0.25, atol=1e-7)
 
 
 def test_psnr_closed_form_and_code_stats():

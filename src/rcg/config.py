@@ -313,14 +313,18 @@ class TokenizerRun:
 
 
 TOKENIZER_PRESETS = {
-    # CPU-sized: 28 px gray -> 7x7 tokens, 512 codes of dim 32, ~0.24 M parameters.
+    # CPU-sized: 28 px gray -> 7x7 tokens, 512 codes of dim 32, 0.2 M parameters, 1 epoch. Measured on 0.6 epoch
+    # probes (1 thread, shared CPU): small batches with a high lr learn fastest per CPU second (batch 64 / lr 2e-3:
+    # 19.6 dB; 32 / 2e-3: 21.0; 16 / 2e-3: 22.4; 16 / 4e-3: 23.2; 16 / 8e-3: 23.6; 8 / 4e-3: 23.7 but 15 % slower);
+    # L1 beat L1 + MSE, the legacy VQ loss matched the non-legacy one, bf16 autocast trains 1.5-3x faster than fp32.
     "fmnist-tokenizer": TokenizerRun(
         data=DataConfig("fmnist", resolution=28, channels=1),
         eval_data=DataConfig("fmnist", split="test", resolution=28, channels=1),
-        model=VQConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32,
+        model=VQConfig(in_channels=1, out_channels=1, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32,
                        embed_dim=32, n_embed=512, resolution=28, num_groups=8),
-        optim=OptimConfig(epochs=1, batch_size=64, lr=2e-3, schedule="cosine", warmup_epochs=0.02, min_lr=1e-4,
-                          bf16=True, log_every=25, ckpt_every=200),
+        eval_every_epochs=0.25,
+        optim=OptimConfig(epochs=1, batch_size=16, lr=8e-3, schedule="cosine", warmup_epochs=0.02, min_lr=1e-4,
+                          bf16=True, log_every=100, ckpt_every=500),
     ),
     # The official MAGE / RCG VQGAN architecture (config/mage/vqgan.yaml): f16, 16x16 tokens at 256 px.
     "vqgan-f16-1024": TokenizerRun(

@@ -629,7 +629,7 @@ def train_tokenizer(cfg, out: str, device: Optional[str] = None, progress: bool 
         res = reconstruction_metrics(vq, eval_images, bf16=cfg.optim.bf16)
         print(f"step {step}: {split} PSNR {res['psnr']:.2f} dB, codebook usage {res['codebook_usage']:.3f}, "
               f"perplexity {res['perplexity']:.1f} ({res['eval_images']} images)")
-        return {"eval_" + k: v for k, v in res.items()}
+        return {("eval_" + k if k != "eval_images" else k): v for k, v in res.items()}
 
     every = int(cfg.eval_every_epochs * batches.steps_per_epoch)
     job = Job(model=trainer, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,

@@ -9,8 +9,8 @@ row-major order.
 Semantics of the official code: GroupNorm(eps 1e-6), swish ``x * sigmoid(x)``; a ResnetBlock whose channel count
 changes adds ``nin_shortcut(h) + h`` (1x1 conv applied to the residual branch, not to the input); the encoder
 downsamples by 2x2 average pooling, the decoder upsamples by nearest 2x + 3x3 conv; the quantizer takes the
-argmin of ``|z|^2 + |e|^2 - 2 z.e`` (first index on ties) and its loss is VectorQuantizer2's legacy form
-``mean((sg[e] - z)^2) + beta * mean((e - sg[z])^2)``.
+argmin of ``|z|^2 + |e|^2 - 2 z.e`` (first index on ties) and its loss is by default VectorQuantizer2's legacy
+form ``mean((sg[e] - z)^2) + beta * mean((e - sg[z])^2)`` (``VQConfig.legacy``).
 
 :class:`VQTrainer` wraps a VQModel for training: reconstruction loss + VQ loss, an EMA of the code-usage shares
 kept as a buffer (so it is saved with the resume state) and dead-code re-seeding from encoder outputs.
@@ -38,7 +38,8 @@ class VQConfig:
     embed_dim: int = 256
     n_embed: int = 1024
     resolution: int = 256
-    beta: float = 0.25           # VectorQuantizer2 beta (legacy form: weight of the codebook term)
+    beta: float = 0.25           # VectorQuantizer2 beta
+    legacy: bool = True          # VectorQuantizer2's default loss: beta weighs the codebook term, 1 the commitment
     num_groups: int = 32         # GroupNorm groups (official 32); small CPU configs may use fewer
 
 
@@ -145,11 +146,12 @@ class Decoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-    """Nearest-codebook-entry quantizer (VectorQuantizer2, legacy loss), computed in float32."""
+    """Nearest-codebook-entry quantizer (VectorQuantizer2), computed in float32. Loss: legacy (official default)
+    ``mean((sg[e] - z)^2) + beta * mean((e - sg[z])^2)``, else ``beta * mean((sg[e] - z)^2) + mean((e - sg[z])^2)``."""
 
-    def __init__(self, n_embed: int, embed_dim: int, beta: float):
+    def __init__(self, n_embed: int, embed_dim: int, beta: float, legacy: bool = True):
         super().__init__()
-        self.beta = beta
+        self.beta, self.legacy = beta, legacy
         self.embedding = nn.Embedding(n_embed, embed_dim)
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
 
@@ -160,14 +162,15 @@ class VectorQuantizer(nn.Module):
         return d.argmin(1)
 
     def forward(self, z: torch.Tensor):
-        """(B, D, h, w) -> (straight-through z_q, legacy VQ loss, ids (B, h*w))."""
+        """(B, D, h, w) -> (straight-through z_q, VQ loss, ids (B, h*w))."""
         with torch.autocast(z.device.type, enabled=False):
             z = z.float()
             b, d, h, w = z.shape
             z_flat = z.permute(0, 2, 3, 1).reshape(-1, d)
             ids = self.nearest(z_flat.detach())
             e = self.embedding(ids).view(b, h, w, d).permute(0, 3, 1, 2)
-            loss = F.mse_loss(e.detach(), z) + self.beta * F.mse_loss(e, z.detach())
+            commit, codebook = F.mse_loss(e.detach(), z), F.mse_loss(e, z.detach())
+            loss = commit + self.beta * codebook if self.legacy else self.beta * commit + codebook
             z_q = z + (e - z).detach()
         return z_q, loss, ids.view(b, h * w)
 
@@ -194,7 +197,7 @@ class VQModel(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.beta)
+        self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.legacy)
 
     @property
     def token_grid(self) -> int:
@@ -236,8 +239,9 @@ class VQModel(nn.Module):
 # training and evaluation helpers
 # ------------------------------------------------------------------------------------------------
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image PSNR in dB, ``10 log10(range^2 / mean((x - y)^2))`` over all but the first dimension."""
-    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
+    """Per-image PSNR in dB, ``10 log10(range^2 / mean((x - y)^2))`` over all but the first dimension
+    (capped at 200 dB for identical images so that means stay finite)."""
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1).clamp_min(1e-20 * data_range ** 2)
     return 10 * torch.log10(data_range ** 2 / mse)
 
 
