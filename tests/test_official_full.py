@@ -16,7 +16,7 @@ from conftest import fixtures_dir
 from safetensors import safe_open
 
 from rcg.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig, fingerprint
-from rcg.official import (CheckpointFormatError, UnsafeCheckpointError, checkpoint_info, convert, format_info,
+from rcg.official import (UnsafeCheckpointError, checkpoint_info, convert, format_info,
                           mage_from_official, mocov3_from_official, rdm_from_official, safe_load,
                           split_mage_checkpoint, vqgan_from_official)
 from rcg.pixel.mage import MAGE, MAGEConfig
@@ -340,17 +340,21 @@ def test_info_and_convert_fixture(path, tmp_path):
     cfg = meta.get("config", {})
     kind = path.name.split("_")[0]
     heads = dict(num_heads=cfg.get("num_heads"), decoder_num_heads=cfg.get("decoder_num_heads")) \
-        if kind == "mage" else {}
+        if kind == "mage" else (dict(num_heads=cfg.get("num_heads")) if kind == "dit" else {})
     info = checkpoint_info(path, **heads)
-    assert info["kind"] == kind and info["supported"] == (kind != "dit")
+    assert info["kind"] == kind and info["supported"]
     assert info["params"] > 0 and info["architecture"] and format_info(info)
     json.dumps(info, default=str)
     out = tmp_path / "conv"
-    if kind == "dit":
+    if kind == "dit":           # full parity in tests/test_official_dit.py; here: info + convert round trip
+        from rcg.pixel.dit import dit_from_converted
         assert info["ema"] is True and info["config"]["rep_dim"] == cfg.get("rep_dim", 256)
-        with pytest.raises(CheckpointFormatError, match="not supported yet"):
-            convert(path, out)
-        assert not out.exists()
+        res = convert(path, out, **heads)
+        model, run = dit_from_converted(out)
+        assert res["kind"] == "dit" and info["params"] == _n(model) and run.model == model.cfg
+        with torch.no_grad():
+            _close("out_ema", model(io["x"], io["t"], io["rep"]), io["out_ema"], 1e-5)
+        assert convert(path, out, **heads)["runs"] == res["runs"]
         return
     res = convert(path, out, resolution=32 if kind == "vqgan" else None, **heads)
     assert res["kind"] == kind and (out / "config.json").is_file() and (out / "checkpoint.safetensors").is_file()

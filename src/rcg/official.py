@@ -14,11 +14,14 @@ modules and load them strictly, and return ``(module in eval mode, info dict)``.
   ``pretrained_encoder.*`` sub-models inside them.
 - :func:`vqgan_from_official`: MAGE's VQGAN ``.ckpt`` (``{"state_dict": VQModel}``), or the ``vqgan.*`` copy
   inside a MAGE file.
-- :func:`detect_kind` / :func:`checkpoint_info` (``rcg info``): which of mocov3, rdm, mage, vqgan, dit
-  (recognised, not supported yet) a file is, its architecture, parameter count, EMA, epoch and sub-models.
+- :func:`dit_from_official`: RCG DiT files (``main_dit.py``: raw ``model`` / EMA ``model_ema`` state dicts;
+  ``fake_latent`` -> ``null_rep``; the unused label table of a rep-conditioned file dropped).
+- :func:`detect_kind` / :func:`checkpoint_info` (``rcg info``): which of mocov3, rdm, mage, vqgan, dit a file
+  is, its architecture, parameter count, EMA, epoch and sub-models.
 - :func:`convert` (``rcg convert``): an official file -> our run directory (``config.json`` +
   ``checkpoint.safetensors``) that ``rcg.stages.load_rdm`` / ``load_encoder`` / ``load_tokenizer`` /
-  ``load_pixel`` read (a MAGE file also gives ``encoder/`` and ``tokenizer/`` run directories).
+  ``load_pixel`` (DiT: ``rcg.pixel.dit.dit_from_converted``) read (a MAGE file also gives ``encoder/`` and
+  ``tokenizer/`` run directories).
 """
 from __future__ import annotations
 
@@ -446,6 +449,115 @@ def vqgan_from_official(path_or_dict: PathOrDict, resolution: int = 256,
 
 
 # ----------------------------------------------------------------------------------------------
+# ---- DiT (RCG pixel_generator/dit)
+# ----------------------------------------------------------------------------------------------
+# official DiT_models sizes: name -> (hidden, heads); every official DiT has these widths
+_DIT_SIZES = {"S": (384, 6), "B": (768, 12), "L": (1024, 16), "XL": (1152, 16)}
+
+
+def _dit_heads(hidden: int, patch: int, name: Optional[str], given: Optional[int]) -> Tuple[int, str]:
+    """Heads are not stored in the weights. Rule: the argument; else ``args.dit_model`` ("DiT-XL/2", ...) when its
+    width and patch match; else the official table by width {384: 6, 768: 12, 1024: 16, 1152: 16}; else head
+    dim 64; else an error (pass num_heads)."""
+    if given:
+        return given, "argument"
+    m = re.fullmatch(r"DiT-(S|B|L|XL)/(\d+)", name or "")
+    if m and _DIT_SIZES[m.group(1)][0] == hidden and int(m.group(2)) == patch:
+        return _DIT_SIZES[m.group(1)][1], f"dit_model {name!r}"
+    widths = dict(_DIT_SIZES.values())
+    if hidden in widths:
+        return widths[hidden], "width table"
+    if hidden % 64 == 0:
+        return hidden // 64, "head dim 64"
+    raise CheckpointFormatError(f"cannot infer the heads of a {hidden}-wide DiT (dit_model {name!r}); pass num_heads")
+
+
+def _dit_steps(value) -> int:
+    """``--num-sampling-steps`` ("250", "ddim25", 250) -> the number of steps (250 when absent)."""
+    digits = re.sub(r"\D", "", str(value)) if value is not None else ""
+    return int(digits) if digits else 250
+
+
+def dit_from_official(path_or_dict: PathOrDict, ema: bool = True,
+                      num_heads: Optional[int] = None) -> Tuple[torch.nn.Module, dict]:
+    """Official RCG DiT checkpoint (``main_dit.py`` + ``save_model`` with ``ema_params``: ``model`` raw,
+    ``model_ema`` a full state dict of EMA values) -> (:class:`rcg.pixel.dit.DiT` in eval mode, info).
+
+    With ``ema`` the ``model_ema`` weights are used when present (``info["ema"]``). Dimensions come from the
+    weights: hidden / in channels / patch from ``x_embedder.proj``, the grid from ``pos_embed`` (input size =
+    grid x patch), depth from ``blocks.i``, out channels (2 x in = learned sigma) from ``final_layer.linear``;
+    heads per :func:`_dit_heads`. Conditioning: ``args.rep_cond`` (else: a ``fake_latent`` is present) gives
+    cond="rep" (``fake_latent`` -> ``null_rep``; the unused ``y_embedder`` is dropped); otherwise cond="class"
+    with the table's rows (an extra null row when ``args.class_cond`` / more than one row; the official
+    unconditional DiT is a 1-class model, exact). The stored ``pos_embed`` table is loaded as is."""
+    from .pixel.dit import DiT, DiTConfig, sincos_pos_embed
+
+    ckpt = _checkpoint(path_or_dict)
+    raw = _weights(ckpt)
+    used_ema = ema and isinstance(ckpt.get("model_ema"), Mapping)
+    sd = ckpt["model_ema"] if used_ema else raw
+    what = "DiT checkpoint"
+    if not isinstance(sd, Mapping) or "x_embedder.proj.weight" not in sd:
+        found = sorted(sd)[:8] if isinstance(sd, Mapping) else type(sd).__name__
+        raise CheckpointFormatError(f"not an RCG DiT checkpoint: no 'x_embedder.proj.weight' (found e.g. {found})")
+    hidden, in_ch, patch, patch_w = _shape(sd, "x_embedder.proj.weight", what)
+    n_tok = _shape(sd, "pos_embed", what)[1]
+    grid = int(round(n_tok ** 0.5))
+    if patch != patch_w or grid * grid != n_tok:
+        raise CheckpointFormatError(f"{what}: non-square patches {patch}x{patch_w} or grid of {n_tok} tokens")
+    out = _shape(sd, "final_layer.linear.weight", what)[0]
+    if out not in (patch * patch * in_ch, 2 * patch * patch * in_ch):
+        raise CheckpointFormatError(f"{what}: final layer gives {out} values per token, not p*p*{in_ch} (x 2)")
+    depth = len({int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
+    args = _args_dict(ckpt) or {}
+    name = args.get("dit_model") if isinstance(args.get("dit_model"), str) else None
+    heads, heads_src = _dit_heads(hidden, patch, name, num_heads)
+    rep_cond = bool(args["rep_cond"]) if args.get("rep_cond") is not None else "fake_latent" in sd
+    dims = dict(input_size=grid * patch, patch_size=patch, in_channels=in_ch, hidden_size=hidden, depth=depth,
+                num_heads=heads, mlp_ratio=_shape(sd, "blocks.0.mlp.fc1.weight", what)[0] / hidden,
+                learn_sigma=out == 2 * patch * patch * in_ch)
+    ours: Dict[str, torch.Tensor] = {}
+    if rep_cond:
+        rep_dim = _shape(sd, "rep_embedder.weight", what)[1]
+        cfg = DiTConfig(**dims, rep_dim=rep_dim, cond="rep", rep_drop_prob=0.1 if "fake_latent" in sd else 0.0)
+        drop = ("y_embedder.",)
+        if "fake_latent" not in sd:       # official rep_dropout_prob = 0: no null representation (no guidance)
+            ours["null_rep"] = torch.zeros(1, rep_dim)
+    else:
+        rows = _shape(sd, "y_embedder.embedding_table.weight", what)[0]
+        with_null = bool(args["class_cond"]) if args.get("class_cond") is not None else rows > 1
+        if rows - with_null < 1:
+            raise CheckpointFormatError(f"{what}: a {rows}-row class table cannot hold a null class")
+        cfg = DiTConfig(**dims, cond="class", num_classes=rows - with_null,
+                        class_dropout_prob=0.1 if with_null else 0.0)
+        drop = ("rep_embedder.", "fake_latent")
+    dropped = sorted(k for k in sd if k.startswith(drop))
+    ours.update({("null_rep" if k == "fake_latent" else k): v for k, v in sd.items() if not k.startswith(drop)})
+    model = DiT(cfg)
+    _load_strict(model, ours, what)
+    cfg_scale = float(args["cfg"]) if args.get("cfg") is not None else 1.0
+    info: Dict[str, Any] = {
+        "kind": "dit", "config": asdict(cfg), "num_heads_from": heads_src, "ema": used_ema, "epoch": ckpt.get("epoch"),
+        "dropped": dropped, "args": args or None, "dit_model": name,
+        "pos_embed_is_sincos": bool(torch.allclose(sd["pos_embed"][0].float(), sincos_pos_embed(hidden, grid),
+                                                   rtol=0, atol=1e-6)),
+        "sampling": {"steps": _dit_steps(args.get("num_sampling_steps")), "cfg_scale": cfg_scale,
+                     "guidance": cfg_scale - 1.0}}
+    return model.eval(), info
+
+
+def _dit_with_heads(ckpt, num_heads, strict_heads: bool):
+    """dit_from_official; without ``strict_heads`` a width whose heads cannot be inferred is built with 1 head
+    (heads do not change the parameters) and reported as unknown."""
+    try:
+        return dit_from_official(ckpt, num_heads=num_heads) + (True,)
+    except CheckpointFormatError as e:
+        if strict_heads or "heads" not in str(e):
+            raise
+        return dit_from_official(ckpt, num_heads=1) + (False,)
+
+
+# ----------------------------------------------------------------------------------------------
 # ---- what is this file? (rcg info) and official -> run directories (rcg convert)
 # ----------------------------------------------------------------------------------------------
 KINDS = ("mocov3", "rdm", "mage", "vqgan", "dit")
@@ -547,22 +659,21 @@ def matching_mage_preset(cfg) -> Optional[str]:
     return next((n for n in ("mage-b", "mage-l") if dims(MAGE_PRESETS[n]) == dims(cfg)), None)
 
 
-def _dit_summary(ckpt: Mapping[str, Any]) -> dict:
-    sd = _weights(ckpt)
-    what = "DiT checkpoint"
-    hidden, in_ch, patch, _ = _shape(sd, "x_embedder.proj.weight", what)
-    out = _shape(sd, "final_layer.linear.weight", what)[0] // (patch * patch)
-    depth = len({int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
-    rep_dim = sd["rep_embedder.weight"].shape[1] if "rep_embedder.weight" in sd else 0
-    args = _args_dict(ckpt) or {}
-    return {"params": sum(v.numel() for k, v in sd.items() if torch.is_tensor(v) and k != "pos_embed"),
-            "ema": isinstance(ckpt.get("model_ema"), Mapping), "class_conditional": False,
-            "architecture": f"DiT {hidden} wide, {depth} deep, patch {patch}, {in_ch} latent channels in, {out} out"
-                            + (f", representation-conditioned ({rep_dim}-d)" if rep_dim else ""),
-            "config": {"hidden_size": hidden, "depth": depth, "patch_size": patch, "in_channels": in_ch,
-                       "out_channels": out, "learn_sigma": out == 2 * in_ch, "rep_dim": rep_dim,
-                       "dit_model": args.get("dit_model")},
-            "note": "representation-conditioned DiT files are recognised but not supported yet (no loader)"}
+def _dit_summary(ckpt: Mapping[str, Any], num_heads: Optional[int]) -> dict:
+    model, di, heads_known = _dit_with_heads(ckpt, num_heads, strict_heads=False)
+    c = model.cfg
+    official = sum(v.numel() for k, v in _weights(ckpt).items() if torch.is_tensor(v) and k != "pos_embed")
+    cond = {"rep": f"representation-conditioned ({c.rep_dim}-d)", "class": f"{c.num_classes} classes",
+            "none": "unconditional"}[c.cond]
+    return {"params": _nparams(model), "official_trainable_params": official, "cond": c.cond,
+            "class_conditional": c.cond == "class" and c.num_classes > 1, "ema": di["ema"], "config": _plain(c),
+            "dropped": di["dropped"], "dit_model": di["dit_model"], "sampling": di["sampling"],
+            "pos_embed_is_sincos": di["pos_embed_is_sincos"], "num_heads": c.num_heads if heads_known else None,
+            "num_heads_from": di["num_heads_from"] if heads_known else "unknown (not stored; pass num_heads)",
+            "architecture": f"DiT {c.hidden_size} wide, {c.depth} deep"
+                            + (f" ({c.num_heads} heads)" if heads_known else "")
+                            + f", patch {c.patch_size} on {c.input_size}x{c.input_size}x{c.in_channels}, "
+                              f"{c.out_channels} out ({'learned sigma' if c.learn_sigma else 'eps only'}), {cond}"}
 
 
 def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
@@ -577,7 +688,7 @@ def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
     decide is reported as ``num_heads: None`` (the counts do not depend on it)."""
     ckpt = _checkpoint(path_or_dict)
     kind = detect_kind(ckpt)
-    info: Dict[str, Any] = {"kind": kind, "supported": kind != "dit", "epoch": ckpt.get("epoch")}
+    info: Dict[str, Any] = {"kind": kind, "supported": True, "epoch": ckpt.get("epoch")}
     if not isinstance(path_or_dict, Mapping):
         info.update(path=os.fspath(path_or_dict), bytes=os.path.getsize(path_or_dict))
     if kind == "rdm":
@@ -626,11 +737,12 @@ def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
         info.update(_vq_summary(vq, vi), kind="vqgan", class_conditional=False, ema=False, prefix=vi["prefix"])
         info["note"] = "resolution is not stored; 256 px assumed (pass resolution= to convert otherwise)"
     else:
-        info.update(_dit_summary(ckpt))
+        info.update(_dit_summary(ckpt, num_heads))
     args = _args_dict(ckpt)
     if args:
         keep = ("model", "dit_model", "config", "pretrained_enc_arch", "epochs", "batch_size", "blr", "lr",
-                "rdm_steps", "eta", "temp", "num_iter", "cfg", "rep_drop_prob", "mask_ratio_mu")
+                "rdm_steps", "eta", "temp", "num_iter", "cfg", "rep_drop_prob", "mask_ratio_mu", "rep_cond",
+                "class_cond", "num_sampling_steps")
         info["args"] = {k: args[k] for k in keep if k in args}
     return info
 
@@ -677,7 +789,10 @@ def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
       paper preset, mage-b: 20 steps / temperature 6 / tau 1, mage-l: 20 / 11 / 6, else the file's ``args``)
       whose ``encoder`` / ``tokenizer`` point at ``out_dir/encoder`` and ``out_dir/tokenizer``, written from the
       sub-models inside the file, with their fingerprints.
-    - DiT: refused (not supported yet).
+    - DiT -> a directory that :func:`rcg.pixel.dit.dit_from_converted` reads (``DiTRun``: the network, EMA
+      weights when present; the official sampling recipe, steps from ``args.num_sampling_steps``, guidance
+      tau = ``args.cfg`` - 1 with the official first-3-channels guidance; SD-VAE latents for 4 channels).
+      The MoCo encoder is not inside DiT files: ``encoder`` stays empty.
 
     Nothing is written before the file has been read safely and every module loaded strictly. A directory
     holding a different config is refused (rerunning the same conversion overwrites it). Returns a summary."""
@@ -705,9 +820,6 @@ def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
         return to_dict(replace(base, model=vq.cfg, data=replace(base.data, **data),
                                eval_data=replace(base.eval_data, **data)))
 
-    if kind == "dit":
-        raise CheckpointFormatError("representation-conditioned DiT checkpoints are not supported yet; "
-                                    "nothing was written")
     if kind == "rdm":
         model, ri = rdm_from_official(ckpt, ema=True)
         d = ri.get("diffusion")
@@ -733,6 +845,14 @@ def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
         vq, vi = vqgan_from_official(ckpt, resolution=resolution or 256)
         _write_run(out, tokenizer_run(vq), vq.state_dict(), {**meta, "kind": TOKENIZER_KIND}, source)
         runs, params = {"tokenizer": str(out)}, _nparams(vq)
+    elif kind == "dit":
+        from .pixel.dit import DiTRun
+        model, di, _ = _dit_with_heads(ckpt, num_heads, strict_heads=True)
+        cfg = DiTRun(model=model.cfg, steps=di["sampling"]["steps"], guidance=di["sampling"]["guidance"],
+                     autoencoder=DiTRun.autoencoder if model.cfg.in_channels == 4 else "")
+        _write_run(out, to_dict(cfg), model.state_dict(), {**meta, "ema": di["ema"]},
+                   {**source, "ema": di["ema"], "num_heads_from": di["num_heads_from"], "dropped": di["dropped"]})
+        runs, params = {"pixel": str(out)}, _nparams(model)
     else:
         model, mi, _ = _mage_with_heads(ckpt, num_heads, decoder_num_heads, strict_heads=True)
         subs = _mage_submodels(ckpt, model.cfg)
@@ -766,6 +886,7 @@ def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
         runs = {"pixel": str(out), **runs}
         params = _nparams(model)
     loader = {"rdm": "rcg.stages.load_rdm", "mocov3": "rcg.stages.load_encoder",
-              "vqgan": "rcg.stages.load_tokenizer", "mage": "rcg.stages.load_pixel"}[kind]
+              "vqgan": "rcg.stages.load_tokenizer", "mage": "rcg.stages.load_pixel",
+              "dit": "rcg.pixel.dit.dit_from_converted"}[kind]
     return {"kind": kind, "out": str(out), "runs": runs, "params": params, "load_with": loader,
             "source": src_name}
