@@ -3,6 +3,7 @@ it, and calls one library function; ``--dry-run`` prints and stops. No logic liv
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import config as C
@@ -35,6 +36,10 @@ def _optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
+    g = p.add_argument_group("runtime (does not change the run's config)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model's blocks (slow start)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also log metrics to RUN_DIR/tensorboard (needs the tensorboard package)")
 
 
 def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = True) -> list:
@@ -77,7 +82,7 @@ def cmd_cache_reps(a):
         print(vars(a))
         return 0
     cache_reps(a.encoder, a.out, views=a.views, data_overrides=_overrides(a, optim=False), device=a.device,
-               seed=a.seed or 0, tokenizer=a.tokenizer, progress=not a.no_progress)
+               seed=a.seed or 0, tokenizer=a.tokenizer, bf16=a.bf16, progress=not a.no_progress)
     return 0
 
 
@@ -243,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (.safetensors)")
     p.add_argument("--views", type=int, default=4, help="augmented views per image (default 4)")
     p.add_argument("--tokenizer", help="also store the tokens of the same crops (for train-pixel)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (about 3x faster on a CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--dry-run", action="store_true")
@@ -383,15 +389,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one verb. Under ``torchrun`` every process runs it: they join one process group here, and only
+    rank 0 prints to stdout (errors go to stderr from every rank)."""
     a = build_parser().parse_args(argv)
+    from . import dist, train
+    saved_runtime, stdout = (train.RUNTIME.tensorboard, train.RUNTIME.compile), sys.stdout
+    who = ""
     try:
+        dist.init()
+        if dist.world_size() > 1:
+            who = f" (rank {dist.rank()})"
+            if not dist.is_main():
+                sys.stdout = open(os.devnull, "w")
+        if hasattr(a, "compile"):
+            train.configure(compile=a.compile, tensorboard=a.tensorboard)
         return a.func(a)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except (ValueError, KeyError, RuntimeError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error{who}: {e}", file=sys.stderr)
         return 2
+    finally:
+        train.configure(tensorboard=saved_runtime[0], compile=saved_runtime[1])
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
+        dist.cleanup()
 
 
 if __name__ == "__main__":
