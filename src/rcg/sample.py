@@ -130,14 +130,34 @@ class RCGSampler:
         return to_uint8(self.tokenizer.decode_ids(tokens)).cpu()
 
     def stream(self, num: int, seed: int = 0, batch_size: int = 64, label: Optional[int] = None,
-               **kw) -> Iterator[torch.Tensor]:
-        """uint8 batches of ``num`` unconditional (or class-conditional RDM) samples, image i from seed + i."""
-        for i in range(0, num, batch_size):
-            seeds = list(range(seed + i, seed + min(num, i + batch_size)))
-            reps = self.reps_from_rdm(seeds, label) if self.cond == "rep" else None
-            labels = torch.full((len(seeds),), label or 0, dtype=torch.long, device=self.device) \
-                if self.cond == "class" else None
-            yield self.images_from_reps(reps, seeds, labels=labels, **kw)
+               distributed: Optional[bool] = None, **kw) -> Iterator[torch.Tensor]:
+        """uint8 batches of ``num`` unconditional (or class-conditional RDM) samples, image i from seed + i.
+
+        Under several processes (torchrun; ``distributed=False`` turns it off) every process must iterate:
+        batch k is made by process k % world_size, and rank 0 yields all batches in order (gathered), the
+        other ranks yield nothing. The images are those of one process."""
+        from . import dist
+        starts = list(range(0, num, batch_size))
+        world = dist.world_size() if distributed is not False else 1
+        if world == 1:
+            for i in starts:
+                yield self._batch(seed + i, min(batch_size, num - i), label, **kw)
+            return
+        for j in range(0, len(starts), world):
+            k = j + dist.rank()
+            if k < len(starts):
+                mine = self._batch(seed + starts[k], min(batch_size, num - starts[k]), label, **kw)
+            else:
+                mine = torch.empty(0, dtype=torch.uint8)
+            parts = dist.gather_tensors(mine)
+            if dist.is_main():
+                yield from (p for p in parts if len(p))
+
+    def _batch(self, first: int, n: int, label: Optional[int], **kw) -> torch.Tensor:
+        seeds = list(range(first, first + n))
+        reps = self.reps_from_rdm(seeds, label) if self.cond == "rep" else None
+        labels = torch.full((n,), label or 0, dtype=torch.long, device=self.device) if self.cond == "class" else None
+        return self.images_from_reps(reps, seeds, labels=labels, **kw)
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, num: int = 11, seed: int = 0, **kw) -> torch.Tensor:
         """``num`` images from rep = t * rep(a) + (1 - t) * rep(b), t = 1 ... 0 (paper Fig. 7); one seed for all."""
@@ -179,7 +199,10 @@ def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=No
                    preset=None, weights=None, mage=None, **kw) -> str:
     """``rcg sample``: unconditional (RDM), class-conditional RDM (``label``), or variations of reference
     images (each row: the reference, then ``num`` images conditioned on its representation)."""
+    from . import dist
     s = load_sampler(pixel, rdm, device, preset, weights, mage)
+    if references and not dist.is_main():
+        return ""
     if references:
         refs = load_image_files(references, s.tokenizer.cfg.in_channels, s.tokenizer.cfg.resolution)
         reps = s.reps_from_images(refs)
@@ -190,7 +213,9 @@ def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=No
         return write_images(torch.cat(rows), out, nrow=num + 1, scale=2)
     if s.cond == "rep" and s.rdm is None:
         raise ValueError("pass --rdm RUN_DIR (or --reference IMAGE) to sample from a representation-conditioned model")
-    batches = list(s.stream(num, seed=seed, batch_size=batch_size, label=label, **kw))
+    batches = list(s.stream(num, seed=seed, batch_size=batch_size, label=label, **kw))   # split across processes
+    if not dist.is_main():
+        return ""
     return write_images(torch.cat(batches), out, scale=2)
 
 

@@ -4,28 +4,60 @@ The loop is deterministic given the step: batch ``step`` takes its indices from 
 permutation seeded by ``(seed, epoch)`` and its randomness (augmentations, diffusion noise) from a
 generator seeded by ``(seed, step)``. Resuming from ``state.pt`` at step s therefore continues exactly
 as the uninterrupted run would have. Rerunning the same command resumes; a finished run is a no-op.
+
+Under ``torchrun`` (see :mod:`rcg.dist`) every process takes its contiguous slice of each global batch
+(``optim.batch_size`` rows), the gradients are averaged over processes after each backward pass (a
+plain all-reduce: the model stays a pure module), and rank 0 alone logs and writes checkpoints. A job
+whose loss draws its per-sample randomness for the whole global batch from the step generator (and keeps
+its rows) trains the same weights with any number of processes, up to float summation order.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from . import dist
 from .checkpoint import METRICS, STATE, WEIGHTS, CheckpointError, load_state, save_state, save_tensors
 from .config import OptimConfig
+
+STATE_PREV = "state.prev.pt"        # the checkpoint before state.pt, used when state.pt is unreadable
+TENSORBOARD = "tensorboard"         # event files of --tensorboard, inside the run directory
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+@dataclass
+class Runtime:
+    """Process-wide options that change how fast, not what, is trained (so they are not in config.json);
+    ``rcg`` sets them from ``--tensorboard`` and ``--compile``."""
+    tensorboard: bool = False       # also log the metrics to <run>/tensorboard (needs the tensorboard package)
+    compile: Union[bool, str] = False   # torch.compile the model's blocks; a string names the backend
+
+
+RUNTIME = Runtime()
+
+
+def configure(**options) -> None:
+    """Set :data:`RUNTIME` fields, e.g. ``configure(compile=True)``."""
+    for k, v in options.items():
+        if not hasattr(RUNTIME, k):
+            raise KeyError(f"unknown runtime option {k!r}")
+        setattr(RUNTIME, k, v)
 
 
 class EMA:
@@ -66,7 +98,10 @@ def lr_at(step: int, steps_per_epoch: int, total_steps: int, o: OptimConfig) -> 
 
 
 class EpochBatches:
-    """Indices of batch ``step``: epoch-wise permutations seeded by (seed, epoch), last partial batch dropped."""
+    """Indices of batch ``step``: epoch-wise permutations seeded by (seed, epoch), last partial batch dropped.
+
+    Stateless in the step (the resumable sampler): every process computes the same global batch and
+    keeps its slice of it."""
 
     def __init__(self, n: int, batch_size: int, seed: int):
         if n < batch_size:
@@ -91,8 +126,14 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 class Job:
     """What a stage hands to :func:`fit`.
 
-    loss_fn(step, generator) -> (loss, metrics); export() -> weights for checkpoint.safetensors
-    (called with the EMA weights loaded when there is an EMA); evaluate(step) -> metrics (optional).
+    loss_fn(step, generator) -> (loss, metrics), or with ``sharded=True`` loss_fn(step, generator, part):
+    ``part`` is the slice of the step's global batch (``images_per_step`` rows, in the order of e.g.
+    ``EpochBatches(step)``) this process computes (``slice(0, images_per_step)`` for one process). A sharded
+    loss is the mean over its rows and draws per-sample randomness for the whole global batch from
+    ``generator``, keeping its rows, so that every split sees the same per-sample randomness. An unsharded
+    job under several processes computes the whole batch on each (same result, no speed-up).
+    export() -> weights for checkpoint.safetensors (called with the EMA weights loaded when there is an
+    EMA); evaluate(step) -> metrics (optional, rank 0 only).
     """
     model: nn.Module
     loss_fn: Callable
@@ -104,13 +145,20 @@ class Job:
     eval_every: int = 0
     metadata: Optional[Dict[str, str]] = None
     desc: str = "train"
+    sharded: bool = False
 
 
-def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True) -> dict:
-    """Train ``job.model`` to ``job.total_steps``; returns the last logged metrics."""
-    run_dir = Path(run_dir)
-    model = job.model
+def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True,
+        tensorboard: Optional[bool] = None, compile: Union[bool, str, None] = None) -> dict:
+    """Train ``job.model`` to ``job.total_steps``; returns the last logged metrics. ``tensorboard`` and
+    ``compile`` default to :data:`RUNTIME`."""
+    dist.init()
+    run_dir, model = Path(run_dir), job.model
+    world, main = dist.world_size(), dist.is_main()
+    tensorboard = RUNTIME.tensorboard if tensorboard is None else tensorboard
+    compile = RUNTIME.compile if compile is None else compile
     params = [p for p in model.parameters() if p.requires_grad]
+    dev = params[0].device
     if o.wd_exclude_1d:
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
@@ -118,31 +166,50 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
         groups = [{"params": params, "weight_decay": o.weight_decay}]
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
-    step, last = 0, {}
+    loss_fn = _process_loss(job, world)
+    step, last, rotate = 0, {}, True
     if resuming:
-        try:
-            st = load_state(run_dir / STATE)
-        except CheckpointError as e:
-            raise CheckpointError(f"{e}. Delete {run_dir / STATE} to restart this run from scratch.") from e
+        st, rotate = load_resume_state(run_dir, verbose=main)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         if ema is not None:
-            ema.shadow, ema.num_updates = st["ema"], int(st["ema_updates"])
+            where = {k: p.device for k, p in model.named_parameters()}     # state.pt is loaded on the CPU
+            ema.shadow = {k: v.to(where[k]) for k, v in st["ema"].items()}
+            ema.num_updates = int(st["ema_updates"])
         step = int(st["step"])
         torch.set_rng_state(st["rng"])
-        print(f"resuming {run_dir} from step {step}/{job.total_steps}")
+        if dev.type == "cuda" and "cuda_rng" in st:
+            torch.cuda.set_rng_state(st["cuda_rng"], dev)
+        if main:
+            print(f"resuming {run_dir} from step {step}/{job.total_steps}")
+    _agree_on_step(step, dev)
+    saved = step if resuming else None
+    tb = _main_only(lambda: _before_training(run_dir, model, ema, tensorboard), dev) \
+        if step < job.total_steps else None
 
     def checkpoint(at: int) -> None:
         state = {"step": at, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()}
+        if dev.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(dev)
         if ema is not None:
             state.update(ema=ema.shadow, ema_updates=ema.num_updates)
-        save_state(run_dir / STATE, state)
-        save_tensors(run_dir / WEIGHTS, _exported(model, ema, job.export), {**(job.metadata or {}), "step": at})
+        try:
+            if rotate:
+                _keep_previous(run_dir)
+            save_state(run_dir / STATE, state)
+            save_tensors(run_dir / WEIGHTS, _exported(model, ema, job.export), {**(job.metadata or {}), "step": at})
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                kept = f"the last good checkpoint (step {saved}) is kept" if saved is not None else "nothing was saved"
+                raise CheckpointError(f"no space left in {run_dir} while writing the checkpoint of step {at}; {kept}. "
+                                      f"Free some space and rerun the same command to resume.") from e
+            raise
 
-    autocast = torch.autocast("cuda" if next(model.parameters()).is_cuda else "cpu", dtype=torch.bfloat16) \
-        if o.bf16 else nullcontext()
+    if compile:
+        _compile(model, compile)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if o.bf16 else nullcontext()
     bar = tqdm(total=job.total_steps * job.images_per_step, initial=step * job.images_per_step, unit="img",
-               unit_scale=True, desc=job.desc, disable=not progress, dynamic_ncols=True, smoothing=0.05,
+               unit_scale=True, desc=job.desc, disable=not (progress and main), dynamic_ncols=True, smoothing=0.05,
                mininterval=0.5 if sys.stderr.isatty() else 30)
     t0, seen = time.time(), 0
     model.train()
@@ -150,36 +217,209 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
         lr = lr_at(step, job.steps_per_epoch, job.total_steps, o)
         for g in opt.param_groups:
             g["lr"] = lr
+        if world > 1:   # module-internal randomness (dropout): per process and step, so resume stays exact
+            torch.manual_seed((o.seed + 1) * 1_000_003 + step * 4099 + dist.rank())
         with autocast:
-            loss, metrics = job.loss_fn(step, step_generator(o.seed, step))
+            loss, metrics = loss_fn(step, step_generator(o.seed, step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        loss = _average_grads(params, loss.detach()) if world > 1 else loss.detach()
         if not torch.isfinite(loss):
-            last_good = load_state(run_dir / STATE)["step"] if (run_dir / STATE).exists() else None
-            kept = f"the last good checkpoint (step {last_good}) is kept in {run_dir}" if last_good is not None \
+            kept = f"the last good checkpoint (step {saved}) is kept in {run_dir}" if saved is not None \
                 else "no checkpoint had been written yet"
             raise TrainingError(f"loss is {loss.item()} at step {step}; {kept}. Lower the learning rate "
                                 f"(optim.lr) or turn off bf16, then rerun.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         if o.grad_clip > 0:
             metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(params, o.grad_clip))
         opt.step()
+        if world > 1:
+            _average_([b for b in model.buffers() if b.is_floating_point()])   # e.g. BatchNorm statistics
         if ema is not None:
             ema.update(model)
         step += 1
         seen += job.images_per_step
         bar.update(job.images_per_step)
         if step % o.log_every == 0 or step == job.total_steps:
-            last = {"step": step, "epoch": round(step / job.steps_per_epoch, 3), "loss": loss.item(), "lr": lr,
-                    "img_per_s": round(seen / (time.time() - t0), 1), **{k: float(v) for k, v in metrics.items()}}
-            bar.set_postfix(loss=f"{last['loss']:.4f}")
-            append_metrics(run_dir / METRICS, last)
+            vals = _logged_values({"loss": loss, **metrics}, dev)
+            last = {"step": step, "epoch": round(step / job.steps_per_epoch, 3), "loss": vals.pop("loss"), "lr": lr,
+                    "img_per_s": round(seen / (time.time() - t0), 1), **vals}
+            if main:
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+                append_metrics(run_dir / METRICS, last)
+                if tb is not None:
+                    for k, v in last.items():
+                        if k != "step":
+                            tb.add_scalar(f"{job.desc}/{k}", v, step)
         if job.evaluate is not None and job.eval_every and step % job.eval_every == 0 and step < job.total_steps:
-            append_metrics(run_dir / METRICS, {"step": step, **job.evaluate(step)})
+            _main_only(lambda: append_metrics(run_dir / METRICS, {"step": step, **job.evaluate(step)}), dev)
             model.train()
         if step % o.ckpt_every == 0 or step == job.total_steps:
-            checkpoint(step)
+            _main_only(lambda: checkpoint(step), dev)
+            saved, rotate = step, True
     bar.close()
+    if tb is not None:
+        tb.close()
     return last
+
+
+def _process_loss(job: Job, world: int) -> Callable:
+    """loss_fn(step, gen) for this process: its slice of the global batch when the job is sharded."""
+    if not job.sharded:
+        if world > 1 and dist.is_main():
+            print(f"note: {job.desc} does not shard its batches; each of the {world} processes computes all of them")
+        return job.loss_fn
+    n = job.images_per_step
+    if n % world:
+        raise ValueError(f"the global batch ({n}) must be divisible by the number of processes ({world}); "
+                         f"change optim.batch_size or --nproc_per_node")
+    part = dist.part(n)
+    return lambda step, gen: job.loss_fn(step, gen, part)
+
+
+def load_resume_state(run_dir, verbose: bool = True):
+    """(state, rotate): ``state.pt``, or the previous good ``state.prev.pt`` when state.pt is truncated or
+    corrupt (then ``rotate`` is False: the next checkpoint must not move the bad file over the good one)."""
+    run_dir = Path(run_dir)
+    problems = []
+    for name in (STATE, STATE_PREV):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            st = load_state(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if problems and verbose:
+            print(f"warning: {problems[0]}; resuming from the previous good checkpoint {path} (step {st['step']})",
+                  file=sys.stderr)
+        return st, not problems
+    raise CheckpointError(f"no usable checkpoint in {run_dir} ({'; '.join(problems) or 'none found'}). "
+                          f"Delete {run_dir / STATE} to restart this run from scratch.")
+
+
+def _keep_previous(run_dir: Path) -> None:
+    """state.pt -> state.prev.pt (a hard link, else a copy, renamed into place); state.pt stays where it is,
+    so there is a resumable state at every instant."""
+    cur = run_dir / STATE
+    if not cur.exists():
+        return
+    tmp = run_dir / f".{STATE_PREV}.{os.getpid()}.tmp"
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        try:
+            os.link(cur, tmp)
+        except OSError:
+            shutil.copyfile(cur, tmp)
+        os.replace(tmp, run_dir / STATE_PREV)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _before_training(run_dir: Path, model: nn.Module, ema, tensorboard: bool):
+    """Fail before the first step when a checkpoint cannot fit on the disk or TensorBoard is missing;
+    returns the SummaryWriter (or None)."""
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trained = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    need = 2 * size + trained * (3 if ema is not None else 2)      # state (model, Adam, EMA) + weights file
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise CheckpointError(f"not enough free space in {run_dir}: a checkpoint needs about {need / 1e6:.1f} MB, "
+                              f"{free / 1e6:.1f} MB are free. Free some space or choose another --out.")
+    if not tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise RuntimeError(f"--tensorboard needs the tensorboard package (pip install tensorboard): {e}") from e
+    return SummaryWriter(str(run_dir / TENSORBOARD))
+
+
+def _main_only(fn: Callable, device):
+    """Run ``fn`` on rank 0; when it fails there every process raises, so none waits forever."""
+    err, out = None, None
+    if dist.is_main():
+        try:
+            out = fn()
+        except BaseException as e:  # noqa: B036  (KeyboardInterrupt too: the others must stop)
+            err = e
+    if dist.any_true(err is not None, device):
+        if err is not None:
+            raise err
+        raise TrainingError("rank 0 failed (see its error above); stopping")
+    return out
+
+
+def _agree_on_step(step: int, device) -> None:
+    if dist.world_size() > 1:
+        t = dist.all_reduce(torch.tensor([step, -step], dtype=torch.float64, device=device), "max")
+        if t[0].item() != -t[1].item():
+            raise CheckpointError(f"the processes resumed from different steps ({int(-t[1].item())} to "
+                                  f"{int(t[0].item())}): the run directory must be on a file system all nodes share")
+
+
+def _average_(tensors: List[torch.Tensor], bucket: int = 1 << 25) -> None:
+    """In place: each tensor becomes its mean over processes (flattened in buckets of one dtype)."""
+    by_kind: Dict[tuple, List[torch.Tensor]] = {}
+    for t in tensors:
+        by_kind.setdefault((t.dtype, t.device), []).append(t)
+    for group in by_kind.values():
+        i = 0
+        while i < len(group):
+            chunk, n = [], 0
+            while i < len(group) and (not chunk or n + group[i].numel() <= bucket):
+                chunk.append(group[i])
+                n += group[i].numel()
+                i += 1
+            flat = dist.all_reduce(torch.cat([t.reshape(-1) for t in chunk]), "mean")
+            for t, v in zip(chunk, flat.split([t.numel() for t in chunk])):
+                t.copy_(v.view_as(t))
+
+
+def _average_grads(params: List[nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
+    """Average the gradients (and the loss) over processes. A parameter without a gradient on some process
+    counts as zero there; one without a gradient anywhere keeps none, as in a single process."""
+    head = torch.cat([loss.float().reshape(1).to(params[0].device),
+                      torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)])
+    dist.all_reduce(head, "sum")
+    grads = []
+    for p, used in zip(params, (head[1:] > 0).tolist()):
+        if not used:
+            p.grad = None
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    _average_(grads)
+    return head[0] / dist.world_size()
+
+
+def _logged_values(values: dict, device) -> Dict[str, float]:
+    """Floats of the loss and metrics, averaged over processes."""
+    vals = {k: float(v) for k, v in values.items()}
+    if dist.world_size() > 1:
+        t = dist.all_reduce(torch.tensor(list(vals.values()), dtype=torch.float64, device=device), "mean")
+        vals = dict(zip(vals, t.tolist()))
+    return vals
+
+
+def _compile(model: nn.Module, how: Union[bool, str]) -> None:
+    """torch.compile (in place, parameter names unchanged) the outermost blocks held in ModuleLists
+    (transformer / residual blocks), else the whole model's forward."""
+    backend = how if isinstance(how, str) else "inductor"
+    chosen: List[str] = []
+    blocks: List[nn.Module] = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList):
+            for i, b in enumerate(m):
+                full = f"{name}.{i}" if name else str(i)
+                if not any(full.startswith(c + ".") for c in chosen):
+                    chosen.append(full)
+                    blocks.append(b)
+    for b in blocks or [model]:
+        b.compile(backend=backend)
 
 
 def _exported(model: nn.Module, ema: Optional[EMA], export: Callable) -> Dict[str, torch.Tensor]:
