@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -440,8 +439,7 @@ def train_pixel(cfg, out: str, device: Optional[str] = None, progress: bool = Tr
         idx = idx[part].to(dev)
         rep = reps_d[idx] if model_cfg.cond == "rep" else None
         y = labels_d[idx] if model_cfg.cond == "class" else None
-        with _rows_of_global_draws(part, n):
-            return model.loss(tokens_d[idx], rep=rep, labels=y, generator=gen)
+        return model.loss(tokens_d[idx], rep=rep, labels=y, generator=gen, rows=part, global_batch=n)
 
     job = Job(model=model, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,
               images_per_step=cfg.optim.batch_size, export=lambda: model.state_dict(), desc="train-pixel",
@@ -454,34 +452,6 @@ def train_pixel(cfg, out: str, device: Optional[str] = None, progress: bool = Tr
                "train_wall_s": round(time.time() - t0, 1), **last}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-@contextmanager
-def _rows_of_global_draws(part: slice, global_batch: int):
-    """While active, MAGE's random draws of batch shape (masking noise, rep drop-out) are made for the whole
-    global batch from the step generator and this process keeps its rows ``part``, so any number of processes
-    sees the masks of one process. A no-op for the whole batch (one process).
-
-    It wraps ``rcg.pixel.mage.uniform`` (MAGE.loss's only source of randomness) for the duration of one loss;
-    a ``rows`` argument of MAGE.loss would make this unnecessary."""
-    from .pixel import mage
-    n = part.stop - part.start
-    if n == global_batch:
-        yield
-        return
-    draw = mage.uniform
-
-    def uniform(shape, gen, device):
-        shape = tuple(shape)
-        if shape and shape[0] == n and (gen is None or isinstance(gen, torch.Generator)):
-            return draw((global_batch,) + shape[1:], gen, device)[part]
-        return draw(shape, gen, device)
-
-    mage.uniform = uniform
-    try:
-        yield
-    finally:
-        mage.uniform = draw
 
 
 def load_pixel(source, device=None):

@@ -317,16 +317,24 @@ class MAGE(nn.Module):
         return min(max(r, c.mask_ratio_min), c.mask_ratio_max)
 
     def loss(self, tokens: torch.Tensor, rep: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-             generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """MAGE training loss on token ids (B, num_tokens); ``generator`` drives masking and rep dropout."""
+             generator: Optional[torch.Generator] = None, rows: Optional[slice] = None,
+             global_batch: Optional[int] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """MAGE training loss on token ids (B, num_tokens); ``generator`` drives masking and rep dropout.
+        Data-parallel: with ``rows`` (this process's slice of a ``global_batch``), the random draws are made
+        for the whole global batch and sliced, so any number of processes sees one process's masks."""
         c = self.cfg
         B, L = tokens.shape
+        G = global_batch or B
+
+        def draw(*tail):
+            u = uniform((G,) + tail, generator, tokens.device)
+            return u[rows] if rows is not None else u
         if L != c.num_tokens or bool(((tokens < 0) | (tokens >= c.codebook_size)).any()):
             raise ValueError(f"tokens must be (B, {c.num_tokens}) ids in [0, {c.codebook_size})")
         dev = tokens.device
         ratio = self.sample_mask_ratio(generator)
         n_mask, n_drop = math.ceil(L * ratio), math.ceil(L * c.drop_ratio)
-        noise = uniform((B, L), generator, dev)
+        noise = draw(L)
         order = noise.argsort(1)                                          # small noise = masked / dropped first
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=dev).expand(B, L))
         masked = rank < n_mask
@@ -335,7 +343,7 @@ class MAGE(nn.Module):
         if c.cond == "rep":
             if rep is None:
                 raise ValueError("cond='rep': pass rep (B, rep_dim)")
-            null = uniform((B,), generator, dev) < c.rep_drop_prob
+            null = draw() < c.rep_drop_prob
         slot0 = self._slot0(B, rep, labels, null, dev)
         h = self._decoded(tokens.masked_fill(masked, c.mask_id), slot0, keep)
         logits = self._mlm(h[:, 1:][masked], c.codebook_size).float()
