@@ -13,3 +13,27 @@ def fixtures_dir() -> Optional[Path]:
     if env is not None:
         return Path(env) if env.strip() else None
     return DEFAULT_FIXTURES
+
+
+def fixture_cases(pattern: str) -> list:
+    """pytest params, one per official checkpoint matching ``pattern`` in the fixture folder; a missing folder
+    or no match gives one param that :func:`companion_io` turns into a clear failure (never a silent skip)."""
+    import pytest
+    d = fixtures_dir()
+    if d is None:
+        return [pytest.param(None, id="disabled", marks=pytest.mark.skip(reason="RCG_OFFICIAL_FIXTURES is empty"))]
+    files = sorted(d.glob(pattern)) if d.is_dir() else []
+    return [pytest.param(f, id=f.name) for f in files] or [pytest.param(None, id="missing")]
+
+
+def companion_io(path, pattern: str) -> Path:
+    """The ``*_io.safetensors`` beside an official checkpoint (the suffix of ``pattern`` is replaced)."""
+    import pytest
+    if path is None:
+        pytest.fail(f"no official fixtures {pattern} in {fixtures_dir()}: set RCG_OFFICIAL_FIXTURES to the folder "
+                    f"holding them (or to an empty string to disable the official parity tests)")
+    suffix = pattern[pattern.index("*") + 1:]
+    io = path.with_name(path.name[:-len(suffix)] + "_io.safetensors")
+    if not io.is_file():
+        pytest.fail(f"{path.name} has no companion io file {io.name}")
+    return io

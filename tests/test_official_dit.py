@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import fixtures_dir
+from conftest import companion_io, fixture_cases
 from safetensors import safe_open
 
 from rcg.official import checkpoint_info, convert, dit_from_official, safe_load
@@ -24,21 +24,11 @@ OUTPUTS = {"out_raw", "out_ema", "out_uncond_ema", "out_cfg_raw", "out_cfg_ema"}
 
 
 def _cases():
-    d = fixtures_dir()
-    if d is None:
-        return [pytest.param(None, id="disabled", marks=pytest.mark.skip(reason="RCG_OFFICIAL_FIXTURES is empty"))]
-    files = sorted(d.glob(PATTERN)) if d.is_dir() else []
-    return [pytest.param(f, id=f.name) for f in files] or [pytest.param(None, id="missing")]
+    return fixture_cases(PATTERN)
 
 
 def _require(path):
-    if path is None:
-        pytest.fail(f"no official fixtures {PATTERN} in {fixtures_dir()}: set RCG_OFFICIAL_FIXTURES to the folder "
-                    f"holding them (or to an empty string to disable the official parity tests)")
-    io = path.with_name(path.name[:-len(".pth")] + "_io.safetensors")
-    if not io.is_file():
-        pytest.fail(f"{path.name} has no companion io file {io.name}")
-    return io
+    return companion_io(path, PATTERN)
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import fixtures_dir
+from conftest import companion_io, fixture_cases
 from safetensors import safe_open
 
 from rcg.encoders import sincos_pos_embed_moco, standardize
@@ -19,21 +19,12 @@ OUTPUTS = {"feat_cls", "rep_raw", "rep"}
 
 
 def _cases():
-    d = fixtures_dir()
-    if d is None:
-        return [pytest.param(None, id="disabled", marks=pytest.mark.skip(reason="RCG_OFFICIAL_FIXTURES is empty"))]
-    files = sorted(d.glob(PATTERN)) if d.is_dir() else []
-    return [pytest.param(f, id=f.name) for f in files] or [pytest.param(None, id="missing")]
+    return fixture_cases(PATTERN)
 
 
 @functools.lru_cache(maxsize=None)
 def _load(path):
-    if path is None:
-        pytest.fail(f"no official fixtures {PATTERN} in {fixtures_dir()}: set RCG_OFFICIAL_FIXTURES to the folder "
-                    f"holding them (or to an empty string to disable the official parity tests)")
-    io_path = path.with_name(path.name[:-len(".pth.tar")] + "_io.safetensors")
-    if not io_path.is_file():
-        pytest.fail(f"{path.name} has no companion io file {io_path.name}")
+    io_path = companion_io(path, PATTERN)
     with safe_open(str(io_path), "pt") as f:
         io = {k: f.get_tensor(k) for k in f.keys()}
         meta = json.loads((f.metadata() or {}).get("fixture", "{}"))

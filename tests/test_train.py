@@ -1,5 +1,4 @@
 """The shared training loop: schedules, EMA, batching, resume by rerun, NaN handling, checkpoints."""
-import math
 
 import pytest
 import torch

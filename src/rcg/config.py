@@ -6,9 +6,8 @@ overridden from the command line with dotted keys (``--set train.lr=1e-3``).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Optional, Tuple, Union, get_type_hints
 
 

@@ -11,10 +11,9 @@ ViT-S/B/L, with the fixed 2-D sin-cos position table).
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn

@@ -157,7 +157,7 @@ def load_paper_system(preset: str, weights_dir=None, *, rdm=None, mage=None, dev
     if check_sizes:
         want = MAGE_PRESETS[p.mage]
         dims = lambda m: (m.embed_dim, m.depth, m.decoder_embed_dim, m.decoder_depth)  # noqa: E731
-        _check(f"MAGE (width, depth, decoder width, decoder depth) =", dims(c), dims(want), files["mage"], preset)
+        _check("MAGE (width, depth, decoder width, decoder depth) =", dims(c), dims(want), files["mage"], preset)
     if c.cond != "rep":
         raise ValueError(f"{files['mage']} is a {c.cond}-conditioned MAGE; RCG needs the representation-"
                          f"conditioned one")

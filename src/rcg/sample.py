@@ -7,7 +7,7 @@ Writers: a grid PNG, a folder of PNGs, or an npz (``arr_0`` (N, H, W, C) uint8, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
