@@ -113,3 +113,27 @@ def test_cli_eval_streams_generated_images_against_cached_reference(system, tmp_
     assert 0 <= res["precision"] <= 1 and (tmp_path / "ref.npz").is_file()
     assert main(argv) == 0                                   # second time: the cached reference statistics
     assert json.loads((tmp_path / "r.json").read_text())["fid_dom"] == pytest.approx(res["fid_dom"], rel=1e-5)
+
+
+def test_demo_runs_every_stage_and_writes_its_images(system, tmp_path):
+    """`rcg demo` end to end with every preset shrunk to the tiny 16 px data (the real one takes minutes)."""
+    from rcg.stages import demo
+    data = system / "data"
+    over = {
+        "data": {"path": str(data), "resolution": 16},
+        "tokenizer": [f"data.path={data}", f"eval_data.path={data}", "data.resolution=16", "eval_data.resolution=16",
+                      "model.ch=8", "model.ch_mult=1,2,2", "model.z_channels=8", "model.embed_dim=8",
+                      "model.n_embed=32", "model.resolution=16", "model.num_groups=4", "optim.epochs=0.25",
+                      "optim.batch_size=32"],
+        "rdm": ["model.model_channels=32", "model.num_res_blocks=1", "model.time_embed_dim=16", "optim.epochs=0.25",
+                "optim.batch_size=32", "fd_samples=16", "sample_steps=5"],
+        "pixel": ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=32",
+                  "model.decoder_depth=1", "model.decoder_num_heads=2", "optim.epochs=0.25", "optim.batch_size=32",
+                  "steps=3"],
+    }
+    summary = demo(str(tmp_path / "demo"), encoder=str(system / "enc"), device="cpu", progress=False, overrides=over)
+    for name, size in (("samples.png", (8, 8)), ("references.png", (8, 2)), ("interpolation.png", (13, 1))):
+        w, h = Image.open(tmp_path / "demo" / name).size
+        assert (w, h) == (3 * (size[0] * 18 + 2), 3 * (size[1] * 18 + 2)), name
+    assert set(summary["stage_wall_s"]) == {"encoder", "tokenizer", "cache", "rdm", "pixel", "sample"}
+    assert (tmp_path / "demo" / "summary.json").is_file()
