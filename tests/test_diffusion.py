@@ -17,7 +17,8 @@ def test_betas():
 def test_buffers_are_float32_and_not_saved():
     gd = GaussianDiffusion()
     assert gd.state_dict() == {}
-    assert all(b.dtype == torch.float32 for b in gd.buffers())
+    assert all(b.dtype == torch.float32 for n, b in gd.named_buffers() if n != "timestep_map")
+    assert torch.equal(gd.timestep_map, torch.arange(1000))
     ac = torch.cumprod(1 - scaled_linear_betas(), 0)
     assert torch.equal(gd.alphas_cumprod, ac.float())            # float64 math, then cast
     assert torch.equal(gd.sqrt_recipm1_alphas_cumprod, (1 / ac - 1).sqrt().float())

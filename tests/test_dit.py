@@ -49,7 +49,7 @@ def test_registry_names_presets():
     assert no_null.y_embedder.embedding_table.num_embeddings == 5
     assert "pos_embed" not in dict(m.named_parameters())               # fixed table: a buffer
     with pytest.raises(ValueError, match="num_classes"):
-        DiTConfig(**{**TINY, "cond": "class"})
+        DiT(DiTConfig(**{**TINY, "cond": "class"}))
 
 
 def test_pos_embed_layout():

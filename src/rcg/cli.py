@@ -82,7 +82,8 @@ def cmd_cache_reps(a):
         print(vars(a))
         return 0
     cache_reps(a.encoder, a.out, views=a.views, data_overrides=_overrides(a, optim=False), device=a.device,
-               seed=a.seed or 0, tokenizer=a.tokenizer, bf16=a.bf16, progress=not a.no_progress)
+               seed=a.seed or 0, tokenizer=a.tokenizer, bf16=a.bf16, pixels=a.pixels,
+               progress=not a.no_progress)
     return 0
 
 
@@ -125,9 +126,15 @@ def cmd_train_tokenizer(a):
 
 
 def cmd_train_pixel(a):
+    a.preset = a.preset or ("fmnist-dit" if a.generator == "dit" else "fmnist-mage")
     cfg = _resolve(a, C.PIXEL_PRESETS, sections=())
-    cfg = C.apply_overrides(cfg, [f"cache={a.cache}", f"encoder={a.encoder}", f"tokenizer={a.tokenizer}"]
-                            + ([f"model.cond={a.cond}"] if a.cond else []))
+    if a.generator and a.generator != cfg.generator:
+        raise SystemExit(f"error: --generator {a.generator} but preset {a.preset} is a {cfg.generator} preset "
+                         f"(DiT presets: {', '.join(k for k, v in C.PIXEL_PRESETS.items() if v.generator == 'dit')})")
+    cond_key = "dit.cond" if cfg.generator == "dit" else "model.cond"
+    cfg = C.apply_overrides(cfg, [f"cache={a.cache}", f"encoder={a.encoder}"]
+                            + ([f"tokenizer={a.tokenizer}"] if a.tokenizer else [])
+                            + ([f"{cond_key}={a.cond}"] if a.cond else []))
     if a.dry_run:
         return 0
     from .stages import train_pixel
@@ -247,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="train-encoder run directory, or an official MoCo v3 .pth.tar")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
     p.add_argument("--views", type=int, default=4, help="augmented views per image (default 4)")
-    p.add_argument("--tokenizer", help="also store the tokens of the same crops (for train-pixel)")
+    p.add_argument("--tokenizer", help="also store the tokens of the same crops (for train-pixel, MAGE)")
+    p.add_argument("--pixels", action="store_true", help="also store the crops as uint8 (for train-pixel, DiT)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (about 3x faster on a CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
@@ -289,11 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     _optim_flags(p)
     p.set_defaults(func=cmd_train_tokenizer)
 
-    p = sub.add_parser("train-pixel", help="pixel generator (MAGE) conditioned on representations")
+    p = sub.add_parser("train-pixel", help="pixel generator (MAGE or DiT) conditioned on representations")
     _common(p, C.PIXEL_PRESETS, "fmnist-mage")
-    p.add_argument("--cache", required=True, help="rcg cache-reps --tokenizer output (tokens + representations)")
+    p.add_argument("--generator", choices=list(C.GENERATORS),
+                   help="mage (VQ tokens; default) or dit (pixels; default preset fmnist-dit)")
+    p.add_argument("--cache", required=True, help="rcg cache-reps output: with --tokenizer for MAGE, --pixels for DiT")
     p.add_argument("--encoder", required=True, help="the encoder that made the cache")
-    p.add_argument("--tokenizer", required=True, help="the tokenizer that made the cache")
+    p.add_argument("--tokenizer", help="MAGE: the tokenizer that made the cache's tokens")
+    p.set_defaults(preset=None)           # fmnist-mage, or fmnist-dit with --generator dit
     p.add_argument("--cond", choices=["rep", "class", "none"], help="rep (RCG, default), class (labels), none")
     _optim_flags(p)
     p.set_defaults(func=cmd_train_pixel)

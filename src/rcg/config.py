@@ -217,11 +217,18 @@ from .rdm import RDM_PRESETS, RDMConfig  # noqa: E402
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """RCG's RDM diffusion: 1000 steps, scaled-linear betas 0.0015 -> 0.0195, x0 prediction."""
+    """Gaussian diffusion. Defaults: RCG's RDM (1000 steps, scaled-linear betas 0.0015 -> 0.0195, x0
+    prediction); DiT uses ``DIT_DIFFUSION`` (linear 1e-4 -> 0.02, eps prediction, learned sigma)."""
     num_steps: int = 1000
     beta_start: float = 0.0015
     beta_end: float = 0.0195
     parameterization: str = "x0"
+    schedule: str = "scaled_linear"   # scaled_linear | linear
+    learn_sigma: bool = False
+
+
+DIT_DIFFUSION = DiffusionConfig(beta_start=1e-4, beta_end=0.02, parameterization="eps", schedule="linear",
+                                learn_sigma=True)
 
 
 @dataclass(frozen=True)
@@ -253,21 +260,40 @@ RDM_RUN_PRESETS = {
 }
 
 
+from .pixel.dit import DIT_PRESETS, DiTConfig  # noqa: E402
 from .pixel.mage import MAGE_PRESETS, MAGEConfig  # noqa: E402
+
+GENERATORS = ("mage", "dit")
 
 
 @dataclass(frozen=True)
 class PixelRun:
-    """``rcg train-pixel``: a pixel generator conditioned on representations (MAGE on VQ tokens)."""
-    generator: str = "mage"
-    cache: str = ""              # rcg cache-reps --tokenizer output: tokens + representations of K views
-    encoder: str = ""            # the encoder that made the representations (checked by fingerprint)
-    tokenizer: str = ""          # the tokenizer that made the tokens (checked by fingerprint)
+    """``rcg train-pixel``: a pixel generator conditioned on representations (or, for the comparison rows,
+    on class labels or nothing): MAGE on VQ tokens (``model``), or DiT on pixels (``dit``, ``diffusion``)."""
+    generator: str = "mage"      # mage | dit
+    cache: str = ""              # rcg cache-reps output: representations of K views (+ tokens for MAGE,
+    encoder: str = ""            #   + the crops' pixels for DiT); the encoder that made it (fingerprint-checked)
+    tokenizer: str = ""          # MAGE: the tokenizer that made the tokens (checked by fingerprint)
     model: MAGEConfig = MAGEConfig()
-    steps: int = 20              # sampling defaults: decoding steps, choice temperature, guidance tau
-    temperature: float = 6.0
-    guidance: float = 0.0
+    dit: DiTConfig = DiTConfig()
+    diffusion: DiffusionConfig = DIT_DIFFUSION
+    steps: int = 20              # sampling defaults: MAGE decoding steps / DiT diffusion steps,
+    temperature: float = 6.0     # MAGE choice temperature,
+    guidance: float = 0.0        # guidance tau (DiT's scale is 1 + tau),
+    sampler: str = "ddpm"        # DiT: ddpm (ancestral, respaced to ``steps``) | ddim (eta ``eta``)
+    eta: float = 0.0
     optim: OptimConfig = OptimConfig()
+
+    def __post_init__(self):
+        if self.generator not in GENERATORS:
+            raise ValueError(f"unknown generator {self.generator!r} (available: {', '.join(GENERATORS)})")
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
+
+    @property
+    def cond(self) -> str:
+        """What the generator is conditioned on: rep (RCG), class or none."""
+        return self.dit.cond if self.generator == "dit" else self.model.cond
 
 
 # The paper's MAGE training (Table 6): AdamW (0.9, 0.95), blr 1.5e-4 x 4096 / 256, wd 0.05 (not on biases and
@@ -290,6 +316,12 @@ PIXEL_PRESETS = {
                                 temperature=0.5, guidance=0.0,
                                 optim=replace(_PAPER_MAGE_OPTIM, epochs=10, batch_size=256, lr=1e-3,
                                               warmup_epochs=0.5, log_every=50, ckpt_every=500)),
+    # DiT in pixel space on 28 px Fashion-MNIST (DiT's recipe: AdamW, constant lr, no weight decay, learned
+    # sigma, EMA; a higher lr and bf16 for a CPU budget)
+    "fmnist-dit": PixelRun(generator="dit", dit=DIT_PRESETS["dit-fmnist"], steps=25, sampler="ddim", eta=0.0,
+                           optim=OptimConfig(epochs=2, batch_size=128, lr=1e-3, weight_decay=0.0, ema_decay=0.999,
+                                             warmup_epochs=0.1, grad_clip=1.0, bf16=True, log_every=20,
+                                             ckpt_every=200)),
 }
 
 

@@ -1,4 +1,4 @@
-"""Gaussian diffusion for vectors (RCG's RDM) and images: schedule, training loss, DDIM sampler.
+"""Gaussian diffusion for vectors (RCG's RDM) and images (DiT): schedules, training losses, DDIM and DDPM samplers.
 
 Conventions: ``x0`` is data, ``noise`` is epsilon, ``t`` counts up from data (0) to noise (T-1);
 ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``. Tensors may have any shape (B, ...).
@@ -8,8 +8,17 @@ The schedule and sampler reproduce the official RCG/LDM code (``rdm/models/diffu
 timestep list ``arange(0, T, T // S) + 1``, ``alphas_cumprod[0]`` (not 1) as the previous alpha of the
 last step, float32 coefficients, no clipping, and x0 predictions converted to eps with the float32
 ``sqrt_recip(m1)_alphas_cumprod`` buffers.
+
+For DiT (``schedule="linear"``, ``parameterization="eps"``, ``learn_sigma=True``) it also follows the
+improved-DDPM / DiT recipe: the model returns eps and a variance-interpolation output v in [-1, 1]
+(``log var = f log beta_t + (1 - f) log posterior_var_t``, ``f = (v + 1) / 2``), the loss is the eps MSE plus
+the variational bound in bits on the variance (mean frozen), scaled by ``num_steps / 1000``, and ancestral
+DDPM sampling runs on an evenly respaced subset of the timesteps (``respaced``), the model being called with
+the original timestep numbers.
 """
 from __future__ import annotations
+
+import math
 
 from typing import Callable, List, Optional, Sequence
 
@@ -22,6 +31,48 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def scaled_linear_betas(num_steps: int = 1000, start: float = 0.0015, end: float = 0.0195) -> torch.Tensor:
     """LDM's "linear" schedule: (linspace(sqrt(start), sqrt(end), num_steps))^2 in float64."""
     return torch.linspace(start ** 0.5, end ** 0.5, num_steps, dtype=torch.float64) ** 2
+
+
+def linear_betas(num_steps: int = 1000, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
+    """DDPM's / DiT's "linear" schedule: linspace(start, end, num_steps) in float64."""
+    return torch.linspace(start, end, num_steps, dtype=torch.float64)
+
+
+SCHEDULES = {"scaled_linear": scaled_linear_betas, "linear": linear_betas}
+
+
+def space_timesteps(num_steps: int, count: int) -> List[int]:
+    """``count`` timesteps of [0, num_steps) evenly spaced with rounding, both ends included (the
+    improved-DDPM / DiT ``space_timesteps(T, str(count))`` for one section)."""
+    if not 1 <= count <= num_steps:
+        raise ValueError(f"sampling steps must be in [1, {num_steps}], got {count}")
+    stride = (num_steps - 1) / (count - 1) if count > 1 else 1.0
+    return sorted({round(i * stride) for i in range(count)})
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """Log-likelihood (nats, elementwise) of data in [-1, 1] quantized to 256 levels under N(means, exp(log_scales)^2)."""
+    centered = x - means
+    inv_std = torch.exp(-log_scales)
+    cdf_plus = _approx_std_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _approx_std_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def _mean_flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).mean(1)
 
 
 def randn_per_sample(shape: Sequence[int], generators: Sequence[torch.Generator], device=None,
@@ -43,21 +94,57 @@ def _bcast(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.T
 
 
 class GaussianDiffusion(nn.Module):
+    """``schedule``: "scaled_linear" (RCG's RDM, LDM) or "linear" (DDPM, DiT). ``learn_sigma``: the model's
+    output has twice the data's channels (dim 1): eps (or x0), then the variance interpolation v.
+    ``betas`` / ``timestep_map`` (internal, see :meth:`respaced`) give an explicit schedule whose step i
+    the model knows as timestep ``timestep_map[i]``."""
+
     def __init__(self, num_steps: int = 1000, beta_start: float = 0.0015, beta_end: float = 0.0195,
-                 parameterization: str = "x0"):
+                 parameterization: str = "x0", schedule: str = "scaled_linear", learn_sigma: bool = False,
+                 betas: Optional[torch.Tensor] = None, timestep_map: Optional[Sequence[int]] = None):
         super().__init__()
         if parameterization not in ("x0", "eps"):
             raise ValueError(f"parameterization must be 'x0' or 'eps', got {parameterization!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+        if betas is None:
+            betas = SCHEDULES[schedule](num_steps, beta_start, beta_end)
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        num_steps = len(betas)
         self.num_steps = num_steps
-        self.parameterization = parameterization
-        betas = scaled_linear_betas(num_steps, beta_start, beta_end)
+        self.parameterization, self.schedule, self.learn_sigma = parameterization, schedule, learn_sigma
+        self.betas64 = betas                       # float64, for respacing
         ac = torch.cumprod(1.0 - betas, dim=0)
         ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+        post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
+        post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]])) if num_steps > 1 else torch.log(betas)
         for name, value in [("betas", betas), ("alphas_cumprod", ac), ("alphas_cumprod_prev", ac_prev),
                             ("sqrt_alphas_cumprod", ac.sqrt()), ("sqrt_one_minus_alphas_cumprod", (1.0 - ac).sqrt()),
                             ("sqrt_recip_alphas_cumprod", (1.0 / ac).sqrt()),
-                            ("sqrt_recipm1_alphas_cumprod", (1.0 / ac - 1.0).sqrt())]:
+                            ("sqrt_recipm1_alphas_cumprod", (1.0 / ac - 1.0).sqrt()),
+                            ("posterior_variance", post_var), ("posterior_log_var_iddpm", post_log_var),
+                            ("posterior_mean_coef1", betas * ac_prev.sqrt() / (1.0 - ac)),
+                            ("posterior_mean_coef2", (1.0 - ac_prev) * (1.0 - betas).sqrt() / (1.0 - ac)),
+                            ("log_betas", torch.log(betas))]:
             self.register_buffer(name, value.to(torch.float32), persistent=False)
+        tmap = torch.arange(num_steps) if timestep_map is None else torch.as_tensor(list(timestep_map))
+        if len(tmap) != num_steps:
+            raise ValueError(f"timestep_map has {len(tmap)} entries for {num_steps} steps")
+        self.register_buffer("timestep_map", tmap.to(torch.int64), persistent=False)
+
+    def respaced(self, steps: int) -> "GaussianDiffusion":
+        """The same process on ``steps`` evenly spaced timesteps (:func:`space_timesteps`): betas recomputed
+        from the kept ``alphas_cumprod`` so the marginals are unchanged; the model sees the original timesteps."""
+        keep = space_timesteps(self.num_steps, steps)
+        ac = torch.cumprod(1.0 - self.betas64, dim=0)
+        new_betas, last = [], 1.0
+        for i in keep:
+            new_betas.append(1.0 - float(ac[i]) / last)
+            last = float(ac[i])
+        tmap = self.timestep_map.cpu()[torch.tensor(keep)]
+        return GaussianDiffusion(parameterization=self.parameterization, schedule=self.schedule,
+                                 learn_sigma=self.learn_sigma, betas=torch.tensor(new_betas, dtype=torch.float64),
+                                 timestep_map=tmap.tolist()).to(self.betas.device)
 
     # ------------------------------------------------------------------ forward process and loss
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -72,9 +159,72 @@ class GaussianDiffusion(nn.Module):
             t = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device=gdev).to(x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)
-        pred = model_fn(self.q_sample(x0, t, noise), t)
+        x_t = self.q_sample(x0, t, noise)
+        pred = model_fn(x_t, t)
         target = x0 if self.parameterization == "x0" else noise
-        return torch.mean((pred.float() - target.float()) ** 2)
+        if not self.learn_sigma:
+            return torch.mean((pred.float() - target.float()) ** 2)
+        C = x0.shape[1]
+        if pred.shape[1] != 2 * C:
+            raise ValueError(f"learn_sigma: the model must return {2 * C} channels (mean, variance), got {pred.shape[1]}")
+        mean_out, v = pred[:, :C].float(), pred[:, C:].float()
+        mse = _mean_flat((mean_out - target.float()) ** 2)
+        vb = self.vb_terms(torch.cat([mean_out.detach(), v], 1), x0.float(), x_t.float(), t)
+        return torch.mean(mse + vb * (self.num_steps / 1000.0))
+
+    # ------------------------------------------------------------------ posterior, learned variance, VLB
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Mean and log variance (clipped at t = 0 to step 1's) of q(x_{t-1} | x_t, x0)."""
+        mean = _bcast(self.posterior_mean_coef1, t, x_t) * x0 + _bcast(self.posterior_mean_coef2, t, x_t) * x_t
+        return mean, _bcast(self.posterior_log_var_iddpm, t, x_t)
+
+    def p_mean_variance(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_denoised: bool = False):
+        """(mean, log variance, pred_x0) of p(x_{t-1} | x_t) from a model output; the variance is learned
+        (interpolated between beta_t and the posterior variance) or the fixed posterior variance."""
+        C = x_t.shape[1]
+        if self.learn_sigma:
+            out, v = out[:, :C], out[:, C:]
+            frac = (v.float() + 1.0) / 2.0
+            log_var = (frac * _bcast(self.log_betas, t, x_t)
+                       + (1.0 - frac) * _bcast(self.posterior_log_var_iddpm, t, x_t))
+        else:
+            log_var = _bcast(self.posterior_log_var_iddpm, t, x_t).expand_as(x_t)
+        out = out.to(x_t.dtype)
+        pred_x0 = out if self.parameterization == "x0" else self.predict_x0_from_eps(x_t, t, out)
+        if clip_denoised:
+            pred_x0 = pred_x0.clamp(-1.0, 1.0)
+        mean, _ = self.q_posterior(pred_x0, x_t, t)
+        return mean, log_var, pred_x0
+
+    def vb_terms(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample variational-bound term in bits: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, the
+        discretized decoder NLL at t = 0."""
+        true_mean, true_log_var = self.q_posterior(x0, x_t, t)
+        mean, log_var, _ = self.p_mean_variance(out, x_t, t)
+        kl = _mean_flat(normal_kl(true_mean, true_log_var, mean, log_var)) / math.log(2.0)
+        nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)) / math.log(2.0)
+        return torch.where(t.to(kl.device) == 0, nll, kl)
+
+    @torch.no_grad()
+    def ddpm_sample(self, model_fn: ModelFn, x_T: torch.Tensor, generators: Optional[List[torch.Generator]] = None,
+                    clip_denoised: bool = False, progress: bool = False) -> torch.Tensor:
+        """Ancestral sampling over this diffusion's steps (use :meth:`respaced` for fewer); ``model_fn(x, t)``
+        gets the original timestep numbers (``timestep_map``). Noise from ``generators`` (one per sample)."""
+        x, dev = x_T, x_T.device
+        order = range(self.num_steps - 1, -1, -1)
+        if progress:
+            from tqdm.auto import tqdm
+            order = tqdm(order, total=self.num_steps, desc=f"DDPM {self.num_steps} steps")
+        for i in order:
+            t = torch.full((x.shape[0],), i, dtype=torch.int64, device=dev)
+            mean, log_var, _ = self.p_mean_variance(model_fn(x, self.timestep_map.to(dev)[t]), x, t, clip_denoised)
+            if i > 0:
+                z = (randn_per_sample(x.shape, generators, device=dev, dtype=x.dtype) if generators is not None
+                     else torch.randn(x.shape, device=dev, dtype=x.dtype))
+                x = mean + torch.exp(0.5 * log_var).to(x.dtype) * z
+            else:
+                x = mean
+        return x
 
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         recip = _bcast(self.sqrt_recip_alphas_cumprod, t, x_t)
@@ -114,11 +264,16 @@ class GaussianDiffusion(nn.Module):
     @torch.no_grad()
     def ddim_sample(self, model_fn: ModelFn, x_T: torch.Tensor, steps: int, eta: float = 1.0,
                     generators: Optional[List[torch.Generator]] = None, progress: bool = False,
-                    return_first: bool = False):
+                    return_first: bool = False, final_x0: bool = False):
         """The official DDIM sampler from ``x_T``; ``model_fn(x, t)`` returns x0 or eps (per
         ``parameterization``). Returns the final x (not the last pred_x0); with ``return_first`` returns
         ``(x, (x_after_first_step, pred_x0_of_first_step))``. Noise (eta > 0) comes from ``generators``
-        (one per sample, see :func:`randn_per_sample`) or else the global RNG."""
+        (one per sample, see :func:`randn_per_sample`) or else the global RNG.
+
+        ``final_x0=True`` returns the last step's ``pred_x0`` instead: the official last step moves to
+        ``alphas_cumprod[0]`` (not 1), so its x keeps noise of variance ``1 - alphas_cumprod[0]`` (std 0.039
+        for RCG's schedule) in every dimension, which is visible in the representation FD of data whose
+        covariance is nearly degenerate (see BENCHMARKS.md). The default is the official behaviour."""
         ts, alphas, alphas_prev, sigmas = self.ddim_coefficients(steps, eta)
         sqrt_one_minus = torch.sqrt(1.0 - alphas)                     # float32, as the official buffer
         x, dev, f32 = x_T, x_T.device, torch.float32
@@ -133,6 +288,8 @@ class GaussianDiffusion(nn.Module):
         for i in order:
             t = torch.full((x.shape[0],), int(ts[i]), dtype=torch.int64, device=dev)
             out = model_fn(x, t).to(x.dtype)
+            if self.learn_sigma:
+                out = out[:, :x.shape[1]]
             eps = self.predict_eps_from_x0(x, t, out) if self.parameterization == "x0" else out
             a_t = torch.tensor(float(alphas[i]), dtype=f32, device=dev)
             a_prev = torch.tensor(float(alphas_prev[i]), dtype=f32, device=dev)
@@ -146,4 +303,6 @@ class GaussianDiffusion(nn.Module):
                 x = x + sigma * z
             if first is None:
                 first = (x, pred_x0)
+        if final_x0:
+            x = pred_x0
         return (x, first) if return_first else x

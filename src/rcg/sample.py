@@ -69,9 +69,9 @@ class RCGSampler:
         model, cfg, fps = load_pixel(pixel, device)
         if cfg is None:
             raise ValueError("sampling from an official MAGE file needs the paper presets (rcg sample --preset)")
-        tokenizer = load_tokenizer(cfg.tokenizer, device)
+        tokenizer = load_tokenizer(cfg.tokenizer, device) if cfg.generator == "mage" else None
         encoder = load_encoder(cfg.encoder, device)
-        if fps.get("tokenizer_fingerprint") not in (None, fingerprint(tokenizer)):
+        if tokenizer is not None and fps.get("tokenizer_fingerprint") not in (None, fingerprint(tokenizer)):
             raise ValueError(f"the tokenizer {cfg.tokenizer} changed since {pixel} was trained")
         if fps.get("encoder_fingerprint") not in (None, fingerprint(encoder)):
             raise ValueError(f"the encoder {cfg.encoder} changed since {pixel} was trained")
@@ -85,9 +85,14 @@ class RCGSampler:
 
     def setup(self, model, cfg, tokenizer, encoder, rdm=None, rdm_cfg=None, device=None) -> "RCGSampler":
         """Use already-loaded parts (e.g. converted official weights): the pixel generator ``model`` with
-        its PixelRun ``cfg`` (sampling defaults), tokenizer, encoder, and optionally an RDM with its RDMRun
-        ``rdm_cfg`` (None = the paper's DDIM 250 steps, eta 1)."""
+        its PixelRun ``cfg`` (sampling defaults), tokenizer (None for DiT), encoder, and optionally an RDM with
+        its RDMRun ``rdm_cfg`` (None = the paper's DDIM 250 steps, eta 1)."""
         self.model, self.cfg, self.tokenizer, self.encoder = model, cfg, tokenizer, encoder
+        self.diffusion = None
+        if cfg.generator == "dit":
+            from .config import to_dict
+            from .diffusion import GaussianDiffusion
+            self.diffusion = GaussianDiffusion(**to_dict(cfg.diffusion)).to(next(model.parameters()).device)
         self.rdm, self.rdm_cfg = rdm, rdm_cfg
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         return self
@@ -98,7 +103,7 @@ class RCGSampler:
 
     @property
     def cond(self) -> str:
-        return self.cfg.model.cond
+        return self.cfg.cond
 
     def reps_from_rdm(self, seeds: Sequence[int], label: Optional[int] = None, steps=None, eta=None) -> torch.Tensor:
         """One RDM representation per (consecutive) seed; ``label`` for a class-conditional RDM."""
@@ -119,9 +124,16 @@ class RCGSampler:
     @torch.no_grad()
     def images_from_reps(self, reps: Optional[torch.Tensor], seeds: Sequence[int], labels=None, steps=None,
                          temperature=None, guidance=None) -> torch.Tensor:
-        """Decode one image per seed conditioned on ``reps`` (or ``labels``); uint8 (B, C, H, W)."""
+        """Decode one image per seed conditioned on ``reps`` (or ``labels``); uint8 (B, C, H, W). For DiT,
+        ``steps`` are diffusion steps and ``temperature`` does not apply."""
         c = self.cfg
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        if c.generator == "dit":
+            from .pixel.dit import dit_generate
+            x = dit_generate(self.model, self.diffusion, gens, rep=reps if self.cond == "rep" else None,
+                             labels=labels if self.cond == "class" else None, steps=steps or c.steps,
+                             sampler=c.sampler, eta=c.eta, guidance=c.guidance if guidance is None else guidance)
+            return to_uint8((x + 1.0) / 2.0).cpu()
         tokens = self.model.generate(rep=reps if self.cond == "rep" else None,
                                      labels=labels if self.cond == "class" else None,
                                      steps=steps or c.steps, temperature=c.temperature if temperature is None else temperature,
@@ -156,7 +168,11 @@ class RCGSampler:
     def _batch(self, first: int, n: int, label: Optional[int], **kw) -> torch.Tensor:
         seeds = list(range(first, first + n))
         reps = self.reps_from_rdm(seeds, label) if self.cond == "rep" else None
-        labels = torch.full((n,), label or 0, dtype=torch.long, device=self.device) if self.cond == "class" else None
+        labels = None
+        if self.cond == "class":                  # a class-label generator: the given class, or class-balanced
+            ncls = (self.cfg.dit if self.cfg.generator == "dit" else self.cfg.model).num_classes
+            labels = (torch.full((n,), label, dtype=torch.long) if label is not None
+                      else torch.arange(first, first + n) % ncls).to(self.device)
         return self.images_from_reps(reps, seeds, labels=labels, **kw)
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, num: int = 11, seed: int = 0, **kw) -> torch.Tensor:

@@ -162,11 +162,12 @@ REPS_KIND = "rcg-reps"
 
 def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None, seed: int = 0,
                batch_size: int = 500, scale=(0.8, 1.0), tokenizer=None, bf16: bool = False,
-               progress: bool = True) -> dict:
+               pixels: bool = False, progress: bool = True) -> dict:
     """Standardized representations of ``views`` crop+flip views of every image, written atomically to
     ``out`` (safetensors: ``reps`` (N*views, D), ``image_index``, ``labels`` when known) together with
     the encoder's fingerprint. With ``tokenizer`` (a train-tokenizer run dir or official VQGAN file) the
-    tokens of the very same crops are stored too (``tokens`` (N*views, L)), for pixel-generator training.
+    tokens of the very same crops are stored too (``tokens`` (N*views, L)), for MAGE training; with
+    ``pixels`` the crops themselves (``images`` uint8 (N*views, C, H, W)), for DiT training.
     The data default to the encoder run's own training data. ``bf16``: autocast the encoder and tokenizer
     (about 3x faster on a CPU; standardized representations then differ by ~3e-3 on average)."""
     from contextlib import nullcontext
@@ -189,13 +190,16 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
         encoder = encoder.to(memory_format=torch.channels_last)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     n = len(data)
-    reps, tokens = [], []
+    reps, tokens, crops = [], [], []
     bar = tqdm(total=n * views, unit="img", unit_scale=True, desc="cache-reps", disable=not progress)
     for v in range(views):
         for i in range(0, n, batch_size):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + v * 100_003 + i)
             x = data.images[i:i + batch_size].float().div(255.0)
             x = augment.crop_flip(x, data.images.shape[-1], scale=scale, gen=gen).to(dev)
+            if pixels:
+                x = x.mul(255).round().div(255)             # the model sees exactly the stored uint8 crop
+                crops.append(x.mul(255).round().to(torch.uint8).cpu())
             with torch.no_grad(), autocast:
                 xe = x.contiguous(memory_format=torch.channels_last) if channels_last else x
                 reps.append(encoder.encode(xe).float().cpu())
@@ -209,6 +213,8 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
     meta = {"kind": REPS_KIND, "encoder": str(encoder_src), "encoder_fingerprint": fp, "views": views, "bf16": bf16,
             "data": data.source, "resolution": data.images.shape[-1],
             "num_classes": len(data.class_names) if data.class_names else 0}
+    if pixels:
+        tensors["images"] = torch.cat(crops)
     if tok is not None:
         tensors["tokens"] = torch.cat(tokens)
         meta.update(tokenizer=str(tokenizer), tokenizer_fingerprint=fingerprint(tok), codebook_size=tok.cfg.n_embed)
@@ -400,8 +406,9 @@ def train_pixel(cfg, out: str, device: Optional[str] = None, progress: bool = Tr
     from dataclasses import replace
     from .pixel.mage import MAGE
 
-    if cfg.generator != "mage":
-        raise ValueError(f"unknown generator {cfg.generator!r} (available: mage)")
+    if cfg.generator == "dit":
+        from .train_dit import train_dit
+        return train_dit(cfg, out, device, progress)
     if not (cfg.cache and cfg.encoder and cfg.tokenizer):
         raise ValueError("train-pixel needs --cache (rcg cache-reps --tokenizer ...), --encoder and --tokenizer")
     dev = setup_torch(device, cfg.optim.num_threads)
@@ -455,7 +462,8 @@ def train_pixel(cfg, out: str, device: Optional[str] = None, progress: bool = Tr
 
 
 def load_pixel(source, device=None):
-    """(MAGE in eval mode, PixelRun config, {encoder_fingerprint, tokenizer_fingerprint}) from a run dir."""
+    """(MAGE or DiT in eval mode, PixelRun config, {encoder_fingerprint, tokenizer_fingerprint}) from a run
+    dir, or (MAGE, None, info) from an official MAGE file."""
     from .config import PixelRun
     from .pixel.mage import MAGE
     src = Path(source)
@@ -465,6 +473,10 @@ def load_pixel(source, device=None):
         return model.eval().to(device or "cpu"), None, info
     raw = read_config(src)
     fps = {k: raw.pop(k, None) for k in ("encoder_fingerprint", "tokenizer_fingerprint")}
+    if raw.get("generator") == "dit":
+        from .train_dit import load_dit_run
+        model, cfg = load_dit_run(src, raw, device)
+        return model, cfg, fps
     cfg = from_dict(PixelRun, raw)
     model = MAGE(cfg.model)
     tensors, _ = load_tensors(src / WEIGHTS)

@@ -47,8 +47,6 @@ class DiTConfig:
     def __post_init__(self):
         if self.cond not in ("rep", "class", "none"):
             raise ValueError(f"cond must be 'rep', 'class' or 'none', got {self.cond!r}")
-        if self.cond == "class" and self.num_classes <= 0:
-            raise ValueError("cond='class' needs num_classes > 0")
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads or self.hidden_size % 4:
@@ -69,6 +67,8 @@ DIT_PRESETS: Dict[str, DiTConfig] = {
     "dit-l-2": DiTConfig(hidden_size=1024, depth=24, num_heads=16),
     # CPU-sized, 28 px gray pixels in [-1, 1]: 7x7 tokens of 4x4 patches (4.2M parameters)
     "dit-tiny": DiTConfig(input_size=28, patch_size=4, in_channels=1, hidden_size=192, depth=6, num_heads=6),
+    # the Fashion-MNIST CPU preset (rcg train-pixel --preset fmnist-dit)
+    "dit-fmnist": DiTConfig(input_size=28, patch_size=4, in_channels=1, hidden_size=128, depth=4, num_heads=4),
 }
 
 
@@ -197,6 +197,8 @@ class DiT(nn.Module):
     def __init__(self, cfg: DiTConfig = DiTConfig()):
         super().__init__()
         self.cfg = c = cfg
+        if c.cond == "class" and c.num_classes <= 0:
+            raise ValueError("a class-conditional DiT needs num_classes > 0 (train-pixel sets it from the data)")
         H = c.hidden_size
         self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, H)
         self.t_embedder = TimestepEmbedder(H)
@@ -345,3 +347,31 @@ def dit_from_converted(run_dir, device=None) -> Tuple[DiT, DiTRun]:
     tensors, _ = load_tensors(Path(run_dir) / WEIGHTS)
     model.load_state_dict(tensors)
     return model.eval().to(device or "cpu"), cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling (rcg.diffusion does the diffusion; this wires the network's guidance into it)
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def dit_generate(model: DiT, diffusion, generators, rep: Optional[torch.Tensor] = None,
+                 labels: Optional[torch.Tensor] = None, steps: int = 50, sampler: str = "ddpm", eta: float = 0.0,
+                 guidance: float = 0.0, clip_denoised: bool = True) -> torch.Tensor:
+    """One sample per generator (its initial noise and, for DDPM / DDIM eta > 0, its step noise come from that
+    generator alone, so a sample does not depend on its batch), in the diffusion's data range (B, C, H, W).
+
+    ``sampler="ddpm"``: ancestral sampling on ``diffusion.respaced(steps)`` with the learned variance;
+    ``"ddim"``: :meth:`rcg.diffusion.GaussianDiffusion.ddim_sample` (eps channels only; the last step's
+    predicted x0 is returned, without the official sampler's leftover noise). ``guidance`` is tau
+    (DiT's scale 1 + tau) on the eps channels. ``clip_denoised`` clips the predicted x0 to [-1, 1] (pixel space)."""
+    from ..diffusion import randn_per_sample
+    c = model.cfg
+    dev = next(model.parameters()).device
+    x_T = randn_per_sample((len(generators), c.in_channels, c.input_size, c.input_size), generators, device=dev)
+
+    def fn(x, t):
+        return model.guided_forward(x, t, rep, tau=guidance, labels=labels).float()
+    if sampler == "ddpm":
+        return diffusion.respaced(steps).ddpm_sample(fn, x_T, generators, clip_denoised=clip_denoised)
+    if sampler == "ddim":
+        return diffusion.ddim_sample(fn, x_T, steps, eta, generators=generators, final_x0=True)
+    raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
