@@ -26,7 +26,8 @@ def test_paper_rdm_preset_has_paper_settings(capsys):
     assert cfg["model"]["num_res_blocks"] == 12 and cfg["model"]["model_channels"] == 1536
     assert cfg["optim"]["lr"] == pytest.approx(5.12e-4) and cfg["optim"]["batch_size"] == 512
     assert cfg["optim"]["weight_decay"] == 0.01 and cfg["optim"]["ema_decay"] == 0.9999
-    assert cfg["diffusion"] == {"num_steps": 1000, "beta_start": 0.0015, "beta_end": 0.0195, "parameterization": "x0"}
+    assert cfg["diffusion"] == {"num_steps": 1000, "beta_start": 0.0015, "beta_end": 0.0195, "parameterization": "x0",
+                                "schedule": "scaled_linear", "learn_sigma": False}
     assert cfg["sample_steps"] == 250 and cfg["eta"] == 1.0
 
 

@@ -108,6 +108,17 @@ def test_config_change_in_same_run_dir_is_refused(tmp_path):
         prepare_run_dir(tmp_path, {"optim": {"lr": 2.0, "log_every": 5}, "a": 2})
 
 
+def test_run_made_before_new_config_fields_resumes(tmp_path, capsys):
+    """A newer rcg adds config fields: an older run directory still resumes (and says so); a field it had that
+    changed is still refused."""
+    prepare_run_dir(tmp_path, {"diffusion": {"steps": 10}, "a": 1})
+    _, _ = prepare_run_dir(tmp_path, {"diffusion": {"steps": 10, "schedule": "linear"}, "a": 1, "b": 2})
+    out = capsys.readouterr().out
+    assert "diffusion.schedule" in out and "b" in out
+    with pytest.raises(CheckpointError, match=r"differs in: diffusion.steps"):
+        prepare_run_dir(tmp_path, {"diffusion": {"steps": 11, "schedule": "linear"}, "a": 1, "b": 2})
+
+
 def test_unwritable_output_directory_fails_fast(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
-from .config import diff
+from .config import added_keys, diff
 
 STATE = "state.pt"
 WEIGHTS = "checkpoint.safetensors"
@@ -132,16 +132,21 @@ def check_writable(directory) -> Path:
 def prepare_run_dir(directory, config: dict) -> Tuple[Path, bool]:
     """Make (or reopen) a run directory for ``config``. Returns (path, resuming).
 
-    A directory that already holds a run with a different config is refused, naming the keys."""
+    A directory that already holds a run with a different config is refused, naming the keys. Fields added
+    to the configs by a newer rcg since the run was made are taken at their current values (with a note)."""
     d = check_writable(directory)
     cfg_path = d / CONFIG
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
-        keys = [k for k in diff(old, config) if k not in RUNTIME_KEYS]
+        keys = [k for k in diff(old, config, new_ok=True) if k not in RUNTIME_KEYS]
         if keys:
             raise CheckpointError(
                 f"{d} holds a run with a different config (differs in: {', '.join(keys)}). "
                 f"Use another --out, or delete {d} to start over.")
+        added = added_keys(old, config)
+        if added:
+            print(f"note: {d} was made before these config fields existed; resuming with their current values: "
+                  f"{', '.join(added)}")
     atomic_write(cfg_path, (json.dumps(config, indent=2) + "\n").encode())
     return d, (d / STATE).exists()
 
