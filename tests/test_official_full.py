@@ -355,6 +355,12 @@ def test_info_and_convert_fixture(path, tmp_path):
         with torch.no_grad():
             _close("out_ema", model(io["x"], io["t"], io["rep"]), io["out_ema"], 1e-5)
         assert convert(path, out, **heads)["runs"] == res["runs"]
+        loaded, run2, _ = load_pixel(out)                          # load_pixel dispatches to the converted DiT
+        assert run2 == run and torch.equal(loaded.final_layer.linear.weight, model.final_layer.linear.weight)
+        if run.autoencoder:                                        # latent DiT: the VAE is not shipped, say so
+            from rcg.sample import RCGSampler
+            with pytest.raises(ValueError, match="SD VAE"):
+                RCGSampler(str(out), None, "cpu")
         return
     res = convert(path, out, resolution=32 if kind == "vqgan" else None, **heads)
     assert res["kind"] == kind and (out / "config.json").is_file() and (out / "checkpoint.safetensors").is_file()

@@ -69,6 +69,10 @@ class RCGSampler:
         model, cfg, fps = load_pixel(pixel, device)
         if cfg is None:
             raise ValueError("sampling from an official MAGE file needs the paper presets (rcg sample --preset)")
+        if getattr(cfg, "autoencoder", ""):
+            raise ValueError(f"{pixel} is a converted official latent DiT: its images come from the SD VAE decoder "
+                             f"({cfg.autoencoder}), which rcg does not ship; run the network with "
+                             f"rcg.pixel.dit.dit_from_converted and decode the latents with that VAE")
         tokenizer = load_tokenizer(cfg.tokenizer, device) if cfg.generator == "mage" else None
         encoder = load_encoder(cfg.encoder, device)
         if tokenizer is not None and fps.get("tokenizer_fingerprint") not in (None, fingerprint(tokenizer)):

@@ -83,7 +83,11 @@ def train_dit(cfg: PixelRun, out: str, device: Optional[str] = None, progress: b
 
 
 def load_dit_run(src: Path, raw: dict, device=None):
-    """(DiT in eval mode, PixelRun) of a train-pixel --generator dit run directory (``raw``: its config)."""
+    """(DiT in eval mode, PixelRun) of a train-pixel --generator dit run directory (``raw``: its config), or
+    (DiT, DiTRun) of a converted official DiT file (``rcg convert``)."""
+    if "autoencoder" in raw:
+        from .pixel.dit import dit_from_converted
+        return dit_from_converted(src, device)
     cfg = from_dict(PixelRun, raw)
     model = DiT(cfg.dit)
     tensors, _ = load_tensors(Path(src) / WEIGHTS)
