@@ -84,7 +84,6 @@ def main():
                             source_name=str(data), progress=False)
     rows_dir = work / "rows"
     rows_dir.mkdir(exist_ok=True)
-    rows = []
     for gen in gens:
         trained = {}
         for name in a.rows.split(","):
@@ -94,8 +93,7 @@ def main():
                 trained[cond] = train_generator(gen, cond, work, cache, a.encoder, tokenizer)
             for tau in taus:
                 f = rows_dir / f"{gen}-{name}-{tau:g}.json"
-                if f.is_file():
-                    rows.append(json.loads(f.read_text()))
+                if f.is_file():                    # measured by an earlier invocation
                     continue
                 s = RCGSampler(str(work / f"{gen}-{cond}"), a.rdm if cond == "rep" else None, dev)
                 print(f"== {gen} {name} tau={tau:g}: {a.num} samples", flush=True)
@@ -113,11 +111,14 @@ def main():
                                    "sampler": s.cfg.sampler if gen == "dit" else "mage-iterative"}}
                 f.write_text(json.dumps(row, indent=2) + "\n")
                 print(json.dumps(row), flush=True)
-                rows.append(row)
+    # the table holds every row measured in this work folder (earlier invocations too, e.g. one per generator)
+    order = {n: i for i, n in enumerate(COND)}
+    rows = sorted((json.loads(f.read_text()) for f in rows_dir.glob("*.json")),
+                  key=lambda r: (r["generator"] != "mage", r["generator"], order.get(r["name"], 99), r["tau"]))
     meta = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "date": time.strftime("%Y-%m-%d"), "encoder": a.encoder, "rdm": a.rdm, "evalnet": a.evalnet,
             "feature_net": net.name, "feature_net_sha256": net.weights_sha256, "reference": "fmnist train (60000)",
-            "presets": {g: PRESET[g] for g in gens}, "num_samples": a.num}
+            "presets": PRESET, "taus": a.taus}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
     print(f"\nwrote {a.out}\n")

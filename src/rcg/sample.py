@@ -134,9 +134,10 @@ class RCGSampler:
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         if c.generator == "dit":
             from .pixel.dit import dit_generate
-            x = dit_generate(self.model, self.diffusion, gens, rep=reps if self.cond == "rep" else None,
-                             labels=labels if self.cond == "class" else None, steps=steps or c.steps,
-                             sampler=c.sampler, eta=c.eta, guidance=c.guidance if guidance is None else guidance)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.sample_bf16):
+                x = dit_generate(self.model, self.diffusion, gens, rep=reps if self.cond == "rep" else None,
+                                 labels=labels if self.cond == "class" else None, steps=steps or c.steps,
+                                 sampler=c.sampler, eta=c.eta, guidance=c.guidance if guidance is None else guidance)
             return to_uint8((x + 1.0) / 2.0).cpu()
         tokens = self.model.generate(rep=reps if self.cond == "rep" else None,
                                      labels=labels if self.cond == "class" else None,
