@@ -112,7 +112,7 @@ def main():
                 f.write_text(json.dumps(row, indent=2) + "\n")
                 print(json.dumps(row), flush=True)
     # the table holds every row measured in this work folder (earlier invocations too, e.g. one per generator)
-    order = {n: i for i, n in enumerate(COND)}
+    order = {n: i for i, n in enumerate(["baseline", "rcg", "class_label", "rcg_guided", "oracle"])}
     rows = sorted((json.loads(f.read_text()) for f in rows_dir.glob("*.json")),
                   key=lambda r: (r["generator"] != "mage", r["generator"], order.get(r["name"], 99), r["tau"]))
     meta = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
