@@ -509,10 +509,11 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_ENCODER = ASSETS / "fmnist-encoder"
 
 
-# The demo trains every stage in about 9 minutes on 2 CPU cores (BENCHMARKS.md): the presets, with a shorter
-# tokenizer run (0.5 epoch: ~1 dB PSNR less than the preset's epoch) and a shorter RDM (8 epochs of one view,
-# representation FD on 2000 samples). MAGE keeps its preset (3 epochs): it decides what the samples look like.
-DEMO_BUDGET = {"tokenizer": ["optim.epochs=0.5"], "rdm": ["optim.epochs=8", "fd_samples=2000"]}
+# The demo fits `make demo` from a fresh clone (venv included) in 10 minutes on 2 CPU cores (BENCHMARKS.md): the
+# presets with a shorter tokenizer run (0.4 epoch: ~1 dB PSNR less than the preset's epoch), a shorter RDM (6 epochs
+# of one view, representation FD on 2000 samples) and MAGE for 2.75 of its 3 epochs.
+DEMO_BUDGET = {"tokenizer": ["optim.epochs=0.4"], "rdm": ["optim.epochs=6", "fd_samples=2000"],
+               "pixel": ["optim.epochs=2.75"]}
 
 
 def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encoder: bool = False,
