@@ -129,7 +129,7 @@ def cmd_train_pixel(a):
     a.preset = a.preset or ("fmnist-dit" if a.generator == "dit" else "fmnist-mage")
     cfg = _resolve(a, C.PIXEL_PRESETS, sections=())
     if a.generator and a.generator != cfg.generator:
-        raise SystemExit(f"error: --generator {a.generator} but preset {a.preset} is a {cfg.generator} preset "
+        raise ValueError(f"--generator {a.generator} but preset {a.preset} is a {cfg.generator} preset "
                          f"(DiT presets: {', '.join(k for k, v in C.PIXEL_PRESETS.items() if v.generator == 'dit')})")
     cond_key = "dit.cond" if cfg.generator == "dit" else "model.cond"
     cfg = C.apply_overrides(cfg, [f"cache={a.cache}", f"encoder={a.encoder}"]
