@@ -37,3 +37,23 @@ def companion_io(path, pattern: str) -> Path:
     if not io.is_file():
         pytest.fail(f"{path.name} has no companion io file {io.name}")
     return io
+
+
+def read_io(io_path):
+    """(tensors, fixture metadata) of an official ``*_io.safetensors``: every tensor, and the JSON of its
+    ``fixture`` metadata entry ({} when absent)."""
+    import json
+
+    from safetensors import safe_open
+    with safe_open(str(io_path), "pt") as f:
+        io = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads((f.metadata() or {}).get("fixture", "{}"))
+    return io, meta
+
+
+def assert_close(name: str, got, want, atol: float) -> None:
+    """Same shape and max |got - want| <= atol (in float64); prints the error so parity margins show with -s."""
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    err = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
+    print(f"{name}: max|diff| = {err:.3g}")
+    assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"

@@ -7,12 +7,10 @@ README section 5): ``out_raw`` / ``out_ema`` = ``forward(x, t, y, rep)``, ``out_
 [rep; fake_latent] at scale ``cfg_scale`` (= 1 + tau), guidance on the first 3 channels only.
 """
 import functools
-import json
 
 import pytest
 import torch
-from conftest import companion_io, fixture_cases
-from safetensors import safe_open
+from conftest import assert_close, companion_io, fixture_cases, read_io
 
 from rcg.official import checkpoint_info, convert, dit_from_official, safe_load
 from rcg.pixel.dit import DiT, dit_from_converted, sincos_pos_embed
@@ -33,9 +31,8 @@ def _require(path):
 
 @functools.lru_cache(maxsize=None)
 def _load(path):
-    with safe_open(str(_require(path)), "pt") as f:
-        io = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads((f.metadata() or {}).get("fixture", "{}")).get("config", {})
+    io, meta = read_io(_require(path))
+    meta = meta.get("config", {})
     heads = meta.get("num_heads")
     raw, info_raw = dit_from_official(path, ema=False, num_heads=heads)
     ema, info_ema = dit_from_official(path, ema=True, num_heads=heads)
@@ -43,10 +40,7 @@ def _load(path):
 
 
 def _close(name, got, want, atol=ATOL):
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    err = (got.double() - want.double()).abs().max().item()
-    print(f"{name}: max|diff| = {err:.3g}")
-    assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
+    assert_close(name, got, want, atol)
 
 
 def _cond(io, model):

@@ -12,8 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import fixtures_dir
-from safetensors import safe_open
+from conftest import assert_close, fixtures_dir, read_io
 
 from rcg.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig, fingerprint
 from rcg.official import (UnsafeCheckpointError, checkpoint_info, convert, format_info,
@@ -323,14 +322,7 @@ def _io(path):
     io_path = path.with_name(stem + "_io.safetensors")
     if not io_path.is_file():
         pytest.fail(f"{path.name} has no companion io file {io_path.name}")
-    with safe_open(str(io_path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, json.loads((f.metadata() or {}).get("fixture", "{}"))
-
-
-def _close(name, got, want, atol):
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    err = (got.double() - want.double()).abs().max().item()
-    assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
+    return read_io(io_path)
 
 
 @pytest.mark.parametrize("path", _fixture_cases())
@@ -353,7 +345,7 @@ def test_info_and_convert_fixture(path, tmp_path):
         model, run = dit_from_converted(out)
         assert res["kind"] == "dit" and info["params"] == _n(model) and run.model == model.cfg
         with torch.no_grad():
-            _close("out_ema", model(io["x"], io["t"], io["rep"]), io["out_ema"], 1e-5)
+            assert_close("out_ema", model(io["x"], io["t"], io["rep"]), io["out_ema"], 1e-5)
         assert convert(path, out, **heads)["runs"] == res["runs"]
         loaded, run2, _ = load_pixel(out)                          # load_pixel dispatches to the converted DiT
         assert run2 == run and torch.equal(loaded.final_layer.linear.weight, model.final_layer.linear.weight)
@@ -377,21 +369,21 @@ def test_info_and_convert_fixture(path, tmp_path):
             y = io.get("labels") if model.cfg.num_classes else None
             assert torch.equal(model(io["x"], io["t"], y), direct(io["x"], io["t"], y))
             if "out_ema" in io:
-                _close("out_ema", model(io["x"], io["t"], y), io["out_ema"], 1e-5)
+                assert_close("out_ema", model(io["x"], io["t"], y), io["out_ema"], 1e-5)
         elif kind == "mocov3":
             enc = load_encoder(out)
             direct, _ = mocov3_from_official(path)
             assert info["momentum_encoder"] and info["predictor"] and info["params"] == _n(enc)
             rep = enc.encode(io["images_uint8"])
             assert torch.equal(rep, direct.encode(io["images_uint8"]))
-            _close("rep", rep, io["rep"], 2e-4)
+            assert_close("rep", rep, io["rep"], 2e-4)
         elif kind == "vqgan":
             vq = load_tokenizer(out)
             direct, _ = vqgan_from_official(path, resolution=32)
             assert vq.cfg == direct.cfg and vq.token_grid == 16
             assert torch.equal(vq.encode(io["images"])[1], io["ids"])
             assert torch.equal(vq.decode_ids(io["ids_dec"]), direct.decode_ids(io["ids_dec"]))
-            _close("decoded_from_ids_dec", vq.decode_ids(io["ids_dec"]), io["decoded_from_ids_dec"], 1e-4)
+            assert_close("decoded_from_ids_dec", vq.decode_ids(io["ids_dec"]), io["decoded_from_ids_dec"], 1e-4)
         else:
             from rcg.sample import RCGSampler
             model, pcfg, fps = load_pixel(out)
@@ -402,7 +394,7 @@ def test_info_and_convert_fixture(path, tmp_path):
             full = model.full_logits(io["tokens_in"], io["rep"])
             assert torch.equal(full, direct.full_logits(io["tokens_in"], io["rep"]))
             sel = full[:, 1:, :model.cfg.codebook_size][:, io["sel_positions"]]
-            _close("logits_sel_cond", sel, io["logits_sel_cond"], 2e-4)
+            assert_close("logits_sel_cond", sel, io["logits_sel_cond"], 2e-4)
             assert pcfg.steps == dinfo["args"]["num_iter"] and pcfg.temperature == dinfo["args"]["temp"]
             parts = split_mage_checkpoint(safe_load(path))
             tok, enc = load_tokenizer(pcfg.tokenizer), load_encoder(pcfg.encoder)

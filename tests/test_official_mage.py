@@ -5,13 +5,11 @@ loader's rule (``args.model`` arch name, official width table) decides unless th
 metadata names them. Every key of the io file must be an input or a tensor this test recomputes.
 """
 import functools
-import json
 import re
 
 import pytest
 import torch
-from conftest import companion_io, fixture_cases
-from safetensors import safe_open
+from conftest import assert_close, companion_io, fixture_cases, read_io
 
 from rcg.guidance import guided, linear_tau
 from rcg.official import mage_from_official, safe_load, split_mage_checkpoint
@@ -33,9 +31,7 @@ def _require(path):
 @functools.lru_cache(maxsize=None)
 def _load(path):
     io_path = _require(path)
-    with safe_open(str(io_path), "pt") as f:
-        io = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads((f.metadata() or {}).get("fixture", "{}"))
+    io, meta = read_io(io_path)
     cfg = meta.get("config", {})
     model, info = mage_from_official(path, num_heads=cfg.get("num_heads"),
                                      decoder_num_heads=cfg.get("decoder_num_heads"))
@@ -43,10 +39,7 @@ def _load(path):
 
 
 def _close(name, got, want, atol=ATOL):
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    err = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
-    print(f"{name}: max|diff| = {err:.3g}")
-    assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
+    assert_close(name, got, want, atol)
 
 
 @functools.lru_cache(maxsize=None)

@@ -2,12 +2,10 @@
 ``*_io.safetensors`` in the fixture folder (images -> CLS features -> projector output -> standardized rep).
 """
 import functools
-import json
 
 import pytest
 import torch
-from conftest import companion_io, fixture_cases
-from safetensors import safe_open
+from conftest import assert_close, companion_io, fixture_cases, read_io
 
 from rcg.encoders import sincos_pos_embed_moco, standardize
 from rcg.official import infer_vit_heads, mocov3_from_official, mocov3_from_state_dict, safe_load
@@ -25,9 +23,7 @@ def _cases():
 @functools.lru_cache(maxsize=None)
 def _load(path):
     io_path = companion_io(path, PATTERN)
-    with safe_open(str(io_path), "pt") as f:
-        io = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads((f.metadata() or {}).get("fixture", "{}"))
+    io, meta = read_io(io_path)
     # Heads are not stored in the weights: use the fixture's config when it states them.
     heads = meta.get("config", {}).get("num_heads")
     enc, info = mocov3_from_official(path, num_heads=heads)
@@ -35,10 +31,7 @@ def _load(path):
 
 
 def _close(name, got, want, atol=ATOL):
-    err = (got.double() - want.double()).abs().max().item()
-    print(f"{name}: max|diff| = {err:.3g}")
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
+    assert_close(name, got, want, atol)
 
 
 @pytest.mark.parametrize("path", _cases())

@@ -4,13 +4,11 @@ Dimensions, file names and the set of stored tensors are read from the files, ne
 the io file must be either an input or a tensor this test knows how to recompute; anything else fails.
 """
 import functools
-import json
 import re
 
 import pytest
 import torch
-from conftest import companion_io, fixture_cases
-from safetensors import safe_open
+from conftest import assert_close, companion_io, fixture_cases, read_io
 
 from rcg.diffusion import GaussianDiffusion
 from rcg.official import mocov3_from_official, rdm_from_official
@@ -32,19 +30,14 @@ def _require(path):
 @functools.lru_cache(maxsize=None)
 def _load(path):
     io_path = _require(path)
-    with safe_open(str(io_path), "pt") as f:
-        io = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads((f.metadata() or {}).get("fixture", "{}"))
+    io, meta = read_io(io_path)
     raw, info_raw = rdm_from_official(path, ema=False)
     ema, info_ema = rdm_from_official(path, ema=True)
     return io, meta, raw, info_raw, ema, info_ema
 
 
 def _close(name, got, want, atol=ATOL):
-    err = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
-    print(f"{name}: max|diff| = {err:.3g}")
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
+    assert_close(name, got, want, atol)
 
 
 def _diffusion(info):

@@ -4,13 +4,11 @@ Dimensions, file names and the stored tensors are read from the files, never ass
 must be an input or a tensor this test recomputes; anything else fails.
 """
 import functools
-import json
 import os
 
 import pytest
 import torch
-from conftest import companion_io, fixture_cases, fixtures_dir
-from safetensors import safe_open
+from conftest import assert_close, companion_io, fixture_cases, read_io, fixtures_dir
 
 import rcg.official as official
 from rcg.official import CheckpointFormatError, UnsafeCheckpointError, safe_load, vqgan_from_official
@@ -38,18 +36,13 @@ def _resolution(meta, io):
 @functools.lru_cache(maxsize=None)
 def _load(path):
     io_path = _require(path)
-    with safe_open(str(io_path), "pt") as f:
-        io = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads((f.metadata() or {}).get("fixture", "{}"))
+    io, meta = read_io(io_path)
     model, info = vqgan_from_official(path, resolution=_resolution(meta, io))
     return io, meta, model, info
 
 
 def _close(name, got, want, atol=ATOL):
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    err = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
-    print(f"{name}: max|diff| = {err:.3g}")
-    assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
+    assert_close(name, got, want, atol)
 
 
 @pytest.mark.parametrize("path", _cases())
