@@ -20,6 +20,7 @@ from rcg.config import DataConfig, EncoderRun, OptimConfig, PixelRun, RDMRun, To
 from rcg.encoders import Encoder, EncoderConfig
 from rcg.pixel.mage import MAGEConfig
 from rcg.rdm import RDMConfig
+from rcg.ssl import infonce
 from rcg.tokenizer import VQConfig, VQModel
 
 
@@ -68,6 +69,11 @@ def eval_argv(root: Path, out_json: Path) -> list:
             "--resolution", "16", "--json", str(out_json), "--no-progress"]
 
 
+def infonce_inputs():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+
+
 def worker(root: Path) -> None:
     """Run by each of the 2 torchrun processes."""
     from rcg.cli import main
@@ -78,10 +84,13 @@ def worker(root: Path) -> None:
     train_rdm(rdm_cfg(root), str(root / "rdm-2"), "cpu", progress=False)
     train_pixel(pixel_cfg(root), str(root / "mage-2"), "cpu", progress=False)
     gathered = dist.gather_tensors(torch.full((dist.rank() + 1, 3), float(dist.rank())))
+    q, k = infonce_inputs()
+    half = dist.part(len(q))
+    infonce_losses = torch.cat(dist.gather_tensors(infonce(q[half], k[half], 0.2).reshape(1)))
     s = RCGSampler(str(root / "mage-1"), str(root / "rdm-1"), "cpu")
     images = list(s.stream(7, seed=3, batch_size=2))
     if dist.is_main():
-        torch.save({"gathered": gathered, "images": images}, root / "worker.pt")
+        torch.save({"gathered": gathered, "images": images, "infonce": infonce_losses}, root / "worker.pt")
     code = main(eval_argv(root, root / "eval-2.json"))      # leaves the process group at the end
     assert code == 0, code
 
@@ -161,6 +170,18 @@ def test_sampling_and_eval_split_seeds_and_gather_on_rank_zero(runs):
     e1, e2 = (json.loads((root / f"eval-{i}.json").read_text()) for i in (1, 2))
     assert e2["num_samples"] == e1["num_samples"] == 7
     assert e2["fid_dom"] == pytest.approx(e1["fid_dom"], rel=1e-5)
+
+
+def test_moco_infonce_uses_every_process_keys_as_negatives(runs):
+    """MoCo v3 gathers the keys: the mean of the 2 processes' losses is the loss of the whole batch."""
+    root, _ = runs
+    got = torch.load(root / "worker.pt", weights_only=True)["infonce"]
+    q, k = infonce_inputs()
+    whole = infonce(q, k, 0.2)
+    assert got.shape == (2,) and not torch.allclose(got[0], got[1])
+    torch.testing.assert_close(got.mean(), whole, atol=1e-6, rtol=0)
+    local_only = (infonce(q[:4], k[:4], 0.2) + infonce(q[4:], k[4:], 0.2)) / 2    # negatives of one process
+    assert abs(local_only - whole) > 1e-2
 
 
 def test_single_process_helpers_are_no_ops():

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import dist
 from .encoders import Encoder, build_mlp
 
 
@@ -23,11 +24,17 @@ def momentum_at(progress: float, base: float) -> float:
 
 
 def infonce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE with the other samples of the batch as negatives, scaled by 2T as in MoCo v3."""
+    """InfoNCE with the other samples of the batch as negatives, scaled by 2T as in MoCo v3.
+
+    Under several processes (torchrun) the keys of every process are gathered, as MoCo v3 does: each query
+    sees the whole global batch as negatives, and the mean of the processes' losses is the loss of the global
+    batch. The keys come from the momentum encoder and carry no gradient."""
     q = F.normalize(q.float(), dim=1)
     k = F.normalize(k.float(), dim=1)
-    logits = q @ k.t() / temperature
-    labels = torch.arange(q.shape[0], device=q.device)
+    parts = dist.gather_tensors(k.detach()) if dist.world_size() > 1 else [k]
+    offset = sum(len(p) for p in parts[:dist.rank()]) if len(parts) > 1 else 0
+    logits = q @ torch.cat(parts).t() / temperature
+    labels = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, labels) * (2 * temperature)
 
 
