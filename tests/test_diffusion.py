@@ -50,8 +50,36 @@ def test_loss_and_parameterizations():
     l1 = gd.loss(lambda xt, t: xt, x0, generator=torch.Generator().manual_seed(3))
     l2 = gd.loss(lambda xt, t: xt, x0, generator=torch.Generator().manual_seed(3))
     assert l1.item() == l2.item()
+    v = GaussianDiffusion(parameterization="v")
+    t = torch.randint(0, 1000, (16,), generator=g)
+    a = v.alphas_cumprod[t][:, None]
+    assert v.loss(lambda xt, tt: a.sqrt() * noise - (1 - a).sqrt() * x0, x0, t=t, noise=noise).item() < 1e-10
+    assert v.loss(lambda xt, tt: x0, x0, t=t, noise=noise).item() > 0.1
     with pytest.raises(ValueError):
-        GaussianDiffusion(parameterization="v")
+        GaussianDiffusion(parameterization="x")
+
+
+def test_v_outputs_convert_to_x0_and_eps_and_sample_like_x0():
+    """v = sqrt(abar) eps - sqrt(1 - abar) x0 maps back to the x0 and eps of q_sample; a v-model that stands
+    for a constant x0 samples exactly like the x0-model predicting that constant (RCG's DDIM, eta 0 and 1)."""
+    gv, gx = GaussianDiffusion(parameterization="v", beta_start=1e-4), GaussianDiffusion(beta_start=1e-4)
+    x0, noise = torch.randn(6, 16), torch.randn(6, 16)
+    t = torch.tensor([0, 1, 100, 500, 900, 999])
+    xt = gv.q_sample(x0, t, noise)
+    a = gv.alphas_cumprod[t][:, None]
+    vt = a.sqrt() * noise - (1 - a).sqrt() * x0
+    assert torch.allclose(gv.x0_from_output(xt, t, vt), x0, atol=1e-4)
+    assert torch.allclose(gv.eps_from_output(xt, t, vt), noise, atol=1e-4)
+    c = torch.randn(1, 16)
+    v_of_c = lambda x, tt: ((gv.alphas_cumprod[tt][:, None].sqrt() * gx.predict_eps_from_x0(x, tt, c.expand_as(x)))
+                            - (1 - gv.alphas_cumprod[tt][:, None]).sqrt() * c)
+    x_T = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+    for eta in (0.0, 1.0):
+        kw = dict(generators=[torch.Generator().manual_seed(i) for i in range(4)])
+        want = gx.ddim_sample(lambda x, tt: c.expand_as(x), x_T, 25, eta, **kw)
+        kw = dict(generators=[torch.Generator().manual_seed(i) for i in range(4)])
+        got = gv.ddim_sample(v_of_c, x_T, 25, eta, **kw)
+        assert torch.allclose(got, want, atol=1e-4), (eta, (got - want).abs().max())
 
 
 def test_eps_x0_conversions_invert_q_sample():

@@ -7,7 +7,9 @@ The schedule and sampler reproduce the official RCG/LDM code (``rdm/models/diffu
 ``ddim.py``): scaled-linear betas computed in float64 and stored as float32 buffers, the uniform DDIM
 timestep list ``arange(0, T, T // S) + 1``, ``alphas_cumprod[0]`` (not 1) as the previous alpha of the
 last step, float32 coefficients, no clipping, and x0 predictions converted to eps with the float32
-``sqrt_recip(m1)_alphas_cumprod`` buffers.
+``sqrt_recip(m1)_alphas_cumprod`` buffers. ``parameterization="v"`` (not in RCG) has the model return
+``v = sqrt(abar) eps - sqrt(1 - abar) x0``, i.e. x0 = sqrt(abar) x_t - sqrt(1 - abar) v: at small t the x0 passes
+through from x_t instead of being rebuilt by the network.
 
 For DiT (``schedule="linear"``, ``parameterization="eps"``, ``learn_sigma=True``) it also follows the
 improved-DDPM / DiT recipe: the model returns eps and a variance-interpolation output v in [-1, 1]
@@ -103,8 +105,8 @@ class GaussianDiffusion(nn.Module):
                  parameterization: str = "x0", schedule: str = "scaled_linear", learn_sigma: bool = False,
                  betas: Optional[torch.Tensor] = None, timestep_map: Optional[Sequence[int]] = None):
         super().__init__()
-        if parameterization not in ("x0", "eps"):
-            raise ValueError(f"parameterization must be 'x0' or 'eps', got {parameterization!r}")
+        if parameterization not in ("x0", "eps", "v"):
+            raise ValueError(f"parameterization must be 'x0', 'eps' or 'v', got {parameterization!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         if betas is None:
@@ -161,7 +163,9 @@ class GaussianDiffusion(nn.Module):
             noise = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
         pred = model_fn(x_t, t)
-        target = x0 if self.parameterization == "x0" else noise
+        target = {"x0": x0, "eps": noise}.get(self.parameterization)
+        if target is None:                                   # v = sqrt(abar) eps - sqrt(1 - abar) x0
+            target = _bcast(self.sqrt_alphas_cumprod, t, x0) * noise - _bcast(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
         if not self.learn_sigma:
             return torch.mean((pred.float() - target.float()) ** 2)
         C = x0.shape[1]
@@ -190,7 +194,7 @@ class GaussianDiffusion(nn.Module):
         else:
             log_var = _bcast(self.posterior_log_var_iddpm, t, x_t).expand_as(x_t)
         out = out.to(x_t.dtype)
-        pred_x0 = out if self.parameterization == "x0" else self.predict_x0_from_eps(x_t, t, out)
+        pred_x0 = self.x0_from_output(x_t, t, out)
         if clip_denoised:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
         mean, _ = self.q_posterior(pred_x0, x_t, t)
@@ -225,6 +229,22 @@ class GaussianDiffusion(nn.Module):
             else:
                 x = mean
         return x
+
+    def x0_from_output(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The x0 a model output stands for under this ``parameterization`` (x0, eps or v)."""
+        if self.parameterization == "x0":
+            return out
+        if self.parameterization == "eps":
+            return self.predict_x0_from_eps(x_t, t, out)
+        return _bcast(self.sqrt_alphas_cumprod, t, x_t) * x_t - _bcast(self.sqrt_one_minus_alphas_cumprod, t, x_t) * out
+
+    def eps_from_output(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The eps a model output stands for (x0 predictions go through RCG's float32 conversion)."""
+        if self.parameterization == "x0":
+            return self.predict_eps_from_x0(x_t, t, out)
+        if self.parameterization == "eps":
+            return out
+        return _bcast(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + _bcast(self.sqrt_alphas_cumprod, t, x_t) * out
 
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         recip = _bcast(self.sqrt_recip_alphas_cumprod, t, x_t)
@@ -290,7 +310,7 @@ class GaussianDiffusion(nn.Module):
             out = model_fn(x, t).to(x.dtype)
             if self.learn_sigma:
                 out = out[:, :x.shape[1]]
-            eps = self.predict_eps_from_x0(x, t, out) if self.parameterization == "x0" else out
+            eps = self.eps_from_output(x, t, out)
             a_t = torch.tensor(float(alphas[i]), dtype=f32, device=dev)
             a_prev = torch.tensor(float(alphas_prev[i]), dtype=f32, device=dev)
             sigma = torch.tensor(float(sigmas[i]), dtype=f32, device=dev)
