@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from rcg.evaluate import (EvalError, FeatureNet, StreamingStats, evaluate_stream, fd_between,
+from rcg.evaluate import (EvalError, subset_fd_floor, FeatureNet, StreamingStats, evaluate_stream, fd_between,
                           feature_stats, fid_from_stats, inception_score, iterate_image_folder, iterate_npz,
                           iterate_tensor, load_reference, precision_recall, reference_stats)
 
@@ -72,6 +72,23 @@ def test_fid_agrees_with_torch_fidelity():
     st2 = {"mu": b.mean(0), "sigma": np.cov(b, rowvar=False)}
     ref = fid_statistics_to_metric(st1, st2, verbose=False)["frechet_inception_distance"]
     assert fid_from_stats(st1["mu"], st1["sigma"], st2["mu"], st2["sigma"]) == pytest.approx(ref, rel=1e-8)
+
+
+def test_subset_floor_matches_the_small_sample_expectation_for_a_gaussian():
+    # n samples of N(0, I_d) against the population: E ||mean||^2 = d/n, and Tr(S + I - 2 S^1/2) ~ ||S - I||_F^2 / 4
+    # with E ||S - I||_F^2 = d (d + 1) / n; both shrink by (1 - n/N) for a subset of a finite set of N
+    d, n, big = 8, 500, 50_000
+    feats = torch.randn(big, d, generator=torch.Generator().manual_seed(0))
+    r = subset_fd_floor(feats, n, subsets=40, seed=1)
+    expected = (d / n + d * (d + 1) / (4 * n)) * (1 - n / big)
+    assert r["mean"] == pytest.approx(expected, rel=0.15)
+    assert min(r["all"]) < r["mean"] < max(r["all"]) and r["std"] > 0 and len(r["all"]) == 40
+    one = subset_fd_floor(feats, n, subsets=1, seed=3)      # one subset: the FD of that very subset
+    pick = torch.randperm(big, generator=torch.Generator().manual_seed(3))[:n]
+    assert one["mean"] == pytest.approx(fd_between(feats[pick], feats), rel=1e-9) and one["std"] == 0
+    assert subset_fd_floor(feats[:600], 600, subsets=2)["mean"] == pytest.approx(0, abs=1e-8)   # the whole set
+    with pytest.raises(EvalError, match="subset size"):
+        subset_fd_floor(feats[:100], 101)
 
 
 def test_fid_refuses_mismatched_statistics():

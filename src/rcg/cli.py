@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's)")
     p.add_argument("--eta", type=float, help="DDIM eta (default: the run's)")
     p.add_argument("--class", dest="class_label", type=int, help="class label (class-conditional RDM)")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--seed", type=int, default=0,
+                   help="representation i uses seed + i (so --num N --seed N gives N new ones)")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device")
     p.add_argument("--dry-run", action="store_true")

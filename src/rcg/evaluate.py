@@ -79,6 +79,23 @@ def fd_between(a: torch.Tensor, b: torch.Tensor) -> float:
     return frechet_distance(*feature_stats(a), *feature_stats(b))
 
 
+def subset_fd_floor(feats: torch.Tensor, size: int, subsets: int = 10, seed: int = 0) -> dict:
+    """The Fréchet distance a perfect model's ``size`` samples would get against all of ``feats``: the FD
+    of a random real subset of that size to the whole set (paper Table 8's lower bound), as the mean and
+    standard deviation over ``subsets`` subsets. One subset is a noisy floor: on 10k of the 240k Fashion-MNIST
+    representations, 20 subsets gave 0.109 +- 0.020 (0.074 to 0.145)."""
+    if not 0 < size <= len(feats):
+        raise EvalError(f"subset size {size} must be in [1, {len(feats)}] (the number of features)")
+    if subsets < 1:
+        raise EvalError(f"subsets must be >= 1, got {subsets}")
+    mu, sigma = feature_stats(feats)
+    g = torch.Generator().manual_seed(seed)
+    fds = np.array([frechet_distance(*feature_stats(feats[torch.randperm(len(feats), generator=g)[:size]]), mu, sigma)
+                    for _ in range(subsets)])
+    return {"mean": float(fds.mean()), "std": float(fds.std(ddof=1)) if subsets > 1 else 0.0,
+            "subsets": subsets, "size": size, "all": fds.tolist()}
+
+
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
     """FID (the Fréchet distance of two Gaussians) from means (D,) and covariances (D, D), with shape checks."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
