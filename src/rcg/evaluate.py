@@ -81,9 +81,9 @@ def fd_between(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def subset_fd_floor(feats: torch.Tensor, size: int, subsets: int = 10, seed: int = 0) -> dict:
     """The floor a model's ``size`` samples are compared with (paper Table 8's lower bound): the FD of a
-    random real subset of that size to the whole of ``feats``, as the mean and
-    standard deviation over ``subsets`` subsets. One subset is a noisy floor: on 10k of the 240k Fashion-MNIST
-    representations, 200 subsets gave 0.105 +- 0.020 (0.064 to 0.201)."""
+    random real subset of that size to the whole of ``feats``, as the mean and standard deviation over
+    ``subsets`` subsets. One subset is a noisy floor: on 10k of the 240k Fashion-MNIST representations,
+    200 subsets gave 0.105 +- 0.020 (0.064 to 0.201)."""
     if not 0 < size <= len(feats):
         raise EvalError(f"subset size {size} must be in [1, {len(feats)}] (the number of features)")
     if subsets < 1:
