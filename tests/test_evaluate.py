@@ -5,9 +5,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from rcg.evaluate import (EvalError, subset_fd_floor, FeatureNet, StreamingStats, evaluate_stream, fd_between,
+from rcg.evaluate import (EvalError, FeatureNet, StreamingStats, evaluate_stream, fd_between,
                           feature_stats, fid_from_stats, inception_score, iterate_image_folder, iterate_npz,
-                          iterate_tensor, load_reference, precision_recall, reference_stats)
+                          iterate_tensor, load_reference, precision_recall, reference_stats, subset_fd_floor)
 
 
 class StubNet(FeatureNet):

@@ -163,9 +163,7 @@ class GaussianDiffusion(nn.Module):
             noise = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
         pred = model_fn(x_t, t)
-        target = {"x0": x0, "eps": noise}.get(self.parameterization)
-        if target is None:                                   # v = sqrt(abar) eps - sqrt(1 - abar) x0
-            target = _bcast(self.sqrt_alphas_cumprod, t, x0) * noise - _bcast(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        target = self.output_target(x0, t, noise)
         if not self.learn_sigma:
             return torch.mean((pred.float() - target.float()) ** 2)
         C = x0.shape[1]
@@ -229,6 +227,14 @@ class GaussianDiffusion(nn.Module):
             else:
                 x = mean
         return x
+
+    def output_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the model should return for ``q_sample(x0, t, noise)`` under this ``parameterization``."""
+        if self.parameterization == "x0":
+            return x0
+        if self.parameterization == "eps":
+            return noise
+        return _bcast(self.sqrt_alphas_cumprod, t, x0) * noise - _bcast(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
 
     def x0_from_output(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The x0 a model output stands for under this ``parameterization`` (x0, eps or v)."""

@@ -32,7 +32,7 @@ def infonce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tenso
     q = F.normalize(q.float(), dim=1)
     k = F.normalize(k.float(), dim=1)
     parts = dist.gather_tensors(k.detach()) if dist.world_size() > 1 else [k]
-    offset = sum(len(p) for p in parts[:dist.rank()]) if len(parts) > 1 else 0
+    offset = sum(len(p) for p in parts[:dist.rank()])        # rank 0 (and a single process): 0
     logits = q @ torch.cat(parts).t() / temperature
     labels = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, labels) * (2 * temperature)
