@@ -3,6 +3,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 DEFAULT_FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "official"
 
 
@@ -57,3 +59,14 @@ def assert_close(name: str, got, want, atol: float) -> None:
     err = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
     print(f"{name}: max|diff| = {err:.3g}")
     assert err <= atol, f"{name}: max abs error {err:.3g} > {atol}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_where_auto():
+    """Every test sees a CPU without native bf16, so configs whose precision is auto (None) compute in fp32 on
+    either kind of CI machine (session scope: module fixtures that train come first); tests of the choice
+    itself stub the capability their own way."""
+    from rcg import precision
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(precision, "cpu_has_native_bf16", lambda: False)
+        yield

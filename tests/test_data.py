@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from dataclasses import replace
+
 from rcg.config import DataConfig
 from rcg.data import (FMNIST_CLASSES, DataError, ImageSet, check_channels, check_resolution,
                       convert_channels, load_cifar10, load_dataset, load_fashion_mnist,
@@ -296,8 +298,41 @@ def test_folder_memory_estimate(tmp_path, monkeypatch):
 
 
 def test_folder_via_load_dataset(folder):
-    s = load_dataset(DataConfig(dataset="folder", path=str(folder), resolution=8, channels=3))
+    s = load_dataset(DataConfig(dataset="folder", path=str(folder), resolution=8, channels=3, labels=True))
     assert s.images.shape == (4, 3, 8, 8) and s.labels is not None
+    plain = load_dataset(DataConfig(dataset="folder", path=str(folder), resolution=8, channels=3))
+    assert plain.labels is None and torch.equal(plain.images, s.images)     # unlabelled unless asked
+
+
+def _png(path, size, mode, seed=0):
+    w, h = size
+    save_image(path, np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8), mode)
+
+
+def test_flat_folder_loads_unlabelled_by_default(tmp_path):
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", (10 + i, 12), "RGB")
+    s = load_dataset(DataConfig(dataset="folder", path=str(tmp_path), resolution=8, channels=3))
+    assert len(s) == 3 and s.labels is None
+    with pytest.raises(DataError, match="sub-folders"):
+        load_dataset(DataConfig(dataset="folder", path=str(tmp_path), resolution=8, channels=3, labels=True))
+
+
+def test_holdout_splits_a_folder_disjointly_and_stably(tmp_path):
+    for c in ("a", "b"):
+        for i in range(20):
+            _png(tmp_path / c / f"{i}.png", (9, 9), "RGB", seed=i + (100 if c == "b" else 0))
+    cfg = DataConfig(dataset="folder", path=str(tmp_path), resolution=8, channels=3, labels=True, holdout=0.25)
+    train, test = load_dataset(cfg), load_dataset(replace(cfg, split="test"))
+    whole = load_dataset(replace(cfg, holdout=0.0))
+    assert len(train) + len(test) == len(whole) == 40 and 0 < len(test) < 20
+    rows = {bytes(x.numpy()) for x in whole.images}
+    assert {bytes(x.numpy()) for x in train.images} | {bytes(x.numpy()) for x in test.images} == rows
+    assert not {bytes(x.numpy()) for x in train.images} & {bytes(x.numpy()) for x in test.images}
+    _png(tmp_path / "a" / "new.png", (9, 9), "RGB", seed=999)      # a new file does not move the others
+    test2 = load_dataset(replace(cfg, split="test"))
+    old = {bytes(x.numpy()) for x in test.images}
+    assert old <= {bytes(x.numpy()) for x in test2.images}
 
 
 # ----------------------------------------------------------------------------- CIFAR-10

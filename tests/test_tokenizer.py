@@ -287,12 +287,21 @@ def test_rerun_is_a_noop_and_resume_is_exact(tok_run, tmp_path, monkeypatch):
     assert resumed["psnr"] == s["psnr"] and resumed["reseeded_total"] == s["reseeded_total"]
 
 
-def test_stage_refuses_mismatched_data(tok_run, tmp_path):
+def test_the_model_follows_the_data_and_refuses_what_cannot_fit(tok_run, tmp_path):
+    """--channels / --resolution reach the model (issue 13: no --set model.* to match the data); a resolution
+    the downsampling cannot divide is refused before the run directory is written."""
     _, data, _ = tok_run
     cfg = _tiny_run(data)
     from dataclasses import replace
-    with pytest.raises(ValueError, match="channels"):
-        train_tokenizer(replace(cfg, data=replace(cfg.data, channels=3)), str(tmp_path / "r"), "cpu", progress=False)
+    s = train_tokenizer(replace(cfg, data=replace(cfg.data, channels=3), optim=replace(cfg.optim, epochs=0.1)),
+                        str(tmp_path / "rgb"), "cpu", progress=False)
+    saved = json.loads((tmp_path / "rgb" / "config.json").read_text())["model"]
+    assert (saved["in_channels"], saved["out_channels"], saved["resolution"]) == (3, 3, 16)
+    assert s["eval_images"] > 0
+    with pytest.raises(ValueError, match="multiple of"):
+        train_tokenizer(replace(cfg, data=replace(cfg.data, resolution=17)), str(tmp_path / "odd"), "cpu",
+                        progress=False)
+    assert not (tmp_path / "odd").exists()
 
 
 def test_presets_round_trip():

@@ -1,4 +1,5 @@
 """The shared training loop: schedules, EMA, batching, resume by rerun, NaN handling, checkpoints."""
+import json
 
 import pytest
 import torch
@@ -103,15 +104,27 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_config_change_in_same_run_dir_is_refused(tmp_path):
     prepare_run_dir(tmp_path, {"optim": {"lr": 1.0, "log_every": 5}, "a": 1})
+    (tmp_path / "state.pt").write_bytes(b"")                                  # something was trained
     prepare_run_dir(tmp_path, {"optim": {"lr": 1.0, "log_every": 9}, "a": 1})   # runtime-only key: fine
     with pytest.raises(CheckpointError, match=r"differs in: a, optim.lr"):
         prepare_run_dir(tmp_path, {"optim": {"lr": 2.0, "log_every": 5}, "a": 2})
+
+
+def test_a_start_that_trained_nothing_binds_nothing(tmp_path):
+    """A failed start (config.json, no checkpoint) does not poison the directory: the corrected config runs."""
+    prepare_run_dir(tmp_path, {"data": {"labels": True}, "a": 1})
+    d, resuming = prepare_run_dir(tmp_path, {"data": {"labels": False}, "a": 1})
+    assert not resuming and json.loads((d / "config.json").read_text())["data"]["labels"] is False
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"")                    # weights exist: now it binds
+    with pytest.raises(CheckpointError, match=r"differs in: data.labels"):
+        prepare_run_dir(tmp_path, {"data": {"labels": True}, "a": 1})
 
 
 def test_run_made_before_new_config_fields_resumes(tmp_path, capsys):
     """A newer rcg adds config fields: an older run directory still resumes (and says so); a field it had that
     changed is still refused."""
     prepare_run_dir(tmp_path, {"diffusion": {"steps": 10}, "a": 1})
+    (tmp_path / "state.pt").write_bytes(b"")
     _, _ = prepare_run_dir(tmp_path, {"diffusion": {"steps": 10, "schedule": "linear"}, "a": 1, "b": 2})
     out = capsys.readouterr().out
     assert "diffusion.schedule" in out and "b" in out

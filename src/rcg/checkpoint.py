@@ -133,9 +133,13 @@ def prepare_run_dir(directory, config: dict) -> Tuple[Path, bool]:
     """Make (or reopen) a run directory for ``config``. Returns (path, resuming).
 
     A directory that already holds a run with a different config is refused, naming the keys. Fields added
-    to the configs by a newer rcg since the run was made are taken at their current values (with a note)."""
+    to the configs by a newer rcg since the run was made are taken at their current values (with a note).
+    A config.json with nothing trained beside it (no state.pt, no weights: a start that failed before its
+    first checkpoint) binds nothing: the new config replaces it."""
     d = check_writable(directory)
     cfg_path = d / CONFIG
+    if cfg_path.exists() and not (d / STATE).exists() and not (d / WEIGHTS).exists():
+        cfg_path.unlink()
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         keys = [k for k in diff(old, config, new_ok=True) if k not in RUNTIME_KEYS]

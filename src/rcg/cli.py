@@ -9,6 +9,11 @@ import sys
 from . import config as C
 
 
+BF16_HELP = ("bf16 autocast: --bf16 forces it, --no-bf16 turns it off; default: the preset's choice, which for the "
+             "CPU and GPU presets is auto: on where the hardware computes bf16 natively (CUDA GPUs with bf16, CPUs "
+             "with AVX-512 BF16 or AMX), fp32 elsewhere (e.g. AVX2-only CPUs, where bf16 is emulated and 5-17x slower)")
+
+
 def _common(p: argparse.ArgumentParser, presets: dict, default: str) -> None:
     p.add_argument("--preset", default=default, choices=sorted(presets), help=f"named config (default {default})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -27,6 +32,11 @@ def _data_flags(p: argparse.ArgumentParser, prefix: str = "data") -> None:
     g.add_argument("--resolution", type=int, help="square size the images are resized/cropped to")
     g.add_argument("--channels", type=int, choices=[1, 3])
     g.add_argument("--limit", type=int, help="use only the first N images")
+    g.add_argument("--labels", action="store_true", default=None,
+                   help="folders: sub-folder names are class labels (for --class-cond and the kNN monitor); "
+                        "folders are unlabelled by default")
+    g.add_argument("--eval-dir", help="held-out images (default: 10%% of a folder is held out where a stage "
+                                      "needs held-out images)")
 
 
 def _optim_flags(p: argparse.ArgumentParser) -> None:
@@ -35,7 +45,7 @@ def _optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--seed", type=int)
-    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help=BF16_HELP)
     g = p.add_argument_group("runtime (does not change the run's config)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model's blocks (slow start)")
     g.add_argument("--tensorboard", action="store_true",
@@ -47,8 +57,10 @@ def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = Tru
     out = []
     for sec in data_sections:
         for flag, key in (("data_kind", "dataset"), ("data_dir", "path"), ("resolution", "resolution"),
-                          ("channels", "channels"), ("limit", "limit")):
+                          ("channels", "channels"), ("limit", "limit"), ("labels", "labels")):
             v = getattr(a, flag, None)
+            if sec == "eval_data" and flag == "data_dir" and getattr(a, "eval_dir", None):
+                v = a.eval_dir
             if v is not None:
                 out.append(f"{sec}.{key}={v}")
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
@@ -60,7 +72,7 @@ def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = Tru
 
 
 def _resolve(a, presets: dict, sections=("data",)):
-    cfg = C.apply_overrides(presets[a.preset], _overrides(a, sections))
+    cfg = C.fit_to_data(C.apply_overrides(presets[a.preset], _overrides(a, sections)))
     print(f"# {a.verb} --preset {a.preset}\n{C.dumps(cfg)}")
     return cfg
 
@@ -240,6 +252,21 @@ def cmd_demo(a):
     return 0
 
 
+def cmd_fit(a):
+    from .fit import fit_folder
+    over = {}
+    for item in a.set:
+        stage, _, kv = item.partition(".")
+        if stage not in ("encoder", "tokenizer", "rdm", "pixel") or "=" not in kv:
+            raise ValueError(f"--set for rcg fit takes STAGE.KEY=VALUE with STAGE one of encoder, tokenizer, rdm, "
+                             f"pixel (e.g. --set pixel.optim.lr=1e-3); got {item!r}")
+        over.setdefault(stage, []).append(kv)
+    fit_folder(a.folder, a.out, preset=a.preset, resolution=a.resolution, channels=a.channels, labels=a.labels,
+               encoder=a.encoder, generator=a.generator, inception_weights=a.inception_weights, device=a.device,
+               progress=not a.no_progress, overrides=over, dry_run=a.dry_run)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rcg", description="Representation-conditioned image generation (RCG).")
     sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -256,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=4, help="augmented views per image (default 4)")
     p.add_argument("--tokenizer", help="also store the tokens of the same crops (for train-pixel, MAGE)")
     p.add_argument("--pixels", action="store_true", help="also store the crops as uint8 (for train-pixel, DiT)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (about 3x faster on a CPU)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast: --bf16 / --no-bf16 force it; default auto (on where the hardware has native "
+                        "bf16: about 3x faster on such a CPU; fp32 elsewhere)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--dry-run", action="store_true")
@@ -388,6 +417,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-num-heads", type=int)
     p.add_argument("--resolution", type=int, help="image size of a VQGAN file (not stored in it; default 256)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("fit", help="one command from a folder of images to a trained RCG system",
+                       description="Train every stage on the images under FOLDER (recursive; unlabelled unless "
+                                   "--labels) into RUN: RUN/samples.png, references.png, interpolation.png, "
+                                   "summary.json. Rerunning the same command resumes.")
+    p.add_argument("folder", help="folder of images (png/jpg/jpeg/webp/bmp, any sizes and modes)")
+    p.add_argument("--out", required=True, help="run directory RUN (each stage's run directory goes inside it)")
+    from .fit import FIT_PRESETS
+    p.add_argument("--preset", default="quick", choices=sorted(FIT_PRESETS),
+                   help="budget: quick (a CPU preview: ~15 min on 2 cores for up to 10k images at 32 px) or "
+                        "standard (one GPU); budgets count images seen, not epochs")
+    p.add_argument("--resolution", type=int, help="square image size (default: from the images' sizes, "
+                                                  "rounded down to 32 / 64 / 128 / 256)")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="default: 3 unless every image is grayscale")
+    p.add_argument("--labels", action="store_true", help="sub-folder names are class labels (kNN monitor)")
+    p.add_argument("--encoder", help="reuse this encoder (a train-encoder run directory or an official MoCo v3 "
+                                     ".pth.tar) instead of training one")
+    p.add_argument("--generator", default="mage", choices=["mage", "dit"])
+    p.add_argument("--inception-weights", help="also report Inception FID (local pt_inception-2015-12-05 file)")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="override a stage's config, e.g. --set pixel.optim.lr=1e-3 (repeatable)")
+    p.add_argument("--device")
+    p.add_argument("--dry-run", action="store_true", help="check the folder, print the request and stop")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("demo", help="every stage on Fashion-MNIST with CPU presets")
     p.add_argument("--out", default="runs/demo")

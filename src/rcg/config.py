@@ -24,8 +24,11 @@ class DataConfig:
     split: str = "train"
     resolution: int = 28
     channels: int = 1
-    labels: bool = True          # folders: take labels from sub-folder names
+    labels: bool = False         # folders: sub-folder names as class labels (unlabelled by default; --labels)
     limit: int = 0               # use only the first N images (0 = all)
+    holdout: float = 0.0         # folders: this fraction of the images (fixed by a hash of each path) is held
+    #                              out: split "train" is the rest, "test" / "val" the held-out images (0: every
+    #                              split is the whole folder)
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class OptimConfig:
     min_lr: float = 0.0
     grad_clip: float = 0.0       # 0 = off
     ema_decay: float = 0.0       # 0 = no EMA; RCG's LitEma warm-up min(decay, (1+n)/(10+n))
-    bf16: bool = False           # bf16 autocast (on CPU an opt-in; fp16 is never used on CPU)
+    bf16: Optional[bool] = False  # bf16 autocast: True, False, or None = auto (where native: rcg.precision)
     seed: int = 0
     log_every: int = 50          # steps
     ckpt_every: int = 500        # steps
@@ -80,7 +83,7 @@ def _coerce(text: str, tp: Any) -> Any:
     """Parse a command-line string as the field type ``tp`` (bool, int, float, str, Optional[...], tuples)."""
     origin, args = getattr(tp, "__origin__", None), getattr(tp, "__args__", ())
     if origin is Union:                                    # Optional[X]
-        if text.lower() in ("none", "null", ""):
+        if text.lower() in ("none", "null", "") or (bool in args and text.lower() == "auto"):
             return None
         return _coerce(text, next(a for a in args if a is not type(None)))
     if origin in (tuple, Tuple):
@@ -196,10 +199,11 @@ _FMNIST_ENCODER = EncoderRun(
     eval_data=DataConfig("fmnist", split="test", resolution=28, channels=1),
     encoder=EncoderConfig(arch="resnet", in_chans=1, widths=(32, 64, 128), depths=(1, 1, 1), mlp_dim=1024,
                           mean=(0.286,), std=(0.353,)),
-    view1=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, gray_p=0.0),
-    view2=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, gray_p=0.0, solarize_p=0.2),
+    view1=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, gray_p=0.0),
+    view2=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, gray_p=0.0,
+                   solarize_p=0.2),
     optim=OptimConfig(epochs=15, batch_size=256, lr=2e-3, weight_decay=1e-4, schedule="cosine",
-                      warmup_epochs=0.2, bf16=True, log_every=20, ckpt_every=200),
+                      warmup_epochs=0.2, bf16=None, log_every=20, ckpt_every=200),
 )
 
 
@@ -209,12 +213,12 @@ def _mocov3_vit(embed_dim: int, depth: int, heads: int, epochs: int) -> EncoderR
     blur1, blur2 = ViewSpec(scale=(0.08, 1.0), blur_p=1.0), ViewSpec(scale=(0.08, 1.0), blur_p=0.1, solarize_p=0.2)
     return EncoderRun(
         data=DataConfig("folder", resolution=224, channels=3, labels=False),
-        eval_data=DataConfig("folder", split="val", resolution=224, channels=3),
+        eval_data=DataConfig("folder", split="val", resolution=224, channels=3, labels=True),
         encoder=EncoderConfig(arch="vit", in_chans=3, img_size=224, patch_size=16, embed_dim=embed_dim, depth=depth,
                               num_heads=heads, mlp_dim=4096, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224),
         view1=blur1, view2=blur2, pred_dim=4096,
         optim=OptimConfig(epochs=epochs, batch_size=4096, lr=1.5e-4 * 4096 / 256, weight_decay=0.1, schedule="cosine",
-                          warmup_epochs=40, betas=(0.9, 0.999), bf16=True),
+                          warmup_epochs=40, betas=(0.9, 0.999), bf16=None),
     )
 
 
@@ -271,7 +275,7 @@ RDM_RUN_PRESETS = {
     # (on 240k cached reps: 16 epochs constant lr -> rep FD 0.491; 24 epochs cosine -> 0.375), 100 DDIM steps
     "fmnist-rdm": RDMRun(model=RDM_PRESETS["rdm-small"], sample_steps=100,
                          optim=replace(_PAPER_RDM_OPTIM, epochs=24, batch_size=512, lr=2e-3, schedule="cosine",
-                                       warmup_epochs=0.5, bf16=True, log_every=50, ckpt_every=500)),
+                                       warmup_epochs=0.5, bf16=None, log_every=50, ckpt_every=500)),
 }
 # Not RCG's diffusion: v prediction and beta_start 1e-4 (RCG's last DDIM step keeps noise of std 0.039, which
 # alone puts a perfect model at 1.83x the rep-FD floor on Fashion-MNIST reps; x0 prediction collapses their
@@ -304,7 +308,7 @@ class PixelRun:
     guidance: float = 0.0        # guidance tau (DiT's scale is 1 + tau),
     sampler: str = "ddpm"        # DiT: ddpm (ancestral, respaced to ``steps``) | ddim (eta ``eta``)
     eta: float = 0.0
-    sample_bf16: bool = False    # DiT: bf16 autocast while sampling (about 1.4x faster on a CPU)
+    sample_bf16: Optional[bool] = False   # DiT: bf16 autocast while sampling (None = auto; 1.4x on a bf16 CPU)
     optim: OptimConfig = OptimConfig()
 
     def __post_init__(self):
@@ -323,7 +327,7 @@ class PixelRun:
 # norms), cosine with 10 warm-up epochs, grad clip 3.0, 800 epochs (200 for ablations), AMP.
 _PAPER_MAGE_OPTIM = OptimConfig(epochs=800, batch_size=4096, lr=1.5e-4 * 4096 / 256, betas=(0.9, 0.95),
                                 weight_decay=0.05, wd_exclude_1d=True, schedule="cosine", warmup_epochs=10,
-                                grad_clip=3.0, bf16=True, log_every=100, ckpt_every=2000)
+                                grad_clip=3.0, bf16=None, log_every=100, ckpt_every=2000)
 _FMNIST_MAGE = replace(MAGE_PRESETS["mage-tiny"], embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=128,
                        decoder_depth=2, decoder_num_heads=4, dropout=0.0, attn_dropout=0.0)
 PIXEL_PRESETS = {
@@ -343,9 +347,9 @@ PIXEL_PRESETS = {
     # at 2 epochs RCG was only 0.84x the baseline's FID (both far from converged), at 8 0.58x. DDIM 25 matched
     # DDIM 50 and DDPM 50.
     "fmnist-dit": PixelRun(generator="dit", dit=DIT_PRESETS["dit-fmnist"], steps=25, sampler="ddim", eta=0.0,
-                           sample_bf16=True,
+                           sample_bf16=None,
                            optim=OptimConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=0.0, ema_decay=0.999,
-                                             warmup_epochs=0.1, grad_clip=1.0, bf16=True, log_every=20,
+                                             warmup_epochs=0.1, grad_clip=1.0, bf16=None, log_every=20,
                                              ckpt_every=200)),
 }
 
@@ -390,7 +394,7 @@ TOKENIZER_PRESETS = {
                        embed_dim=32, n_embed=512, resolution=28, num_groups=8),
         eval_every_epochs=0.25,
         optim=OptimConfig(epochs=1, batch_size=16, lr=8e-3, schedule="cosine", warmup_epochs=0.02, min_lr=1e-4,
-                          bf16=True, log_every=100, ckpt_every=500),
+                          bf16=None, log_every=100, ckpt_every=500),
     ),
     # The official MAGE / RCG VQGAN architecture (config/mage/vqgan.yaml): f16, 16x16 tokens at 256 px.
     "vqgan-f16-1024": TokenizerRun(
@@ -399,7 +403,64 @@ TOKENIZER_PRESETS = {
         model=VQConfig(),
         # taming-transformers' VQGAN optimiser: Adam (0.5, 0.9), lr 4.5e-6 x batch. Our loss has no perceptual or
         # adversarial term (L1 + VQ only), so this preset reproduces the architecture, not the official weights.
-        optim=OptimConfig(epochs=100, batch_size=64, lr=4.5e-6 * 64, betas=(0.5, 0.9), bf16=True, log_every=100,
+        optim=OptimConfig(epochs=100, batch_size=64, lr=4.5e-6 * 64, betas=(0.5, 0.9), bf16=None, log_every=100,
                           ckpt_every=2000),
     ),
 }
+
+
+# ------------------------------------------------------------------------------------------------
+# Model sizes follow the data
+# ------------------------------------------------------------------------------------------------
+HOLDOUT = 0.1        # the fraction of a folder held out when no separate held-out data are given
+
+
+def _per_channel(values: Tuple[float, ...], channels: int) -> Tuple[float, ...]:
+    if len(values) == channels:
+        return tuple(values)
+    mean = sum(values) / len(values)
+    return (mean,) * channels
+
+
+def _same_folder(a: DataConfig, b: DataConfig) -> bool:
+    return a.dataset == b.dataset == "folder" and (b.path is None or b.path == a.path)
+
+
+def with_heldout_split(data: DataConfig, eval_data: DataConfig, fraction: float = HOLDOUT):
+    """(data, eval_data) such that the held-out data are never training images: a folder whose held-out
+    data would be the folder itself is split, ``fraction`` of its images held out."""
+    if not _same_folder(data, eval_data) or data.holdout > 0:
+        if _same_folder(data, eval_data):
+            eval_data = replace(eval_data, path=data.path, holdout=data.holdout, labels=data.labels,
+                                split="test" if eval_data.split == "train" else eval_data.split)
+        return data, eval_data
+    data = replace(data, holdout=fraction, split="train")
+    eval_data = replace(eval_data, path=data.path, holdout=fraction, labels=data.labels,
+                        split="test" if eval_data.split == "train" else eval_data.split)
+    return data, eval_data
+
+
+def fit_to_data(cfg: Any) -> Any:
+    """``cfg`` with every model dimension that the data decide (channels, resolution) taken from ``cfg.data``,
+    and held-out data of the same size that are not training images. Stages call it; so does the CLI before
+    printing. Configs without such fields come back unchanged."""
+    if isinstance(cfg, EncoderRun):
+        c = cfg.data.channels
+        enc = replace(cfg.encoder, in_chans=c, mean=_per_channel(cfg.encoder.mean, c),
+                      std=_per_channel(cfg.encoder.std, c))
+        data, ev = cfg.data, cfg.eval_data
+        if data.labels or data.holdout > 0:       # the kNN monitor needs labels; without them nothing is held out
+            data, ev = with_heldout_split(data, ev)
+        ev = replace(ev, channels=c, resolution=data.resolution)
+        return replace(cfg, encoder=enc, data=data, eval_data=ev)
+    if isinstance(cfg, TokenizerRun):
+        c, r = cfg.data.channels, cfg.data.resolution
+        factor = 2 ** (len(cfg.model.ch_mult) - 1)
+        if r % factor:
+            raise ValueError(f"the tokenizer downsamples by {factor} (model.ch_mult={cfg.model.ch_mult}), so the "
+                             f"resolution must be a multiple of {factor}; got {r}. Choose another --resolution")
+        data, ev = with_heldout_split(cfg.data, cfg.eval_data)
+        ev = replace(ev, channels=c, resolution=r)
+        return replace(cfg, model=replace(cfg.model, in_channels=c, out_channels=c, resolution=r), data=data,
+                       eval_data=ev)
+    return cfg

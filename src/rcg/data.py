@@ -188,8 +188,12 @@ def load_fashion_mnist(root=None, split="train", resolution=28, channels=1, limi
 
 # ----------------------------------------------------------------------------- image folders
 
-def _open_image(path: Path, resolution: int, channels: int) -> np.ndarray:
-    """Decode one file to a (R, R, C) uint8 array: shorter side to R (bicubic), center crop."""
+def decode_image(path, resolution: int, channels: int) -> np.ndarray:
+    """Decode one file to a (R, R, C) uint8 array: shorter side to R (bicubic), center crop.
+
+    The one image decoder of rcg (image folders, ``rcg sample --reference``, ``rcg interpolate``): EXIF
+    orientation applied, 16-bit / float grayscale scaled to 8 bits, transparency (alpha, palette or ``LA``)
+    composited onto white, then converted to L (``channels`` 1) or RGB (3)."""
     from PIL import Image, ImageOps
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
@@ -212,10 +216,70 @@ def _open_image(path: Path, resolution: int, channels: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).reshape(resolution, resolution, channels)
 
 
-def load_image_folder(path, resolution, channels=3, labels=False, limit=0) -> ImageSet:
+_open_image = decode_image
+
+
+def heldout_mask(relpaths, fraction: float) -> np.ndarray:
+    """Which files are held out: those whose path hash falls below ``fraction`` (stable whatever else is in
+    the folder), at least one and never all of them when ``fraction`` > 0 and there are two or more files."""
+    import hashlib
+    if not 0 <= fraction < 1:
+        raise DataError(f"holdout must be in [0, 1), got {fraction!r}")
+    n = len(relpaths)
+    if fraction == 0 or n < 2:
+        return np.zeros(n, dtype=bool)
+    u = np.array([int(hashlib.sha1(p.encode()).hexdigest()[:12], 16) / 16 ** 12 for p in relpaths])
+    mask = u < fraction
+    if not mask.any():
+        mask[int(np.argmin(u))] = True
+    if mask.all():
+        mask[int(np.argmax(u))] = False
+    return mask
+
+
+def _decode_or_error(args):
+    """decode_image for a worker process: (array, None) or (None, error text)."""
+    from PIL import Image
+    path, resolution, channels = args
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return decode_image(path, resolution, channels), None
+    except Exception as e:  # PIL raises many types for unreadable data; all mean "skip it"
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _decode_all(files, resolution, channels, desc: str, progress: bool):
+    """Decode every file, in worker processes (one per core, at most 8) when there are many."""
+    import os
+    from tqdm import tqdm
+    jobs = [(p, resolution, channels) for p in files]
+    workers = min(8, os.cpu_count() or 1)
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress or len(files) <= PROGRESS_MIN_FILES)
+    if workers > 1 and len(jobs) > PROGRESS_MIN_FILES:
+        from concurrent.futures import ProcessPoolExecutor
+        import multiprocessing as mp
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            for r in pool.map(_decode_or_error, jobs, chunksize=64):
+                bar.update(1)
+                yield r
+    else:
+        for j in jobs:
+            bar.update(1)
+            yield _decode_or_error(j)
+    bar.close()
+
+
+def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split="train",
+                      holdout: float = 0.0, progress: bool = True) -> ImageSet:
+    """Every image under ``path`` (recursive). ``holdout`` > 0 splits the folder: ``split`` "train" is the
+    images not held out, "test" / "val" the held-out ones (see :func:`heldout_mask`); with 0 every split is
+    the whole folder."""
     check_resolution(resolution)
     check_channels(channels)
     _check_limit(limit)
+    if split not in ("train", "test", "val"):
+        raise DataError(f"folder split must be 'train', 'test' or 'val', got {split!r}")
     if path is None:
         raise DataError("an image folder needs a path (set data.path to a directory of images)")
     root = Path(path)
@@ -234,37 +298,42 @@ def load_image_folder(path, resolution, channels=3, labels=False, limit=0) -> Im
         if loose:
             raise DataError(f"labels from sub-folders expect the layout {root}/<class>/<image>, but "
                             f"{len(loose)} images lie directly in {root} (e.g. {loose[0].name}); move "
-                            f"them into class folders or turn labels off (data.labels=false)")
+                            f"them into class folders, or leave labels off (the default: drop --labels)")
         first = [p.relative_to(root).parts[0] for p in files]
         class_names = sorted(set(first))          # from all files, so indices do not depend on limit
         index = {name: i for i, name in enumerate(class_names)}
         targets = [index[name] for name in first]
+    if holdout > 0:
+        held = heldout_mask([p.relative_to(root).as_posix() for p in files], holdout)
+        keep_split = held if split != "train" else ~held
+        files = [p for p, k in zip(files, keep_split) if k]
+        targets = [t for t, k in zip(targets, keep_split) if k] if targets is not None else None
     if limit:
         files = files[:limit]
         targets = targets[:limit] if targets is not None else None
     _check_memory(len(files), channels, resolution, f"image folder {root}")
 
-    from tqdm import tqdm
     out = np.empty((len(files), resolution, resolution, channels), dtype=np.uint8)
     keep, skipped = [], []
-    bar = tqdm(files, desc=f"loading {root.name or root}", unit="img",
-               disable=len(files) <= PROGRESS_MIN_FILES)
-    for i, p in enumerate(bar):
-        try:
-            out[len(keep)] = _open_image(p, resolution, channels)
+    for i, (arr, err) in enumerate(_decode_all(files, resolution, channels, f"loading {root.name or root}",
+                                               progress)):
+        if err is None:
+            out[len(keep)] = arr
             keep.append(i)
-        except Exception as e:  # PIL raises many types for unreadable data; all mean "skip it"
-            skipped.append((p, e))
+        else:
+            skipped.append((files[i], err))
     if skipped:
         p, e = skipped[0]
-        detail = f"first: {p}: {type(e).__name__}: {e}"
+        detail = f"first: {p}: {e}"
         if not keep:
             raise DataError(f"none of the {len(files)} image files under {root} could be read ({detail})")
         warnings.warn(f"skipped {len(skipped)} of {len(files)} files that could not be read as "
                       f"images ({detail})", stacklevel=2)
     images = torch.from_numpy(out[:len(keep)]).permute(0, 3, 1, 2).contiguous()
     label_t = torch.tensor([targets[i] for i in keep], dtype=torch.int64) if targets is not None else None
-    return ImageSet(images=images, labels=label_t, class_names=class_names, source=f"folder:{root}")
+    part = f" ({split}: {1 - holdout:.0%} of it)" if holdout > 0 and split == "train" else \
+        (f" ({split}: the {holdout:.0%} held out)" if holdout > 0 else "")
+    return ImageSet(images=images, labels=label_t, class_names=class_names, source=f"folder:{root}{part}")
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -359,9 +428,114 @@ def load_cifar10(root, split="train", resolution=32, channels=3, limit=0) -> Ima
                     class_names=class_names, source=f"cifar10:{base} ({split})")
 
 
+# ----------------------------------------------------------------------------- decoded image files
+
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+@dataclass
+class FolderScan:
+    """What the headers of a folder's images say (no pixel is decoded)."""
+    files: list
+    short_sides: list               # min(width, height) of each readable file
+    all_gray: bool                  # every readable image is grayscale (so one channel suffices)
+    unreadable: list
+
+    def resolution(self, choices=(32, 64, 128, 256)) -> int:
+        """The largest of ``choices`` not above the median shorter side (so most images are downscaled)."""
+        if not self.short_sides:
+            raise DataError("no readable images")
+        median = float(np.median(self.short_sides))
+        fitting = [c for c in choices if c <= median]
+        return max(fitting) if fitting else min(choices)
+
+
+def scan_image_folder(path) -> FolderScan:
+    """Image files under ``path`` (recursive) with their sizes and modes, read from the headers only."""
+    from PIL import Image
+    if path is None:
+        raise DataError("an image folder needs a path")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file; pass the directory that contains the images")
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise DataError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found under {root} "
+                        f"(searched recursively)")
+    sides, gray, bad = [], True, []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                sides.append(min(im.size))
+                gray = gray and im.mode in GRAY_MODES
+        except Exception as e:  # PIL raises many types for unreadable data
+            bad.append((p, e))
+    if not sides:
+        p, e = bad[0]
+        raise DataError(f"none of the {len(files)} image files under {root} could be read "
+                        f"(first: {p}: {type(e).__name__}: {e})")
+    return FolderScan(files=files, short_sides=sides, all_gray=gray, unreadable=bad)
+
+
+TENSORS_KIND = "rcg-images"
+
+
+def save_image_set(data: ImageSet, path, extra: Optional[dict] = None) -> None:
+    """An ImageSet as a safetensors file (``images`` uint8 (N, C, H, W), ``labels``), written atomically;
+    ``load_dataset(DataConfig("tensors", path=...))`` reads it back."""
+    import json
+    import os
+    from safetensors.torch import save_file
+    tensors = {"images": data.images.contiguous()}
+    if data.labels is not None:
+        tensors["labels"] = data.labels.contiguous()
+    meta = {"kind": TENSORS_KIND, "source": data.source, "class_names": json.dumps(data.class_names),
+            **{k: str(v) for k, v in (extra or {}).items()}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def tensor_file_meta(path) -> dict:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise DataError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+
+
+def load_image_tensors(path, resolution, channels, limit=0) -> ImageSet:
+    """Images decoded once into a file by :func:`save_image_set` (``rcg fit`` does this), converted to
+    ``channels`` and ``resolution`` when they differ."""
+    import json
+    from safetensors.torch import load_file
+    check_resolution(resolution)
+    check_channels(channels)
+    _check_limit(limit)
+    if path is None or not Path(path).is_file():
+        raise DataError(f"image tensor file {path} does not exist")
+    meta = tensor_file_meta(path)
+    if meta.get("kind") != TENSORS_KIND:
+        raise DataError(f"{path} is not an image file written by rcg (kind {meta.get('kind')!r})")
+    t = load_file(str(path))
+    images, labels = t["images"], t.get("labels")
+    _check_batch(images)
+    if limit:
+        images, labels = images[:limit], (labels[:limit] if labels is not None else None)
+    names = json.loads(meta.get("class_names", "null"))
+    return ImageSet(images=_finish(images, resolution, channels), labels=labels, class_names=names,
+                    source=f"tensors:{path} (from {meta.get('source', '?')})")
+
+
 # ----------------------------------------------------------------------------- dispatch
 
-_LOADERS = ("fmnist", "folder", "cifar10")
+_LOADERS = ("fmnist", "folder", "cifar10", "tensors")
 
 
 def load_dataset(cfg) -> ImageSet:
@@ -369,7 +543,10 @@ def load_dataset(cfg) -> ImageSet:
     if cfg.dataset == "fmnist":
         return load_fashion_mnist(cfg.path, cfg.split, cfg.resolution, cfg.channels, cfg.limit)
     if cfg.dataset == "folder":
-        return load_image_folder(cfg.path, cfg.resolution, cfg.channels, cfg.labels, cfg.limit)
+        return load_image_folder(cfg.path, cfg.resolution, cfg.channels, cfg.labels, cfg.limit, cfg.split,
+                                 getattr(cfg, "holdout", 0.0))
     if cfg.dataset == "cifar10":
         return load_cifar10(cfg.path, cfg.split, cfg.resolution, cfg.channels, cfg.limit)
+    if cfg.dataset == "tensors":
+        return load_image_tensors(cfg.path, cfg.resolution, cfg.channels, cfg.limit)
     raise DataError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(_LOADERS)}")

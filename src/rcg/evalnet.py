@@ -26,6 +26,7 @@ from .checkpoint import METRICS, WEIGHTS, CheckpointError, load_tensors, prepare
 from .config import DataConfig, OptimConfig, from_dict, to_dict
 from .data import convert_channels, load_dataset, resize_images
 from .evaluate import FeatureNet, check_images, fid_from_stats, inception_score, StreamingStats
+from .precision import resolve_bf16
 from .train import EpochBatches, Job, append_metrics, fit
 
 
@@ -62,7 +63,7 @@ EVALNET_PRESETS = {
     # shared with another training job, ~935 img/s); the 4-epoch, more regularised variant reached only 91.6 %
     "fmnist-evalnet": EvalNetRun(
         optim=OptimConfig(epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, schedule="cosine",
-                          warmup_epochs=0.2, bf16=True, log_every=100, ckpt_every=500)),
+                          warmup_epochs=0.2, bf16=None, log_every=100, ckpt_every=500)),
 }
 
 NAME = "rcg-evalnet"
@@ -213,7 +214,7 @@ def train_evalnet(cfg: EvalNetRun, out: str, device: Optional[str] = None, progr
     total = max(1, int(round(cfg.optim.epochs * batches.steps_per_epoch)))
     augmenting = cfg.crop_scale != (1.0, 1.0) or cfg.flip_p > 0
     print(f"evalnet: {n_params:,} parameters, {total} steps of {cfg.optim.batch_size} "
-          f"({cfg.optim.epochs} epochs), bf16={cfg.optim.bf16}")
+          f"({cfg.optim.epochs} epochs), bf16={resolve_bf16(cfg.optim.bf16, dev)}")
 
     def loss_fn(step, gen):
         idx = batches(step).to(dev)

@@ -96,6 +96,109 @@ def subset_fd_floor(feats: torch.Tensor, size: int, subsets: int = 10, seed: int
             "subsets": subsets, "size": size, "all": fds.tolist()}
 
 
+# The representation-FD check's two protocols. "subsets" (paper Table 8's floor, subset_fd_floor): m sampled vs
+# all N real, against m-subsets of the real set vs all of it. The subset is part of what it is compared with, so
+# its floor shrinks by about (1 - m/N) while an independent sample's FD grows by (1 + m/N): a perfect sampler
+# sits at (N + m) / (N - m) of the floor: 1.67 at N = 4m (above the 1.5x target a model is judged by), 1.22 at
+# 10m, 1.105 at 20m, 1.09 for 10k of 240k, and -1e9 at N = m (floor 0). It is kept from N >= SUBSETS_MIN_RATIO m
+# (the Fashion-MNIST checks, 10k of 240k and the demo's 2000 of 60k, keep their numbers); below that "halves":
+# the real set is split by source image into a held-out half A and a reference half B, the model's m samples
+# and an m-subset of A are both compared with B, so a perfect sampler's ratio is ~1 at any N (the switch moves a
+# perfect sampler's expected ratio from <= 1.105 to 1, well inside one floor's ~20 % spread).
+SUBSETS_MIN_RATIO = 20
+MIN_SPLIT_ROWS = 4          # two halves of >= 2 rows each: the fewest that give both a covariance
+
+
+def image_halves(n: int, image_index: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(held-out A, reference B): sorted row indices of a random split of ``n`` rows by source image (all rows
+    with the same ``image_index`` value on one side; each row its own image when None). A takes whole images in
+    random order while it holds at most n / 2 rows (at least one image), so |A| <= n / 2 <= |B|."""
+    if image_index is None:
+        image_index = torch.arange(n)
+    image_index = torch.as_tensor(image_index).reshape(-1)
+    if len(image_index) != n:
+        raise EvalError(f"image_index has {len(image_index)} entries for {n} representations")
+    images, inverse, counts = torch.unique(image_index, return_inverse=True, return_counts=True)
+    if len(images) < 2:
+        raise EvalError(f"the {n} representations come from {len(images)} image; splitting them into disjoint "
+                        f"halves needs at least 2 images")
+    order = torch.randperm(len(images), generator=generator)
+    take = max(1, int((counts[order].cumsum(0) <= n / 2).sum()))
+    in_a = torch.zeros(len(images), dtype=torch.bool)
+    in_a[order[:take]] = True
+    rows_a = in_a[inverse]
+    return rows_a.nonzero().reshape(-1), (~rows_a).nonzero().reshape(-1)
+
+
+def split_fd_floor(feats: torch.Tensor, size: int, image_index: Optional[torch.Tensor] = None, splits: int = 20,
+                   seed: int = 0) -> dict:
+    """The rep-FD floor for a set too small for :func:`subset_fd_floor`: over ``splits`` random splits of
+    ``feats`` by source image (:func:`image_halves`) into a held-out half A and a reference half B, the FD of a
+    random m-subset of A vs all of B, with m = min(``size``, the smallest |A|). A and B share no image, so this
+    is the FD of two independent real samples of sizes m and |B| (~ tr(S) (1/m + 1/|B|) plus the covariance
+    term): what a perfect model's m samples score against B. Returns mean, std (over splits), splits, size (m),
+    reference_size and heldout_size (split 0), by ("image" or "row"), all, and split 0's ``reference`` and
+    ``heldout`` row indices (the model's samples are to be compared with ``feats[reference]``), plus ``notes``
+    on anything that makes the floor less informative."""
+    n = len(feats)
+    if n < MIN_SPLIT_ROWS:
+        raise EvalError(f"{n} representations are too few for a representation-FD floor: two disjoint halves "
+                        f"need at least {MIN_SPLIT_ROWS} (2 each, for a covariance)")
+    if splits < 1:
+        raise EvalError(f"splits must be >= 1, got {splits}")
+    if size < 2:
+        raise EvalError(f"the FD needs at least 2 samples per set, got size {size}")
+    g = torch.Generator().manual_seed(seed)
+    halves = [image_halves(n, image_index, g) for _ in range(splits)]
+    smallest = min(min(len(a), len(b)) for a, b in halves)
+    if smallest < 2:
+        raise EvalError(f"a split of the {n} representations by image left a half with {smallest} row: one image "
+                        f"holds most of them; an FD floor needs at least 2 rows on each side")
+    m = min(size, min(len(a) for a, _ in halves))
+    fds = []
+    for a, b in halves:
+        sub = a[torch.randperm(len(a), generator=g)[:m]]
+        fds.append(frechet_distance(*feature_stats(feats[sub]), *feature_stats(feats[b])))
+    fds = np.array(fds)
+    heldout, reference = halves[0]
+    dim = feats.shape[1] if feats.dim() > 1 else 1
+    notes = []
+    if m < size:
+        notes.append(f"only {n} real representations: {m} samples instead of {size} (the held-out half's size)")
+    if m <= dim:
+        notes.append(f"{m} samples in {dim} dimensions: their covariance is singular, so FD and floor are dominated "
+                     f"by the small-sample bias; compare ratios, not absolute values")
+    return {"mean": float(fds.mean()), "std": float(fds.std(ddof=1)) if splits > 1 else 0.0, "splits": splits,
+            "size": m, "reference_size": len(reference), "heldout_size": len(heldout),
+            "by": "row" if image_index is None else "image", "all": fds.tolist(),
+            "reference": reference, "heldout": heldout, "notes": notes}
+
+
+def rep_fd_plan(feats: torch.Tensor, fd_samples: int, image_index: Optional[torch.Tensor] = None, seed: int = 0,
+                subsets: int = 200, splits: int = 20, min_ratio: float = SUBSETS_MIN_RATIO) -> dict:
+    """What the representation-FD check compares: the protocol ("subsets" when N >= ``min_ratio`` m, else
+    "halves"; see SUBSETS_MIN_RATIO), the number of samples m, the real rows the samples are compared with
+    (``reference``: None = all), ``pick`` (m real rows whose labels a class-conditional model's samples take:
+    from the reference rows) and the ``floor`` (a :func:`subset_fd_floor` or :func:`split_fd_floor` dict)."""
+    n = len(feats)
+    if fd_samples < 1:
+        raise EvalError(f"fd_samples must be >= 1, got {fd_samples}")
+    m = min(fd_samples, n)
+    g = torch.Generator().manual_seed(seed)
+    if n >= min_ratio * m:        # today's protocol, bit for bit: same seed for the label pick and the floor
+        pick = torch.randperm(n, generator=g)[:m]
+        floor = subset_fd_floor(feats, m, subsets, seed=seed)
+        return {"protocol": "subsets", "samples": m, "reference": None, "reference_size": n, "pick": pick,
+                "floor": floor, "floor_sets": floor["subsets"], "notes": []}
+    floor = split_fd_floor(feats, fd_samples, image_index, splits, seed=seed)
+    m, reference = floor["size"], floor["reference"]
+    g = torch.Generator().manual_seed(seed + 1)                                # not split 0's own draw
+    pick = reference[torch.randperm(len(reference), generator=g)[:m]]       # m <= |A| <= |B|
+    return {"protocol": "halves", "samples": m, "reference": reference, "reference_size": len(reference),
+            "pick": pick, "floor": floor, "floor_sets": floor["splits"], "notes": floor["notes"]}
+
+
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
     """FID (the Fréchet distance of two Gaussians) from means (D,) and covariances (D, D), with shape checks."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))

@@ -109,6 +109,19 @@ class RCGSampler:
     def cond(self) -> str:
         return self.cfg.cond
 
+    @property
+    def image_shape(self) -> tuple:
+        """(channels, resolution) of the images this system makes and of the reference images it encodes
+        (encoder and generator are trained on the same crops): the tokenizer's for MAGE, the DiT's for DiT."""
+        c = self.cfg
+        if c.generator == "dit":
+            if getattr(c, "autoencoder", ""):
+                raise ValueError(f"this DiT works on {c.autoencoder} latents, not images; it has no image size")
+            return int(c.dit.in_channels), int(c.dit.input_size)
+        if self.tokenizer is None:
+            raise ValueError("a MAGE system needs its tokenizer to know its image size")
+        return int(self.tokenizer.cfg.in_channels), int(self.tokenizer.cfg.resolution)
+
     def reps_from_rdm(self, seeds: Sequence[int], label: Optional[int] = None, steps=None, eta=None) -> torch.Tensor:
         """One RDM representation per (consecutive) seed; ``label`` for a class-conditional RDM."""
         from .stages import draw_reps
@@ -134,7 +147,9 @@ class RCGSampler:
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         if c.generator == "dit":
             from .pixel.dit import dit_generate
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.sample_bf16):
+            from .precision import resolve_bf16
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=resolve_bf16(c.sample_bf16, self.device)):
                 x = dit_generate(self.model, self.diffusion, gens, rep=reps if self.cond == "rep" else None,
                                  labels=labels if self.cond == "class" else None, steps=steps or c.steps,
                                  sampler=c.sampler, eta=c.eta, guidance=c.guidance if guidance is None else guidance)
@@ -189,19 +204,22 @@ class RCGSampler:
 
 
 def load_image_files(paths: Sequence[str], channels: int, resolution: int) -> torch.Tensor:
-    """Image files -> uint8 (N, channels, resolution, resolution) (shorter side resized, center crop)."""
-    from PIL import Image, UnidentifiedImageError
-    from .data import resize_images
-    out = []
-    for p in paths:
+    """Image files -> uint8 (N, channels, resolution, resolution), decoded exactly as the same files in a
+    training image folder (:func:`rcg.data.decode_image`: transparency onto white, EXIF orientation,
+    bicubic shorter-side resize, center crop)."""
+    from PIL import Image
+    from .data import check_channels, check_resolution, decode_image
+    check_channels(channels)
+    check_resolution(resolution)
+    if not paths:
+        raise ValueError("no image files given")
+    out = np.empty((len(paths), resolution, resolution, channels), dtype=np.uint8)
+    for i, p in enumerate(paths):
         try:
-            with Image.open(p) as im:
-                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+            out[i] = decode_image(p, resolution, channels)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:   # PIL's unreadable-data errors
             raise ValueError(f"cannot read image {p}: {e}") from e
-        t = torch.from_numpy(arr.copy())
-        out.append(resize_images((t[None] if t.ndim == 2 else t.permute(2, 0, 1))[None], resolution))
-    return torch.cat(out)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def load_sampler(pixel=None, rdm=None, device=None, preset=None, weights=None, mage=None) -> RCGSampler:
@@ -225,7 +243,7 @@ def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=No
     if references and not dist.is_main():
         return ""
     if references:
-        refs = load_image_files(references, s.tokenizer.cfg.in_channels, s.tokenizer.cfg.resolution)
+        refs = load_image_files(references, *s.image_shape)
         reps = s.reps_from_images(refs)
         rows = []
         for i in range(len(refs)):
@@ -247,5 +265,5 @@ def interpolate_command(pixel, a, b, out, num=11, seed=0, device=None, **kw) -> 
     s = RCGSampler(pixel, None, device)
     if s.cond != "rep":
         raise ValueError("interpolation needs a representation-conditioned pixel generator")
-    ims = load_image_files([a, b], s.tokenizer.cfg.in_channels, s.tokenizer.cfg.resolution)
+    ims = load_image_files([a, b], *s.image_shape)
     return write_images(s.interpolate(ims[0], ims[1], num, seed, **kw), out, nrow=num, scale=2)

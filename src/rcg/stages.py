@@ -14,10 +14,12 @@ import torch
 
 from . import augment, dist
 from .checkpoint import WEIGHTS, CheckpointError, load_tensors, prepare_run_dir, read_config, save_tensors
-from .config import EncoderRun, from_dict, to_dict
+from .config import EncoderRun, fit_to_data, from_dict, to_dict
 from .data import ImageSet, load_dataset
 from .encoders import Encoder, fingerprint
 from .evaluate import knn_accuracy
+from .precision import describe as describe_precision
+from .precision import resolve_bf16
 from .ssl import MoCoV3, momentum_at
 from .checkpoint import METRICS
 from .train import EpochBatches, Job, append_metrics, fit
@@ -82,14 +84,17 @@ def knn_eval(encoder: Encoder, train: ImageSet, test: ImageSet, cfg: EncoderRun,
 
 def train_encoder(cfg: EncoderRun, out: str, device: Optional[str] = None, progress: bool = True) -> dict:
     """MoCo v3 pretraining on ``cfg.data``; writes the encoder run directory ``out``."""
+    cfg = fit_to_data(cfg)
     dev = setup_torch(device, cfg.optim.num_threads)
-    run_dir, resuming = prepare_run_dir(out, to_dict(cfg))
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data)                 # every check on the input before the run directory is touched
     print(f"data: {data.source}: {len(data)} images {tuple(data.images.shape[1:])}")
     if data.images.shape[1] != cfg.encoder.in_chans:
         raise ValueError(f"encoder.in_chans={cfg.encoder.in_chans} but the data has {data.images.shape[1]} channels; "
                          f"set data.channels or encoder.in_chans")
     evalset = _eval_set(cfg) if data.labels is not None or cfg.eval_data.dataset != "folder" else None
+    if evalset is None and data.labels is not None:
+        print("kNN monitor off: no labelled held-out images")
+    run_dir, resuming = prepare_run_dir(out, to_dict(cfg))
     torch.manual_seed(cfg.optim.seed)
     encoder = Encoder(cfg.encoder)
     model = MoCoV3(encoder, pred_dim=cfg.pred_dim, temperature=cfg.temperature).to(dev)
@@ -112,7 +117,7 @@ def train_encoder(cfg: EncoderRun, out: str, device: Optional[str] = None, progr
         return model(v1, v2, m), {"momentum": m}
 
     def evaluate(step):
-        res = knn_eval(encoder, data, evalset, cfg, full=False, bf16=cfg.optim.bf16)
+        res = knn_eval(encoder, data, evalset, cfg, full=False, bf16=resolve_bf16(cfg.optim.bf16, dev))
         print(f"step {step}: kNN top-1 rep {res['knn_rep']:.4f}, backbone {res['knn_backbone']:.4f} "
               f"({res['knn_queries']} held-out vs {res['knn_bank']} train)")
         return res
@@ -161,7 +166,7 @@ REPS_KIND = "rcg-reps"
 
 
 def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None, seed: int = 0,
-               batch_size: int = 500, scale=(0.8, 1.0), tokenizer=None, bf16: bool = False,
+               batch_size: int = 500, scale=(0.8, 1.0), tokenizer=None, bf16: Optional[bool] = None,
                pixels: bool = False, progress: bool = True) -> dict:
     """Standardized representations of ``views`` crop+flip views of every image, written atomically to
     ``out`` (safetensors: ``reps`` (N*views, D), ``image_index``, ``labels`` when known) together with
@@ -169,7 +174,8 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
     tokens of the very same crops are stored too (``tokens`` (N*views, L)), for MAGE training; with
     ``pixels`` the crops themselves (``images`` uint8 (N*views, C, H, W)), for DiT training.
     The data default to the encoder run's own training data. ``bf16``: autocast the encoder and tokenizer
-    (about 3x faster on a CPU; standardized representations then differ by ~3e-3 on average)."""
+    (True / False; None = auto, where the hardware has native bf16: about 3x faster on such a CPU;
+    standardized representations then differ by ~3e-3 on average)."""
     from contextlib import nullcontext
     from tqdm.auto import tqdm
     from .config import DataConfig, apply_overrides
@@ -188,6 +194,8 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
     channels_last = encoder.cfg.arch == "resnet"
     if channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
+    print(f"cache-reps: precision {describe_precision(bf16, dev)}")
+    bf16 = resolve_bf16(bf16, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     n = len(data)
     reps, tokens, crops = [], [], []
@@ -211,6 +219,7 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
     if data.labels is not None:
         tensors["labels"] = data.labels.repeat(views)
     meta = {"kind": REPS_KIND, "encoder": str(encoder_src), "encoder_fingerprint": fp, "views": views, "bf16": bf16,
+            "precision": "bf16" if bf16 else "fp32",
             "data": data.source, "resolution": data.images.shape[-1],
             "num_classes": len(data.class_names) if data.class_names else 0}
     if pixels:
@@ -288,34 +297,51 @@ def train_rdm(cfg, out: str, device: Optional[str] = None, progress: bool = True
     if not dist.is_main():
         return last
     summary = {"stage": "rdm", "params": n_params, "steps": total, "train_wall_s": round(time.time() - t0, 1), **last}
-    summary.update(rep_fd_check(run_dir, reps, labels if cfg.class_cond else None, cfg, dev, progress))
+    summary.update(rep_fd_check(run_dir, reps, labels if cfg.class_cond else None, cfg, dev, progress,
+                                image_index=tensors.get("image_index")))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 FLOOR_SUBSETS = 200   # real subsets averaged for the rep-FD floor (10k of 240k: ~12 s on 2 cores)
+FLOOR_SPLITS = 20     # random image-disjoint splits averaged for the floor of a small cache ("halves")
 
 
-def rep_fd_check(run_dir, reps: torch.Tensor, labels, cfg, dev, progress: bool) -> dict:
-    """Paper Table 8's rep FD: sampled vs all real representations, against the floor given by a real
-    subset of the same size vs all real representations (the mean over ``FLOOR_SUBSETS`` subsets: one
-    subset's FD varies by about 20 %)."""
-    from .evaluate import fd_between, subset_fd_floor
-    m = min(cfg.fd_samples, len(reps))
-    g = torch.Generator().manual_seed(cfg.optim.seed + 17)
-    pick = torch.randperm(len(reps), generator=g)[:m]
-    y = labels[pick] if labels is not None else None
+def rep_fd_check(run_dir, reps: torch.Tensor, labels, cfg, dev, progress: bool, image_index=None) -> dict:
+    """Paper Table 8's rep FD of ``cfg.fd_samples`` sampled representations against a floor computed from real
+    ones (:func:`rcg.evaluate.rep_fd_plan` picks the protocol). With N >= SUBSETS_MIN_RATIO m real
+    representations ("subsets"): m samples vs all N, floor = m-subsets of the real set vs all of it (mean +-
+    std over ``FLOOR_SUBSETS`` subsets: one subset's FD varies by about 20 %). On a smaller cache ("halves"):
+    the real set is split by source image (``image_index``, the cache's row -> image map; rows when None)
+    into a held-out half A and a reference half B; m samples vs B, floor = m real of A vs B (mean +- std over
+    ``FLOOR_SPLITS`` splits), so a perfect model's ratio is ~1. Class-conditional samples take the labels of m
+    random real rows of the set they are compared with."""
+    from .evaluate import fd_between, rep_fd_plan
+    seed = cfg.optim.seed + 17
+    plan = rep_fd_plan(reps, cfg.fd_samples, image_index, seed=seed, subsets=FLOOR_SUBSETS, splits=FLOOR_SPLITS)
+    m, floor, protocol = plan["samples"], plan["floor"], plan["protocol"]
+    y = labels[plan["pick"]] if labels is not None else None
     t0 = time.time()
     sampled = sample_reps(run_dir, None, num=m, labels=y, device=dev, progress=progress)["reps"]
-    fd = fd_between(sampled, reps)
-    floor = subset_fd_floor(reps, m, FLOOR_SUBSETS, seed=cfg.optim.seed + 17)
+    wall = round(time.time() - t0, 1)
+    reference = reps if plan["reference"] is None else reps[plan["reference"]]
+    fd = fd_between(sampled, reference)
+    ratio = fd / floor["mean"] if floor["mean"] > 0 else float("nan")
     res = {"rep_fd": fd, "rep_fd_floor": floor["mean"], "rep_fd_floor_std": floor["std"],
-           "rep_fd_floor_subsets": floor["subsets"], "rep_fd_ratio": fd / floor["mean"],
-           "rep_fd_samples": m, "sample_steps": cfg.sample_steps, "eta": cfg.eta,
-           "sample_wall_s": round(time.time() - t0, 1)}
-    print(f"representation FD: sampled {fd:.4f} vs real-subset floor {floor['mean']:.4f} +- {floor['std']:.4f} "
-          f"(mean +- std of {floor['subsets']} subsets; ratio {fd / floor['mean']:.2f}; {m} samples, "
-          f"DDIM {cfg.sample_steps} steps, eta {cfg.eta})")
+           "rep_fd_floor_subsets": plan["floor_sets"], "rep_fd_ratio": ratio,
+           "rep_fd_samples": m, "rep_fd_protocol": protocol, "rep_fd_reference_size": plan["reference_size"],
+           "sample_steps": cfg.sample_steps, "eta": cfg.eta, "sample_wall_s": wall}
+    if protocol == "subsets":
+        what = (f"sampled {m} vs all {len(reps)} real; floor: {m} real vs all {len(reps)}, "
+                f"mean +- std of {plan['floor_sets']} random subsets")
+    else:
+        res.update(rep_fd_heldout_size=floor["heldout_size"], rep_fd_split_by=floor["by"])
+        what = (f"sampled {m} vs {plan['reference_size']} real (half B, by {floor['by']}); floor: {m} real of "
+                f"half A vs half B, mean +- std of {plan['floor_sets']} splits")
+    print(f"representation FD ({protocol}: {what}): sampled {fd:.4f} vs floor {floor['mean']:.4f} +- "
+          f"{floor['std']:.4f}; ratio {ratio:.2f}; DDIM {cfg.sample_steps} steps, eta {cfg.eta}")
+    for note in plan["notes"]:
+        print(f"  note: {note}")
     return res
 
 
@@ -565,7 +591,7 @@ def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encode
     print(f"[3/6] representations and tokens of every training image (crop + flip) -> {cache}")
     data_over = [f"data.{k}={v}" for k, v in over.get("data", {}).items()]
     summary["cache"] = cache_reps(encoder, cache, views=1, device=device, tokenizer=str(out / "tokenizer"),
-                                  data_overrides=data_over, bf16=True, progress=progress)
+                                  data_overrides=data_over, bf16=None, progress=progress)
     stage("cache")
     print(f"[4/6] training the RDM (preset fmnist-rdm) into {out / 'rdm'}")
     rdm_cfg = apply_overrides(override(override(RDM_RUN_PRESETS["fmnist-rdm"], "cache", str(cache)), "encoder", encoder),
@@ -635,10 +661,10 @@ def train_tokenizer(cfg, out: str, device: Optional[str] = None, progress: bool 
     of held-out images over their reconstructions (``samples/reconstructions.png``)."""
     from .tokenizer import VQModel, VQTrainer, reconstruction_metrics
 
+    cfg = fit_to_data(cfg)
     dev = setup_torch(device, cfg.optim.num_threads)
-    run_dir, resuming = prepare_run_dir(out, to_dict(cfg))
     m = cfg.model
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data)                 # every check on the input before the run directory is touched
     print(f"data: {data.source}: {len(data)} images {tuple(data.images.shape[1:])}")
     if (data.images.shape[1], data.images.shape[-1]) != (m.in_channels, m.resolution) or m.out_channels != m.in_channels:
         raise ValueError(f"the tokenizer takes {m.in_channels}x{m.resolution}px images (out_channels {m.out_channels}) "
@@ -652,6 +678,7 @@ def train_tokenizer(cfg, out: str, device: Optional[str] = None, progress: bool 
     except Exception as e:  # no test split: report the PSNR on (the last) training images, and say so
         print(f"no held-out images ({e}); PSNR is measured on training images")
         held, split = data, "train"
+    run_dir, resuming = prepare_run_dir(out, to_dict(cfg))
     torch.manual_seed(cfg.optim.seed)
     vq = VQModel(m)
     trainer = VQTrainer(vq, cfg.l1_weight, cfg.mse_weight, cfg.grad_weight, cfg.reseed.decay,
@@ -676,7 +703,7 @@ def train_tokenizer(cfg, out: str, device: Optional[str] = None, progress: bool 
     eval_images = held.images[-n_eval:]
 
     def evaluate(step):
-        res = reconstruction_metrics(vq, eval_images, bf16=cfg.optim.bf16)
+        res = reconstruction_metrics(vq, eval_images, bf16=resolve_bf16(cfg.optim.bf16, dev))
         print(f"step {step}: {split} PSNR {res['psnr']:.2f} dB, codebook usage {res['codebook_usage']:.3f}, "
               f"perplexity {res['perplexity']:.1f} ({res['eval_images']} images)")
         return {("eval_" + k if k != "eval_images" else k): v for k, v in res.items()}

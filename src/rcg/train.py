@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
@@ -32,6 +31,9 @@ from tqdm.auto import tqdm
 from . import dist
 from .checkpoint import METRICS, STATE, WEIGHTS, CheckpointError, load_state, save_state, save_tensors
 from .config import OptimConfig
+from .precision import autocast as bf16_autocast
+from .precision import describe as describe_precision
+from .precision import precision_name, resolve_bf16
 
 STATE_PREV = "state.prev.pt"        # the checkpoint before state.pt, used when state.pt is unreadable
 TENSORBOARD = "tensorboard"         # event files of --tensorboard, inside the run directory
@@ -207,7 +209,10 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
 
     if compile:
         _compile(model, compile)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if o.bf16 else nullcontext()
+    bf16 = resolve_bf16(o.bf16, dev)
+    if main and step < job.total_steps:
+        print(f"{job.desc}: precision {describe_precision(o.bf16, dev)}")
+    autocast = bf16_autocast(dev, bf16)
     bar = tqdm(total=job.total_steps * job.images_per_step, initial=step * job.images_per_step, unit="img",
                unit_scale=True, desc=job.desc, disable=not (progress and main), dynamic_ncols=True, smoothing=0.05,
                mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -228,7 +233,7 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
             kept = f"the last good checkpoint (step {saved}) is kept in {run_dir}" if saved is not None \
                 else "no checkpoint had been written yet"
             raise TrainingError(f"loss is {loss.item()} at step {step}; {kept}. Lower the learning rate "
-                                f"(optim.lr) or turn off bf16, then rerun.")
+                                f"(optim.lr) or turn off bf16 (--no-bf16), then rerun.")
         if o.grad_clip > 0:
             metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(params, o.grad_clip))
         opt.step()
@@ -242,13 +247,13 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
         if step % o.log_every == 0 or step == job.total_steps:
             vals = _logged_values({"loss": loss, **metrics}, dev)
             last = {"step": step, "epoch": round(step / job.steps_per_epoch, 3), "loss": vals.pop("loss"), "lr": lr,
-                    "img_per_s": round(seen / (time.time() - t0), 1), **vals}
+                    "img_per_s": round(seen / (time.time() - t0), 1), "precision": precision_name(bf16), **vals}
             if main:
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
                 append_metrics(run_dir / METRICS, last)
                 if tb is not None:
                     for k, v in last.items():
-                        if k != "step":
+                        if k not in ("step", "precision"):
                             tb.add_scalar(f"{job.desc}/{k}", v, step)
         if job.evaluate is not None and job.eval_every and step % job.eval_every == 0 and step < job.total_steps:
             _main_only(lambda: append_metrics(run_dir / METRICS, {"step": step, **job.evaluate(step)}), dev)

@@ -1,0 +1,390 @@
+"""``rcg fit DIR --out RUN``: one command from a folder of images to a trained RCG system.
+
+The folder is decoded once (``RUN/data/``: the training images and a held-out fraction), then every stage
+trains into its own run directory inside ``RUN`` (``encoder``, ``tokenizer`` for MAGE, ``cache.safetensors``,
+``rdm``, ``pixel``), and ``RUN`` gets ``samples.png``, ``references.png`` (variations of held-out images),
+``interpolation.png`` and ``summary.json``. Model sizes follow the data (resolution, channels); budgets count
+images seen (or optimizer steps), not epochs, so 1k images train as long as 50k at the same preset.
+Rerunning the same command resumes wherever it stopped; a finished stage is not run again.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .augment import ViewSpec
+from .config import (PIXEL_PRESETS, RDM_RUN_PRESETS, DataConfig, EncoderRun, KNNConfig, OptimConfig, PixelRun,
+                     RDMRun, TokenizerRun, apply_overrides, diff, to_dict)
+from .data import DataError, ImageSet, load_image_folder, save_image_set, scan_image_folder, tensor_file_meta
+from .encoders import EncoderConfig
+from .pixel.dit import DIT_PRESETS
+from .tokenizer import VQConfig
+
+FIT_REQUEST = "fit.json"
+RESOLUTIONS = (32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class FitPreset:
+    """Stage templates (their data, model sizes and epochs are filled in from the data) and budgets in
+    images seen (``*_images``) or optimizer steps."""
+    encoder: EncoderRun
+    tokenizer: TokenizerRun
+    rdm: RDMRun
+    mage: PixelRun
+    dit: PixelRun
+    encoder_images: int
+    tokenizer_images: int
+    rdm_steps: int
+    pixel_images: int
+    views: int = 1                    # augmented views per image in the cache
+    holdout: float = 0.05             # fraction of the folder held out (references, PSNR, the rep-FD floor)
+    eval_images: int = 500            # generated images whose representations are compared with real ones
+    tokenizer_ch: int = 32            # tokenizer width; its depth follows the resolution (8x8 tokens up to 128 px)
+    note: str = ""
+
+
+def _views(saturation: float) -> tuple:
+    v1 = ViewSpec(scale=(0.2, 1.0), saturation=saturation)
+    return v1, replace(v1, solarize_p=0.2)
+
+
+_CPU_OPTIM = OptimConfig(batch_size=256, lr=2e-3, weight_decay=1e-4, schedule="cosine", warmup_epochs=0.0, bf16=None,
+                         log_every=20, ckpt_every=200)
+_QUICK = FitPreset(
+    encoder=EncoderRun(encoder=EncoderConfig(arch="resnet", widths=(32, 64, 128), depths=(1, 1, 1), mlp_dim=1024),
+                       view1=_views(0.2)[0], view2=_views(0.2)[1], knn=KNNConfig(every_epochs=0.0, bank=5000),
+                       optim=_CPU_OPTIM),
+    tokenizer=TokenizerRun(model=VQConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32, embed_dim=32,
+                                          n_embed=512, num_groups=8),
+                           optim=OptimConfig(batch_size=16, lr=4e-3, schedule="cosine", min_lr=1e-4, bf16=None,
+                                             log_every=100, ckpt_every=500)),
+    rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], sample_steps=100, fd_samples=1000),
+    mage=replace(PIXEL_PRESETS["fmnist-mage"]),
+    dit=replace(PIXEL_PRESETS["fmnist-dit"]),
+    encoder_images=40_000, tokenizer_images=20_000, rdm_steps=400, pixel_images=50_000,
+    note="a preview for a CPU: about 15 minutes on 2 cores without native bf16, up to 10k images at 32 px",
+)
+_STANDARD = FitPreset(
+    encoder=replace(_QUICK.encoder, encoder=replace(_QUICK.encoder.encoder, widths=(64, 128, 256, 512),
+                                                    depths=(2, 2, 2, 2), mlp_dim=2048),
+                    optim=replace(_CPU_OPTIM, batch_size=512, log_every=100, ckpt_every=1000)),
+    tokenizer=replace(_QUICK.tokenizer, model=replace(_QUICK.tokenizer.model, num_res_blocks=2, n_embed=1024,
+                                                      num_groups=16),
+                      optim=replace(_QUICK.tokenizer.optim, batch_size=64, lr=2e-3)),
+    rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], fd_samples=5000),
+    mage=replace(PIXEL_PRESETS["fmnist-mage"], model=replace(PIXEL_PRESETS["fmnist-mage"].model, embed_dim=384,
+                                                             depth=8, num_heads=8, decoder_embed_dim=256,
+                                                             decoder_depth=4, decoder_num_heads=8),
+                 optim=replace(PIXEL_PRESETS["fmnist-mage"].optim, batch_size=256, lr=1e-3)),
+    dit=replace(PIXEL_PRESETS["fmnist-dit"], dit=replace(DIT_PRESETS["dit-fmnist"], hidden_size=384, depth=12,
+                                                         num_heads=6)),
+    encoder_images=5_000_000, tokenizer_images=2_000_000, rdm_steps=40_000, pixel_images=10_000_000, views=4,
+    tokenizer_ch=64, eval_images=5000,
+    note="for one GPU (a few hours)",
+)
+FIT_PRESETS = {"quick": _QUICK, "standard": _STANDARD}
+
+
+# ------------------------------------------------------------------------------------------------
+# What the data decide
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class FitPlan:
+    """The resolved request: where the data are, at which size, and the stage configs."""
+    request: dict
+    resolution: int
+    channels: int
+    stages: dict = field(default_factory=dict)
+
+
+def _epochs(images: float, n: int) -> float:
+    return round(max(images, 1) / max(n, 1), 4)
+
+
+def _tokenizer_model(base: VQConfig, resolution: int, channels: int, ch: int) -> VQConfig:
+    """8x8 tokens up to 128 px (f4 at 32, f8 at 64, f16 at 128), 16x16 at 256 (f16)."""
+    levels = {32: 3, 64: 4, 128: 5, 256: 5}.get(resolution)
+    if levels is None:
+        levels = max(2, min(5, int(round(torch.log2(torch.tensor(resolution / 8.0)).item())) + 1))
+    mult = (1, 2, 2, 4, 4)[:levels]
+    return replace(base, in_channels=channels, out_channels=channels, resolution=resolution, ch=ch, ch_mult=mult)
+
+
+def _check_resolution(resolution: int) -> None:
+    if resolution % 8 or not 16 <= resolution <= 512:
+        raise ValueError(f"--resolution must be a multiple of 8 between 16 and 512 (e.g. {', '.join(map(str, RESOLUTIONS))}); "
+                         f"got {resolution}")
+
+
+def plan(data_dir, out, preset: str = "quick", resolution: Optional[int] = None, channels: Optional[int] = None,
+         labels: bool = False, encoder: Optional[str] = None, generator: str = "mage",
+         inception_weights: Optional[str] = None) -> FitPlan:
+    """Check the request (paths, image sizes, channels) without writing anything, and resolve it."""
+    if preset not in FIT_PRESETS:
+        raise ValueError(f"unknown fit preset {preset!r} (choices: {', '.join(FIT_PRESETS)})")
+    if generator not in ("mage", "dit"):
+        raise ValueError(f"--generator must be mage or dit, got {generator!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"--channels must be 1 or 3, got {channels}")
+    if encoder is not None and not Path(encoder).exists():
+        raise FileNotFoundError(f"--encoder {encoder} does not exist (a train-encoder run directory or an official "
+                                f"MoCo v3 .pth.tar)")
+    if inception_weights is not None and not Path(inception_weights).is_file():
+        raise FileNotFoundError(f"--inception-weights {inception_weights} is not a file")
+    scan = scan_image_folder(data_dir)
+    if resolution is None:
+        resolution = scan.resolution(RESOLUTIONS)
+    _check_resolution(resolution)
+    if channels is None:
+        channels = 1 if scan.all_gray else 3
+    n = len(scan.files) - len(scan.unreadable)
+    if n < 8:
+        raise DataError(f"{data_dir} has {n} readable images; rcg fit needs at least 8")
+    root = Path(data_dir).expanduser().resolve()
+    request = {"data_dir": str(root), "files": len(scan.files), "preset": preset, "resolution": resolution,
+               "channels": channels, "labels": bool(labels), "encoder": str(Path(encoder).resolve()) if encoder else None,
+               "generator": generator}
+    need = n * channels * resolution * resolution * 3 + 200e6     # decoded data, cache, checkpoints
+    parent = Path(out).expanduser().resolve()
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise OSError(f"not enough free disk under {parent}: rcg fit needs about {need / 1e9:.1f} GB, "
+                      f"{free / 1e9:.1f} GB are free")
+    return FitPlan(request=request, resolution=resolution, channels=channels)
+
+
+def stage_configs(p: FitPlan, run: Path, n_train: int, n_test: int, mean, std, overrides: dict) -> dict:
+    """The config of every stage, sized from the data, budgets turned into epochs."""
+    pre = FIT_PRESETS[p.request["preset"]]
+    r, c, lab = p.resolution, p.channels, p.request["labels"]
+    train = DataConfig("tensors", path=str(run / "data" / "train.safetensors"), resolution=r, channels=c, labels=lab)
+    test = replace(train, path=str(run / "data" / "test.safetensors"), split="test")
+    bs = lambda o, n: replace(o, batch_size=max(2, min(o.batch_size, n)))           # noqa: E731 (tiny folders)
+    e = pre.encoder
+    enc = replace(e, data=train, eval_data=test,
+                  encoder=replace(e.encoder, in_chans=c, mean=tuple(mean), std=tuple(std)),
+                  view1=replace(e.view1, saturation=e.view1.saturation if c == 3 else 0.0, gray_p=e.view1.gray_p if c == 3 else 0.0),
+                  view2=replace(e.view2, saturation=e.view2.saturation if c == 3 else 0.0, gray_p=e.view2.gray_p if c == 3 else 0.0),
+                  optim=replace(bs(e.optim, n_train), epochs=_epochs(pre.encoder_images, n_train)))
+    enc = replace(enc, optim=replace(enc.optim, warmup_epochs=round(0.05 * enc.optim.epochs, 4)))
+    t = pre.tokenizer
+    tok = replace(t, data=train, eval_data=test, model=_tokenizer_model(t.model, r, c, pre.tokenizer_ch),
+                  optim=replace(bs(t.optim, n_train), epochs=_epochs(pre.tokenizer_images, n_train),
+                                warmup_epochs=round(0.02 * pre.tokenizer_images / n_train, 4)))
+    rows = n_train * pre.views
+    rdm = replace(pre.rdm, optim=replace(bs(pre.rdm.optim, rows)))
+    rdm = replace(rdm, optim=replace(rdm.optim, epochs=_epochs(pre.rdm_steps * rdm.optim.batch_size, rows),
+                                     warmup_epochs=round(0.02 * pre.rdm_steps * rdm.optim.batch_size / rows, 4)))
+    pix = pre.dit if p.request["generator"] == "dit" else pre.mage
+    if p.request["generator"] == "dit":
+        pix = replace(pix, dit=replace(pix.dit, patch_size=max(2, r // 8)))
+    pix = replace(pix, optim=replace(bs(pix.optim, rows)))
+    pix = replace(pix, optim=replace(pix.optim, epochs=_epochs(pre.pixel_images, rows),
+                                     warmup_epochs=round(0.02 * pre.pixel_images / rows, 4)))
+    cfgs = {"encoder": enc, "tokenizer": tok, "rdm": rdm, "pixel": pix}
+    return {k: apply_overrides(v, overrides.get(k, [])) for k, v in cfgs.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+def _check_request(run: Path, request: dict) -> None:
+    """A RUN directory is for one request; rerunning it resumes, a different one is refused."""
+    path = run / FIT_REQUEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        keys = diff(old, request)
+        started = any((run / d).exists() for d in ("data", "encoder", "tokenizer", "rdm", "pixel"))
+        if keys and started:
+            raise ValueError(f"{run} holds an rcg fit run of another request (differs in: {', '.join(keys)}); "
+                             f"use another --out, or delete {run} to start over")
+    run.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(request, indent=2) + "\n")
+
+
+def decode_once(p: FitPlan, run: Path, progress: bool = True) -> tuple:
+    """The folder decoded at the plan's size into RUN/data/{train,test}.safetensors (once; a rerun reads them)."""
+    files = {s: run / "data" / f"{s}.safetensors" for s in ("train", "test")}
+    key = {"data_dir": p.request["data_dir"], "resolution": p.resolution, "channels": p.channels,
+           "labels": p.request["labels"], "holdout": FIT_PRESETS[p.request["preset"]].holdout}
+    if all(f.is_file() for f in files.values()) and \
+            all(json.loads(tensor_file_meta(f).get("fit", "{}")) == key for f in files.values()):
+        from .data import load_image_tensors
+        return tuple(load_image_tensors(files[s], p.resolution, p.channels) for s in ("train", "test"))
+    out = []
+    for split in ("train", "test"):
+        d = load_image_folder(p.request["data_dir"], p.resolution, p.channels, labels=p.request["labels"],
+                              split=split, holdout=key["holdout"], progress=progress)
+        save_image_set(d, files[split], {"fit": json.dumps(key)})
+        out.append(d)
+    return tuple(out)
+
+
+def _channel_stats(images: torch.Tensor) -> tuple:
+    x = images[:5000].float().div(255)
+    return [round(v, 4) for v in x.mean(dim=(0, 2, 3)).tolist()], \
+        [round(max(v, 0.05), 4) for v in x.std(dim=(0, 2, 3)).tolist()]
+
+
+def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] = None, channels: Optional[int] = None,
+               labels: bool = False, encoder: Optional[str] = None, generator: str = "mage",
+               inception_weights: Optional[str] = None, device: Optional[str] = None, progress: bool = True,
+               overrides: Optional[dict] = None, dry_run: bool = False) -> dict:
+    """Train a whole RCG system on the images under ``data_dir`` into ``out`` (see the module docstring).
+    ``overrides`` maps a stage (encoder, tokenizer, rdm, pixel) to ``--set`` style strings."""
+    from . import stages as S
+    from .precision import describe
+    p = plan(data_dir, out, preset, resolution, channels, labels, encoder, generator, inception_weights)
+    pre = FIT_PRESETS[preset]
+    print(f"rcg fit: {p.request['files']} files in {p.request['data_dir']} -> {p.channels}x{p.resolution}px "
+          f"({'grayscale' if p.channels == 1 else 'RGB'}{', labels from sub-folders' if labels else ', unlabelled'}); "
+          f"preset {preset}: {pre.note}")
+    if dry_run:
+        print(json.dumps(p.request, indent=2))
+        return {"request": p.request}
+    run = Path(out).expanduser()
+    _check_request(run, p.request)
+    dev = S.setup_torch(device)
+    print(f"precision: {describe(None, dev)} (auto; set per stage with --set STAGE.optim.bf16=...)")
+    times_path = run / "stage_times.json"
+    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    summary = {"request": p.request, "preset": preset}
+    over = overrides or {}
+    total_stages = 7 if generator == "mage" else 6
+    counter = iter(range(1, total_stages + 1))
+
+    def stage(name, what, fn):
+        k = next(counter)
+        print(f"\n[{k}/{total_stages}] {name}: {what}", flush=True)
+        t0 = time.time()
+        res = fn()
+        if name not in times or time.time() - t0 > 1.0:
+            times[name] = round(time.time() - t0, 1)
+            times_path.write_text(json.dumps(times, indent=2) + "\n")
+        return res
+
+    def finished(run_dir):
+        f = run / run_dir / "summary.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    train, test = stage("data", f"decoding the folder once into {run / 'data'}", lambda: decode_once(p, run, progress))
+    print(f"  {len(train)} training images, {len(test)} held out ({pre.holdout:.0%})")
+    mean, std = _channel_stats(train.images)
+    cfgs = stage_configs(p, run, len(train), len(test), mean, std, over)
+    summary["data"] = {"train": len(train), "heldout": len(test), "mean": mean, "std": std,
+                       "classes": train.class_names}
+
+    enc_dir = encoder or str(run / "encoder")
+    if encoder:
+        stage("encoder", f"using {encoder}", lambda: None)
+    else:
+        summary["encoder"] = stage("encoder", f"MoCo v3 on the images ({pre.encoder_images:,} images seen) -> {enc_dir}",
+                                   lambda: finished("encoder") or S.train_encoder(cfgs["encoder"], enc_dir, device, progress))
+    tok_dir = None
+    if generator == "mage":
+        tok_dir = str(run / "tokenizer")
+        summary["tokenizer"] = stage(
+            "tokenizer", f"VQ tokenizer, {cfgs['tokenizer'].model.resolution // 2 ** (len(cfgs['tokenizer'].model.ch_mult) - 1)}"
+                         f"^2 tokens ({pre.tokenizer_images:,} images seen) -> {tok_dir}",
+            lambda: finished("tokenizer") or S.train_tokenizer(cfgs["tokenizer"], tok_dir, device, progress))
+    cache = run / "cache.safetensors"
+    summary["cache"] = stage("cache", f"representations{' and tokens' if tok_dir else ' and crops'} of {pre.views} "
+                                      f"view(s) of every training image -> {cache}",
+                             lambda: _cache(enc_dir, cache, tok_dir, train, p, pre, device, progress))
+    rdm_cfg = replace(cfgs["rdm"], cache=str(cache), encoder=enc_dir)
+    summary["rdm"] = stage("rdm", f"representation diffusion ({pre.rdm_steps:,} steps) -> {run / 'rdm'}",
+                           lambda: finished("rdm") or S.train_rdm(rdm_cfg, str(run / "rdm"), device, progress))
+    pix_cfg = replace(cfgs["pixel"], cache=str(cache), encoder=enc_dir, tokenizer=tok_dir or "")
+    summary["pixel"] = stage("pixel", f"{generator.upper()} on representations ({pre.pixel_images:,} images seen) -> "
+                                      f"{run / 'pixel'}",
+                             lambda: finished("pixel") or S.train_pixel(pix_cfg, str(run / "pixel"), device, progress))
+    summary.update(stage("outputs", "samples, variations of held-out images, interpolation, representation FD",
+                         lambda: outputs(run, test, pre, inception_weights, device, progress)))
+    summary["stage_wall_s"] = times
+    summary["wall_s"] = round(sum(times.values()), 1)
+    summary["precision"] = {k: v.get("precision", "-") for k, v in summary.items()
+                            if isinstance(v, dict) and k in ("encoder", "tokenizer", "rdm", "pixel")}
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _report(run, summary)
+    return summary
+
+
+def _cache(enc_dir, cache: Path, tok_dir, train: ImageSet, p: FitPlan, pre: FitPreset, device, progress) -> dict:
+    from .checkpoint import load_tensors
+    from .encoders import fingerprint
+    from .stages import cache_reps, load_encoder
+    if cache.is_file():
+        _, meta = load_tensors(cache)
+        if meta.get("encoder_fingerprint") == fingerprint(load_encoder(enc_dir)) and int(meta.get("views", 0)) == pre.views:
+            print(f"  {cache} is up to date")
+            return meta
+    over = [f"data.dataset=tensors", f"data.path={Path(cache).parent / 'data' / 'train.safetensors'}",
+            f"data.resolution={p.resolution}", f"data.channels={p.channels}", f"data.labels={p.request['labels']}"]
+    return cache_reps(enc_dir, cache, views=pre.views, data_overrides=over, device=device, tokenizer=tok_dir,
+                      pixels=tok_dir is None, progress=progress)
+
+
+def outputs(run: Path, test: ImageSet, pre: FitPreset, inception_weights, device, progress) -> dict:
+    """RUN/samples.png, references.png, interpolation.png and the representation FD of generated images."""
+    from .evaluate import fd_between
+    from .sample import RCGSampler, write_images
+    from .stages import encode_images, load_reps
+    s = RCGSampler(str(run / "pixel"), str(run / "rdm"), device)
+    scale = max(1, 96 // test.images.shape[-1])
+    files = {"samples": write_images(torch.cat(list(s.stream(64, seed=0, batch_size=64))), run / "samples.png",
+                                     nrow=8, scale=scale)}
+    refs = test.images[:6]
+    rows = [torch.cat([refs[i:i + 1], s.images_from_reps(s.reps_from_images(refs[i:i + 1]).expand(7, -1),
+                                                         list(range(100, 107)))]) for i in range(len(refs))]
+    files["references"] = write_images(torch.cat(rows), run / "references.png", nrow=8, scale=scale)
+    if len(test) >= 2:
+        strip = s.interpolate(test.images[0], test.images[1], num=9, seed=7)
+        files["interpolation"] = write_images(torch.cat([test.images[0:1], strip, test.images[1:2]]),
+                                              run / "interpolation.png", nrow=11, scale=scale)
+    # representation FD of generated images vs the training images' (one view each), against the FD of as many
+    # held-out real images: what a generator of new images from the same distribution scores
+    n = max(2, min(pre.eval_images, len(test)))
+    t0 = time.time()
+    gen = torch.cat(list(s.stream(n, seed=10_000, batch_size=100)))
+    real = load_reps(run / "cache.safetensors")[0]["reps"]
+    fd_gen = fd_between(encode_images(s.encoder, gen), real)
+    fd_held = fd_between(encode_images(s.encoder, test.images[:n]), real)
+    res = {"files": files, "generated_rep_fd": fd_gen, "heldout_rep_fd": fd_held, "rep_fd_images": n,
+           "generated_rep_fd_ratio": fd_gen / fd_held if fd_held > 0 else float("nan"),
+           "eval_wall_s": round(time.time() - t0, 1)}
+    print(f"  representation FD of {n} generated images vs the training images: {fd_gen:.4f}; "
+          f"{n} held-out real images: {fd_held:.4f} (ratio {res['generated_rep_fd_ratio']:.2f})")
+    if inception_weights:
+        from .config import DataConfig as D
+        from .stages import run_eval
+        ref = D("tensors", path=str(run / "data" / "train.safetensors"), resolution=test.images.shape[-1],
+                channels=test.images.shape[1])
+        res["fid"] = run_eval(pixel=str(run / "pixel"), rdm=str(run / "rdm"), num=pre.eval_images * 10,
+                              inception_weights=inception_weights, ref_data=ref,
+                              ref_cache=str(run / "inception-ref.npz"), device=device, progress=progress)
+    return res
+
+
+def _report(run: Path, s: dict) -> None:
+    t = s.get("tokenizer") or {}
+    r = s.get("rdm") or {}
+    lines = [f"\nrcg fit done in {s['wall_s']:.0f} s -> {run}", f"  stage times (s): {s['stage_wall_s']}",
+             f"  precision: {s['precision']}"]
+    if t:
+        lines.append(f"  tokenizer {t.get('psnr_split', 'held-out')} PSNR {t.get('psnr', float('nan')):.2f} dB")
+    if r:
+        lines.append(f"  RDM representation FD {r.get('rep_fd', float('nan')):.4f} vs floor "
+                     f"{r.get('rep_fd_floor', float('nan')):.4f} ({r.get('rep_fd_protocol', 'subsets')})")
+    lines.append(f"  generated images' representation FD {s['generated_rep_fd']:.4f} (held-out real images: "
+                 f"{s['heldout_rep_fd']:.4f})")
+    lines += [f"  {v}" for v in s["files"].values()]
+    print("\n".join(lines))

@@ -1,0 +1,73 @@
+"""bf16 follows the hardware: auto means native bf16 only; --bf16 / --no-bf16 force it."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from rcg import precision
+from rcg.config import OptimConfig, RDM_RUN_PRESETS, TOKENIZER_PRESETS, apply_overrides
+from rcg.train import Job, fit
+
+
+@pytest.fixture(params=[True, False], ids=["native-bf16", "no-native-bf16"])
+def cpu_kind(request, monkeypatch):
+    """Stub the CPU's capability: what a Zen 4 (avx512_bf16) or a Zen 3 (AVX2 only) reports."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: request.param)
+    return request.param
+
+
+def test_auto_follows_the_cpu_and_flags_force(cpu_kind):
+    assert precision.resolve_bf16(None, "cpu") is cpu_kind
+    assert precision.resolve_bf16(True, "cpu") is True
+    assert precision.resolve_bf16(False, "cpu") is False
+    line = precision.describe(None, "cpu")
+    assert line.startswith("bf16" if cpu_kind else "fp32") and "auto" in line
+    forced = precision.describe(True, "cpu")
+    assert forced.startswith("bf16") and ("emulated" in forced) is (not cpu_kind)
+
+
+def test_the_cpu_presets_are_auto():
+    assert TOKENIZER_PRESETS["fmnist-tokenizer"].optim.bf16 is None
+    assert RDM_RUN_PRESETS["fmnist-rdm"].optim.bf16 is None
+    assert apply_overrides(OptimConfig(), ["bf16=auto"]).bf16 is None
+    assert apply_overrides(OptimConfig(), ["bf16=true"]).bf16 is True
+
+
+def test_the_real_check_agrees_with_onednn_and_aten():
+    """On an AVX2-only CPU (or ATEN_CPU_CAPABILITY=avx2) the check says no; it never says yes where oneDNN
+    has no bf16."""
+    got = precision.detect_cpu_bf16()
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert got is False
+    if not torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "SVE", "ARM", "NEON")):
+        assert got is False
+
+
+class _Probe(nn.Module):
+    """Records the dtype its linear layer computes in."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+        self.seen = []
+
+    def forward(self, x):
+        y = self.lin(x)
+        self.seen.append(y.dtype)
+        return y.float().pow(2).mean()
+
+
+@pytest.mark.parametrize("choice", [None, True, False], ids=["auto", "forced-on", "forced-off"])
+def test_fit_runs_and_records_the_resolved_precision(tmp_path, cpu_kind, choice):
+    torch.manual_seed(0)
+    model = _Probe()
+    x = torch.randn(8, 4)
+    job = Job(model=model, loss_fn=lambda step, gen: (model(x), {}), steps_per_epoch=1, total_steps=2,
+              images_per_step=8, export=lambda: model.state_dict())
+    last = fit(tmp_path, job, OptimConfig(bf16=choice, log_every=1, ckpt_every=2), resuming=False, progress=False)
+    want = cpu_kind if choice is None else choice
+    assert set(model.seen) == {torch.bfloat16 if want else torch.float32}
+    assert last["precision"] == ("bf16" if want else "fp32")
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["precision"] for r in rows} == {last["precision"]}
