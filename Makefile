@@ -19,17 +19,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' $(TORCH_PINS)
 	@touch $@
 
-# Fashion-MNIST comes from the Debian package dataset-fashion-mnist.
+# Fashion-MNIST comes from the Debian package dataset-fashion-mnist; the colour clip art (8,121 PNGs in 22
+# category folders, for rcg fit and benchmarks/table1_clipart.py) from openclipart-png. Installed when apt is usable.
+CLIPART_DIR ?= /usr/share/openclipart/png
 data:
-	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	@missing=""; \
+	[ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -d $(CLIPART_DIR) ] || missing="$$missing openclipart-png"; \
+	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)..."; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
-	    || echo "warning: could not install dataset-fashion-mnist; see README (Data)"; \
+	  echo "Installing$$missing (Debian packages)..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || echo "warning: could not install$$missing; see README (Install)"; \
 	else \
-	  echo "Fashion-MNIST not found in $(FMNIST_DIR). Install it with"; \
-	  echo "  sudo apt-get install dataset-fashion-mnist"; \
-	  echo "or download the four *-ubyte.gz files into a folder and pass --data-dir FOLDER."; \
+	  echo "Missing:$$missing. Install with"; \
+	  echo "  sudo apt-get install$$missing"; \
+	  echo "(Fashion-MNIST: or download the four *-ubyte.gz files into a folder and pass --data-dir FOLDER)."; \
 	fi
 
 # One intra-op thread per test process: faster for these tiny models, and independent of the core count.

@@ -137,3 +137,8 @@ def test_demo_runs_every_stage_and_writes_its_images(system, tmp_path):
         assert (w, h) == (3 * (size[0] * 18 + 2), 3 * (size[1] * 18 + 2)), name
     assert set(summary["stage_wall_s"]) == {"encoder", "tokenizer", "cache", "rdm", "pixel", "sample"}
     assert (tmp_path / "demo" / "summary.json").is_file()
+    # sized to the machine: the tests' CPU has no native bf16 (conftest), so the fp32 budget ran, in fp32
+    from rcg.stages import DEMO_BUDGETS
+    assert summary["precision"] == "fp32" and summary["budget"]["pixel"] == DEMO_BUDGETS["fp32"]["pixel"]
+    assert summary["pixel"]["precision"] == summary["tokenizer"]["precision"] == "fp32"
+    assert summary["cache"]["precision"] == "fp32"

@@ -46,21 +46,120 @@ def resized_crop(x: torch.Tensor, out_size: int, scale=(0.2, 1.0), ratio=(3 / 4,
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+# Luma weights of torchvision's tensor ``rgb_to_grayscale`` (used by its contrast and saturation ops), so the
+# jitter matches ``ColorJitter`` to float precision; ``random_grayscale`` keeps the ITU-R 601 0.299 of ``_gray``.
+_JITTER_LUMA = (0.2989, 0.587, 0.114)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return r.mul(_JITTER_LUMA[0]).add_(g, alpha=_JITTER_LUMA[1]).add_(b, alpha=_JITTER_LUMA[2]).unsqueeze(1)
+
+
+def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of every RGB image in ``x`` (B, 3, H, W) by ``shift[i]`` (in [-0.5, 0.5]) of a full
+    turn, keeping HSV saturation and value: torchvision's ``adjust_hue``, batched with a per-image shift.
+    Written with masks and abs/clamp arithmetic only (``where``/``remainder`` are several times slower on CPU)."""
+    r, g, b = x.unbind(1)
+    hi, lo = x.amax(1), x.amin(1)
+    delta = hi - lo                                                # chroma
+    m_r = (hi == r).to(x.dtype)                                    # which channel is the max; ties go to red,
+    m_g = (hi == g).to(x.dtype).mul_(1 - m_r)                      # then green, as torchvision's
+    m_b = 1 - m_r - m_g
+    # hue in sixths of a turn, in [-1, 5]: (g - b) / delta, (b - r) / delta + 2 or (r - g) / delta + 4
+    h6 = (g - b).mul_(m_r).addcmul_(b - r + 2 * delta, m_g).addcmul_(r - g + 4 * delta, m_b)
+    h6.div_(delta.clamp_min(torch.finfo(x.dtype).tiny))             # grey pixels: 0 / tiny = 0
+    h6.add_(shift.to(x).view(-1, 1, 1), alpha=6.0).unsqueeze_(1)     # shifted: in [-4, 8]
+    # HSV -> RGB with value ``hi`` and chroma ``delta``: channel c is hi - delta * T(h6 + n_c), n = (5, 3, 1), where
+    # T(k) = clamp(2 - dist(k, 2 + 6Z), 0, 1) is the hexagonal hue ramp (period 6); for k in [-4, 14] (k is in
+    # [-3, 13]) the distance to the nearest of -4, 2, 8, 14 is | | |k - 5| - 6 | - 3 | (two folds, no remainder)
+    k = h6 + torch.arange(5, 0, -2, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)      # n = 5, 3, 1
+    ramp = k.sub_(5).abs_().sub_(6).abs_().sub_(3).abs_().neg_().add_(2).clamp_(0, 1)
+    return torch.addcmul(hi.unsqueeze(1), delta.unsqueeze(1), ramp, value=-1.0)
+
+
+@dataclass(frozen=True)
+class JitterParams:
+    """Per-image colour-jitter draws (CPU tensors of length B): ``apply`` flags, the brightness, contrast and
+    saturation factors, the hue shift, and ``order`` (B, 4): each image's permutation of the ops
+    0 = brightness, 1 = contrast, 2 = saturation, 3 = hue (torchvision's ``fn_idx``)."""
+    apply: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    order: torch.Tensor
+
+
+def jitter_params(n: int, brightness: float, contrast: float, saturation: float, hue: float, p: float,
+                  gen: Optional[torch.Generator] = None) -> JitterParams:
+    """Draw ``ColorJitter(brightness, contrast, saturation, hue)`` parameters for ``n`` images, applied with
+    probability p. Everything is drawn, in a fixed order, whatever the magnitudes (a zero magnitude gives the
+    identity factor), so the generator's stream does not depend on the settings."""
+    if min(brightness, contrast, saturation, hue) < 0 or hue > 0.5:
+        raise ValueError(f"jitter magnitudes must be >= 0 and hue <= 0.5, got brightness={brightness}, "
+                         f"contrast={contrast}, saturation={saturation}, hue={hue}")
+    apply = torch.rand(n, generator=gen) < p
+    fb = _uniform(n, max(0.0, 1 - brightness), 1 + brightness, gen)
+    fc = _uniform(n, max(0.0, 1 - contrast), 1 + contrast, gen)
+    fs = _uniform(n, max(0.0, 1 - saturation), 1 + saturation, gen)
+    fh = _uniform(n, -hue, hue, gen)
+    order = torch.rand(n, 4, generator=gen).argsort(dim=1)   # a uniform random permutation per image
+    return JitterParams(apply, fb, fc, fs, fh, order)
+
+
+def apply_jitter(x: torch.Tensor, params: JitterParams) -> torch.Tensor:
+    """Apply drawn jitter parameters: each image with ``apply`` gets the four ops in its own order, clamped to
+    [0, 1] after each op as torchvision does; the others are returned unchanged. Round r applies, to every
+    image, the op at position r of its permutation: brightness, contrast and saturation are all
+    ``clamp(f * y + (1 - f) * ref)`` (ref = 0, the mean luma, the luma), so one blend per round with per-image
+    f and ref does them (f = 1 for the hue op and for images not jittered); the hue shift runs only on the
+    images whose op in that round is hue. Which images do what is known on the CPU (no nonzero() on the
+    device), and all per-image values go to the device in two copies."""
+    b, c = x.shape[:2]
+    rgb = c == 3
+    apply = params.apply
+    if not apply.any():
+        return x
+    factors = torch.stack([params.brightness, params.contrast,
+                           params.saturation if rgb else torch.ones(b), torch.ones(b)])   # (4 ops, b)
+    op = params.order.t()                                         # (4 rounds, b): the op of each image per round
+    f = torch.where(apply, factors.gather(0, op), 1.0)            # (4 rounds, b); 1 = identity (hue, not applied)
+    is_c, is_s = (op == 1).to(f.dtype), (op == 2).to(f.dtype) * rgb
+    shift = torch.where(apply, params.hue, 0.0) if rgb else torch.zeros(b)
+    hue_at = [torch.nonzero((op[r] == 3) & (shift != 0)).view(-1) for r in range(4)]
+    keep = torch.nonzero(~apply).view(-1)                         # restored from x at the end (exactly)
+    floats = torch.cat([f.reshape(-1), is_c.reshape(-1), is_s.reshape(-1), shift]).to(device=x.device, dtype=x.dtype)
+    longs = torch.cat([keep] + hue_at).to(x.device)
+    fd, cd, sd = (floats[i * 4 * b:(i + 1) * 4 * b].view(4, b, 1, 1, 1) for i in range(3))
+    shift_d = floats[12 * b:]
+    keep_d, *hue_d = longs.split([len(keep)] + [len(i) for i in hue_at])
+
+    y = x                        # all images go through every round (cheaper than gathering the applied ones)
+    for r in range(4):
+        blend = f[r] != 1
+        if blend.any():
+            if (blend & ((is_c[r] + is_s[r]) > 0)).any():         # some image blends with its (mean) luma
+                gray = _luma(y) if rgb else y
+                ref = torch.addcmul(gray.mean(dim=(2, 3), keepdim=True) * cd[r], gray, sd[r])
+                y = torch.addcmul(ref * (1 - fd[r]), y, fd[r]).clamp_(0, 1)
+            else:
+                y = (y * fd[r]).clamp_(0, 1)
+        if len(hue_at[r]):
+            i = hue_d[r]
+            hued = _hue_shift(y.index_select(0, i), shift_d.index_select(0, i))
+            y = (y.clone() if y is x else y).index_copy_(0, i, hued)     # never write into the caller's x
+    if y is x:
+        return x
+    return y.index_copy_(0, keep_d, x.index_select(0, keep_d)) if len(keep) else y
+
+
 def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, p: float,
-                 gen: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Brightness, contrast and (RGB only) saturation jitter, applied to each image with probability p."""
-    b = x.shape[0]
-    apply = (torch.rand(b, generator=gen) < p).to(x.device).view(b, 1, 1, 1)
-    fb = _uniform(b, 1 - brightness, 1 + brightness, gen).to(x).view(b, 1, 1, 1)
-    fc = _uniform(b, 1 - contrast, 1 + contrast, gen).to(x).view(b, 1, 1, 1)
-    fs = _uniform(b, 1 - saturation, 1 + saturation, gen).to(x).view(b, 1, 1, 1)
-    y = x * fb
-    mean = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
-    y = (y - mean) * fc + mean
-    if x.shape[1] == 3 and saturation > 0:
-        g = _gray(y)
-        y = (y - g) * fs + g
-    return torch.where(apply, y.clamp(0, 1), x)
+                 gen: Optional[torch.Generator] = None, hue: float = 0.0) -> torch.Tensor:
+    """torchvision's ``RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)`` on every image
+    independently: factors U[max(0, 1 - m), 1 + m] (hue: a shift U[-hue, hue] of a full turn), the four ops
+    in a random order per image, each clamped to [0, 1]. Saturation and hue are no-ops on 1-channel images."""
+    return apply_jitter(x, jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, gen))
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +211,7 @@ class ViewSpec:
     brightness: float = 0.4
     contrast: float = 0.4
     saturation: float = 0.2
+    hue: float = 0.1
     gray_p: float = 0.2
     blur_p: float = 0.0
     solarize_p: float = 0.0
@@ -120,7 +220,7 @@ class ViewSpec:
 def ssl_view(x: torch.Tensor, out_size: int, spec: ViewSpec, gen: Optional[torch.Generator] = None) -> torch.Tensor:
     """An augmented view of float images in [0, 1]."""
     x = resized_crop(x, out_size, scale=spec.scale, flip_p=spec.flip_p, gen=gen)
-    x = color_jitter(x, spec.brightness, spec.contrast, spec.saturation, spec.jitter_p, gen)
+    x = color_jitter(x, spec.brightness, spec.contrast, spec.saturation, spec.jitter_p, gen, hue=spec.hue)
     x = random_grayscale(x, spec.gray_p, gen)
     x = gaussian_blur(x, spec.blur_p, gen=gen)
     x = solarize(x, spec.solarize_p, gen)

@@ -46,7 +46,7 @@ class FitPreset:
     views: int = 1                    # augmented views per image in the cache
     holdout: float = 0.05             # fraction of the folder held out (references, PSNR, the rep-FD floor)
     eval_images: int = 500            # generated images whose representations are compared with real ones
-    tokenizer_ch: int = 32            # tokenizer width; its depth follows the resolution (8x8 tokens up to 128 px)
+    tokenizer_ch: int = 16            # tokenizer width; its depth follows the resolution (8x8 tokens up to 128 px)
     note: str = ""
 
 
@@ -68,7 +68,7 @@ _QUICK = FitPreset(
     rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], sample_steps=100, fd_samples=1000),
     mage=replace(PIXEL_PRESETS["fmnist-mage"]),
     dit=replace(PIXEL_PRESETS["fmnist-dit"]),
-    encoder_images=40_000, tokenizer_images=20_000, rdm_steps=400, pixel_images=50_000,
+    encoder_images=30_000, tokenizer_images=30_000, rdm_steps=400, pixel_images=50_000, tokenizer_ch=16,
     note="a preview for a CPU: about 15 minutes on 2 cores without native bf16, up to 10k images at 32 px",
 )
 _STANDARD = FitPreset(
@@ -148,7 +148,9 @@ def plan(data_dir, out, preset: str = "quick", resolution: Optional[int] = None,
     if n < 8:
         raise DataError(f"{data_dir} has {n} readable images; rcg fit needs at least 8")
     root = Path(data_dir).expanduser().resolve()
-    request = {"data_dir": str(root), "files": len(scan.files), "preset": preset, "resolution": resolution,
+    holdout = max(FIT_PRESETS[preset].holdout, min(0.25, 8 / n))      # at least ~8 held-out images
+    request = {"data_dir": str(root), "files": len(scan.files), "holdout": round(holdout, 4), "preset": preset,
+               "resolution": resolution,
                "channels": channels, "labels": bool(labels), "encoder": str(Path(encoder).resolve()) if encoder else None,
                "generator": generator}
     need = n * channels * resolution * resolution * 3 + 200e6     # decoded data, cache, checkpoints
@@ -215,7 +217,7 @@ def decode_once(p: FitPlan, run: Path, progress: bool = True) -> tuple:
     """The folder decoded at the plan's size into RUN/data/{train,test}.safetensors (once; a rerun reads them)."""
     files = {s: run / "data" / f"{s}.safetensors" for s in ("train", "test")}
     key = {"data_dir": p.request["data_dir"], "resolution": p.resolution, "channels": p.channels,
-           "labels": p.request["labels"], "holdout": FIT_PRESETS[p.request["preset"]].holdout}
+           "labels": p.request["labels"], "holdout": p.request["holdout"]}
     if all(f.is_file() for f in files.values()) and \
             all(json.loads(tensor_file_meta(f).get("fit", "{}")) == key for f in files.values()):
         from .data import load_image_tensors
@@ -277,34 +279,38 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
         return json.loads(f.read_text()) if f.is_file() else None
 
     train, test = stage("data", f"decoding the folder once into {run / 'data'}", lambda: decode_once(p, run, progress))
-    print(f"  {len(train)} training images, {len(test)} held out ({pre.holdout:.0%})")
+    print(f"  {len(train)} training images, {len(test)} held out ({p.request['holdout']:.0%})")
     mean, std = _channel_stats(train.images)
     cfgs = stage_configs(p, run, len(train), len(test), mean, std, over)
     summary["data"] = {"train": len(train), "heldout": len(test), "mean": mean, "std": std,
                        "classes": train.class_names}
 
+    def seen(name, rows):
+        return int(round(cfgs[name].optim.epochs * rows))
+
     enc_dir = encoder or str(run / "encoder")
     if encoder:
         stage("encoder", f"using {encoder}", lambda: None)
     else:
-        summary["encoder"] = stage("encoder", f"MoCo v3 on the images ({pre.encoder_images:,} images seen) -> {enc_dir}",
+        summary["encoder"] = stage("encoder", f"MoCo v3 on the images ({seen('encoder', len(train)):,} images seen) -> {enc_dir}",
                                    lambda: finished("encoder") or S.train_encoder(cfgs["encoder"], enc_dir, device, progress))
     tok_dir = None
     if generator == "mage":
         tok_dir = str(run / "tokenizer")
         summary["tokenizer"] = stage(
             "tokenizer", f"VQ tokenizer, {cfgs['tokenizer'].model.resolution // 2 ** (len(cfgs['tokenizer'].model.ch_mult) - 1)}"
-                         f"^2 tokens ({pre.tokenizer_images:,} images seen) -> {tok_dir}",
+                         f"^2 tokens ({seen('tokenizer', len(train)):,} images seen) -> {tok_dir}",
             lambda: finished("tokenizer") or S.train_tokenizer(cfgs["tokenizer"], tok_dir, device, progress))
     cache = run / "cache.safetensors"
     summary["cache"] = stage("cache", f"representations{' and tokens' if tok_dir else ' and crops'} of {pre.views} "
                                       f"view(s) of every training image -> {cache}",
                              lambda: _cache(enc_dir, cache, tok_dir, train, p, pre, device, progress))
     rdm_cfg = replace(cfgs["rdm"], cache=str(cache), encoder=enc_dir)
-    summary["rdm"] = stage("rdm", f"representation diffusion ({pre.rdm_steps:,} steps) -> {run / 'rdm'}",
+    summary["rdm"] = stage("rdm", f"representation diffusion "
+                                  f"({seen('rdm', len(train) * pre.views) // cfgs['rdm'].optim.batch_size:,} steps) -> {run / 'rdm'}",
                            lambda: finished("rdm") or S.train_rdm(rdm_cfg, str(run / "rdm"), device, progress))
     pix_cfg = replace(cfgs["pixel"], cache=str(cache), encoder=enc_dir, tokenizer=tok_dir or "")
-    summary["pixel"] = stage("pixel", f"{generator.upper()} on representations ({pre.pixel_images:,} images seen) -> "
+    summary["pixel"] = stage("pixel", f"{generator.upper()} on representations ({seen('pixel', len(train) * pre.views):,} images seen) -> "
                                       f"{run / 'pixel'}",
                              lambda: finished("pixel") or S.train_pixel(pix_cfg, str(run / "pixel"), device, progress))
     summary.update(stage("outputs", "samples, variations of held-out images, interpolation, representation FD",
@@ -352,7 +358,9 @@ def outputs(run: Path, test: ImageSet, pre: FitPreset, inception_weights, device
                                               run / "interpolation.png", nrow=11, scale=scale)
     # representation FD of generated images vs the training images' (one view each), against the FD of as many
     # held-out real images: what a generator of new images from the same distribution scores
-    n = max(2, min(pre.eval_images, len(test)))
+    n = min(pre.eval_images, len(test))
+    if n < 2:
+        return {"files": files, "generated_rep_fd": float("nan"), "heldout_rep_fd": float("nan"), "rep_fd_images": n}
     t0 = time.time()
     gen = torch.cat(list(s.stream(n, seed=10_000, batch_size=100)))
     real = load_reps(run / "cache.safetensors")[0]["reps"]

@@ -541,11 +541,18 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_ENCODER = ASSETS / "fmnist-encoder"
 
 
-# The demo fits `make demo` from a fresh clone (venv included) in 10 minutes on 2 CPU cores (BENCHMARKS.md): the
-# presets with a shorter tokenizer run (0.4 epoch: ~1 dB PSNR less than the preset's epoch), a shorter RDM (6 epochs
-# of one view, representation FD on 2000 samples) and MAGE for 2.75 of its 3 epochs.
-DEMO_BUDGET = {"tokenizer": ["optim.epochs=0.4"], "rdm": ["optim.epochs=6", "fd_samples=2000"],
-               "pixel": ["optim.epochs=2.75"]}
+# The demo fits `make demo` from a fresh clone (venv included) in 10 minutes on 2 CPU cores (BENCHMARKS.md), sized to
+# the machine. With native bf16: the presets with a shorter tokenizer run (0.4 epoch: ~1 dB PSNR less than the
+# preset's epoch), a shorter RDM (6 epochs of one view, representation FD on 2000 samples) and MAGE for 2.75 of its 3
+# epochs. Without it (fp32, e.g. an AVX2-only CPU: tokenizer ~180 img/s, MAGE ~275 img/s): half the images in the
+# cache (30k), a 0.15-epoch tokenizer, 3 RDM epochs and 2.5 MAGE epochs of the 30k token maps.
+DEMO_BUDGETS = {
+    "bf16": {"tokenizer": ["optim.epochs=0.4"], "rdm": ["optim.epochs=6", "fd_samples=2000"],
+             "pixel": ["optim.epochs=2.75"]},
+    "fp32": {"tokenizer": ["optim.epochs=0.15"], "rdm": ["optim.epochs=3", "fd_samples=1000"],
+             "pixel": ["optim.epochs=2.5"], "cache_limit": 30000},
+}
+DEMO_BUDGET = DEMO_BUDGETS["bf16"]
 
 
 def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encoder: bool = False,
@@ -558,13 +565,20 @@ def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encode
                          override)
     from .data import load_dataset
     from .sample import RCGSampler, write_images
+    from .precision import describe, native_bf16
+    dev = setup_torch(device)
+    kind = "bf16" if native_bf16(dev) else "fp32"
+    budget = dict(DEMO_BUDGETS[kind])
+    cache_limit = budget.pop("cache_limit", 0)
     over = dict(overrides or {})
-    for stage_name, budget in DEMO_BUDGET.items():        # the caller's overrides come last and win
-        over[stage_name] = list(budget) + list(over.get(stage_name, []))
+    for stage_name, stage_budget in budget.items():        # the caller's overrides come last and win
+        over[stage_name] = list(stage_budget) + list(over.get(stage_name, []))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t0, summary, times = time.time(), {}, {}
-    print(f"demo budget (10 minutes on 2 CPU cores), on top of the presets: {DEMO_BUDGET}")
+    t0, summary, times = time.time(), {"precision": kind, "budget": budget}, {}
+    print(f"precision: {describe(None, dev)}\n"
+          f"demo budget for this machine ({kind}; 10 minutes on 2 CPU cores), on top of the presets: {budget}"
+          + (f"; the cache and MAGE use the first {cache_limit} training images" if cache_limit else ""))
 
     def stage(name):
         times[name] = round(time.time() - t0 - sum(times.values()), 1)
@@ -590,6 +604,8 @@ def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encode
     cache = out / "cache.safetensors"
     print(f"[3/6] representations and tokens of every training image (crop + flip) -> {cache}")
     data_over = [f"data.{k}={v}" for k, v in over.get("data", {}).items()]
+    if cache_limit and "limit" not in over.get("data", {}):
+        data_over.append(f"data.limit={cache_limit}")
     summary["cache"] = cache_reps(encoder, cache, views=1, device=device, tokenizer=str(out / "tokenizer"),
                                   data_overrides=data_over, bf16=None, progress=progress)
     stage("cache")

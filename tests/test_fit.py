@@ -1,0 +1,96 @@
+"""rcg fit: a flat folder of mixed PNGs -> a trained RCG system, sizes from the data, resume by rerun."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rcg.cli import main
+from rcg.data import scan_image_folder
+from rcg.fit import fit_folder, plan
+
+TINY = {
+    "encoder": ["encoder.widths=8,16", "encoder.depths=1,1", "encoder.mlp_dim=32", "encoder.rep_dim=16",
+                "pred_dim=32", "optim.epochs=1", "optim.batch_size=16", "optim.log_every=1"],
+    "tokenizer": ["model.ch=8", "model.z_channels=8", "model.embed_dim=8", "model.n_embed=32", "model.num_groups=4",
+                  "optim.epochs=1", "optim.batch_size=8", "optim.bf16=false"],
+    "rdm": ["model.model_channels=32", "model.time_embed_dim=16", "model.num_res_blocks=1", "optim.epochs=2",
+            "optim.batch_size=16", "sample_steps=5", "fd_samples=16"],
+    "pixel": ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=32",
+              "model.decoder_depth=1", "model.decoder_num_heads=2", "optim.epochs=1", "optim.batch_size=16",
+              "steps=2"],
+}
+
+
+def mixed_folder(root, n=30):
+    """A flat folder of unlabelled PNGs: RGB, RGBA (transparent background) and grayscale, odd non-square sizes."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for i in range(n):
+        w, h = int(rng.integers(20, 50)), int(rng.integers(20, 50))
+        kind = ("RGB", "RGBA", "L")[i % 3]
+        colour = rng.integers(0, 256, 3)
+        a = np.zeros((h, w, 4), np.uint8)
+        a[..., :3] = colour
+        a[h // 4:3 * h // 4, w // 4:3 * w // 4, 3] = 255               # an opaque square on a transparent ground
+        im = Image.fromarray(a, "RGBA")
+        im = im if kind == "RGBA" else im.convert(kind)
+        im.save(root / f"img_{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return mixed_folder(tmp_path_factory.mktemp("fit") / "images")
+
+
+def test_sizes_come_from_the_data(folder, tmp_path):
+    p = plan(folder, tmp_path / "run")
+    assert p.channels == 3 and p.resolution == 32           # colour images; short sides 20-49 px -> 32 (min choice)
+    gray = tmp_path / "gray"
+    gray.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((70, 90), 30 * i, np.uint8), "L").save(gray / f"{i}.png")
+    assert scan_image_folder(gray).all_gray and plan(gray, tmp_path / "g").channels == 1
+    assert plan(gray, tmp_path / "g").resolution == 64      # median short side 70 -> 64
+    assert not (tmp_path / "run").exists() and not (tmp_path / "g").exists()       # planning writes nothing
+
+
+def test_fit_end_to_end_after_a_failed_start(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="--channels"):
+        fit_folder(folder, out, channels=2, overrides=TINY, progress=False)
+    with pytest.raises(Exception, match="does not exist"):
+        fit_folder(tmp_path / "nowhere", out, overrides=TINY, progress=False)
+    assert not out.exists()                                     # nothing written by the failed starts
+    s = fit_folder(folder, out, overrides=TINY, progress=False, device="cpu")
+    for name in ("samples.png", "references.png", "interpolation.png", "summary.json"):
+        assert (out / name).is_file(), name
+    with Image.open(out / "samples.png") as im:
+        grid = np.asarray(im)
+    assert grid.ndim == 3 and grid.shape[2] == 3 and grid.std() > 0  # RGB, not blank
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["request"]["channels"] == 3 and summary["request"]["resolution"] == 32
+    assert summary["data"]["train"] + summary["data"]["heldout"] == 30 and summary["data"]["heldout"] >= 1
+    assert set(summary["stage_wall_s"]) == {"data", "encoder", "tokenizer", "cache", "rdm", "pixel", "outputs"}
+    assert summary["precision"]["pixel"] == "fp32"              # the tests' CPU has no native bf16 (conftest)
+    assert np.isfinite(summary["rdm"]["rep_fd_floor"]) and summary["rdm"]["rep_fd_floor"] > 0
+    assert np.isfinite(summary["generated_rep_fd"]) and "psnr" in summary["tokenizer"]
+    assert s["files"] == summary["files"]
+    cfg = json.loads((out / "tokenizer" / "config.json").read_text())
+    assert (cfg["model"]["in_channels"], cfg["model"]["resolution"]) == (3, 32)
+    # rerunning the same command resumes: every stage is found finished
+    capsys.readouterr()
+    again = fit_folder(folder, out, overrides=TINY, progress=False, device="cpu")
+    log = capsys.readouterr().out
+    assert "train-encoder" not in log and "RDM:" not in log and again["rdm"] == s["rdm"]
+    # a different request in the same RUN is refused
+    with pytest.raises(ValueError, match="differs in: resolution"):
+        fit_folder(folder, out, resolution=64, overrides=TINY, progress=False)
+
+
+def test_cli_fit_dry_run_writes_nothing(folder, tmp_path, capsys):
+    assert main(["fit", str(folder), "--out", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert '"resolution": 32' in out and '"channels": 3' in out and not (tmp_path / "r").exists()
+    assert main(["fit", str(folder), "--out", str(tmp_path / "r"), "--set", "nostage.x=1"]) == 2
