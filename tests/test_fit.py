@@ -94,3 +94,16 @@ def test_cli_fit_dry_run_writes_nothing(folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert '"resolution": 32' in out and '"channels": 3' in out and not (tmp_path / "r").exists()
     assert main(["fit", str(folder), "--out", str(tmp_path / "r"), "--set", "nostage.x=1"]) == 2
+
+
+def test_fit_reuses_an_encoder_and_takes_its_channels(folder, tmp_path):
+    first = tmp_path / "a"
+    fit_folder(folder, first, overrides=TINY, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="takes 3-channel"):
+        plan(folder, tmp_path / "b", channels=1, encoder=str(first / "encoder"))
+    dit = {**TINY, "pixel": ["dit.hidden_size=32", "dit.depth=1", "dit.num_heads=2", "optim.epochs=1",
+                             "optim.batch_size=16", "steps=2"]}
+    s = fit_folder(folder, tmp_path / "b", encoder=str(first / "encoder"), generator="dit", overrides=dit,
+                   progress=False, device="cpu")
+    assert not (tmp_path / "b" / "encoder").exists() and not (tmp_path / "b" / "tokenizer").exists()
+    assert (tmp_path / "b" / "references.png").is_file() and s["pixel"]["generator"] == "dit"

@@ -94,3 +94,26 @@ def test_rerun_of_finished_encoder_run_is_a_noop(chain):
     assert (root / "enc" / "checkpoint.safetensors").read_bytes() == before
     assert again["fingerprint"] == enc["fingerprint"]
     assert load_encoder(root / "enc").cfg.rep_dim == 16
+
+
+def test_knn_monitor_scores_held_out_folder_images_only(tmp_path):
+    """A labelled folder with no held-out path: the kNN monitor holds out a fixed fraction (never the training
+    images), and the training set is the rest; an unlabelled folder has no monitor."""
+    import numpy as np
+    from PIL import Image
+    from helpers import toy_images
+    from rcg.config import HOLDOUT, DataConfig
+    x, y = toy_images(80, 16)
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = tmp_path / "imgs" / f"class{label}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i:03d}.png")
+    folder = DataConfig("folder", path=str(tmp_path / "imgs"), resolution=16, channels=1, labels=True)
+    cfg = replace(tiny_encoder_run(tmp_path), data=folder, eval_data=replace(folder, split="test"))
+    s = train_encoder(cfg, str(tmp_path / "enc"), "cpu", progress=False)
+    saved = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert saved["data"]["holdout"] == saved["eval_data"]["holdout"] == HOLDOUT
+    assert 0 < s["knn_queries"] < 80 and s["knn_bank"] == 80 - s["knn_queries"]     # disjoint, all images used
+    plain = replace(cfg, data=replace(folder, labels=False), eval_data=replace(folder, labels=False, split="test"))
+    s2 = train_encoder(plain, str(tmp_path / "enc2"), "cpu", progress=False)
+    assert "knn_rep" not in s2 and np.isfinite(s2["loss"])
