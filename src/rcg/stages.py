@@ -545,12 +545,13 @@ SHIPPED_ENCODER = ASSETS / "fmnist-encoder"
 # the machine. With native bf16: the presets with a shorter tokenizer run (0.4 epoch: ~1 dB PSNR less than the
 # preset's epoch), a shorter RDM (6 epochs of one view, representation FD on 2000 samples) and MAGE for 2.75 of its 3
 # epochs. Without it (fp32, e.g. an AVX2-only CPU: tokenizer ~180 img/s, MAGE ~275 img/s): half the images in the
-# cache (30k), a 0.15-epoch tokenizer, 3 RDM epochs and 2 MAGE epochs of the 30k token maps.
+# cache (30k), a 0.2-epoch tokenizer, 5 RDM epochs and 3.25 MAGE epochs of the 30k token maps (2 epochs: 6 min 54 s
+# for make demo, but MAGE's samples were blobs even from real representations).
 DEMO_BUDGETS = {
     "bf16": {"tokenizer": ["optim.epochs=0.4"], "rdm": ["optim.epochs=6", "fd_samples=2000"],
              "pixel": ["optim.epochs=2.75"]},
-    "fp32": {"tokenizer": ["optim.epochs=0.15"], "rdm": ["optim.epochs=3", "fd_samples=1000"],
-             "pixel": ["optim.epochs=2.0"], "cache_limit": 30000},
+    "fp32": {"tokenizer": ["optim.epochs=0.2"], "rdm": ["optim.epochs=5", "fd_samples=1000"],
+             "pixel": ["optim.epochs=3.25"], "cache_limit": 30000},
 }
 DEMO_BUDGET = DEMO_BUDGETS["bf16"]
 
