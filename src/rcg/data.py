@@ -219,6 +219,23 @@ def decode_image(path, resolution: int, channels: int) -> np.ndarray:
 _open_image = decode_image
 
 
+def list_image_files(path) -> tuple:
+    """(root, image files under it, recursive, sorted by relative path); clear errors for a bad folder."""
+    if path is None:
+        raise DataError("an image folder needs a path (set data.path to a directory of images)")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file; pass the directory that contains the images")
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise DataError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
+                        f"found under {root} (searched recursively)")
+    return root, files
+
+
 def heldout_mask(relpaths, fraction: float) -> np.ndarray:
     """Which files are held out: those whose path hash falls below ``fraction`` (stable whatever else is in
     the folder), at least one and never all of them when ``fraction`` > 0 and there are two or more files."""
@@ -280,18 +297,7 @@ def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split
     _check_limit(limit)
     if split not in ("train", "test", "val"):
         raise DataError(f"folder split must be 'train', 'test' or 'val', got {split!r}")
-    if path is None:
-        raise DataError("an image folder needs a path (set data.path to a directory of images)")
-    root = Path(path)
-    if not root.exists():
-        raise DataError(f"image folder {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"{root} is a file; pass the directory that contains the images")
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise DataError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
-                        f"found under {root} (searched recursively)")
+    root, files = list_image_files(path)
     class_names, targets = None, None
     if labels:
         loose = [p for p in files if p.parent == root]
@@ -453,18 +459,7 @@ class FolderScan:
 def scan_image_folder(path) -> FolderScan:
     """Image files under ``path`` (recursive) with their sizes and modes, read from the headers only."""
     from PIL import Image
-    if path is None:
-        raise DataError("an image folder needs a path")
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise DataError(f"image folder {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"{root} is a file; pass the directory that contains the images")
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise DataError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found under {root} "
-                        f"(searched recursively)")
+    root, files = list_image_files(path)
     sides, gray, bad = [], True, []
     for p in files:
         try:

@@ -90,7 +90,7 @@ _STANDARD = FitPreset(
                                                          num_heads=6)),
     encoder_images=5_000_000, tokenizer_images=2_000_000, rdm_steps=40_000, pixel_images=10_000_000, views=4,
     tokenizer_ch=64, eval_images=5000,
-    note="for one GPU (a few hours)",
+    note="for one GPU (a few hours; sized, not yet timed on a GPU)",
 )
 FIT_PRESETS = {"quick": _QUICK, "standard": _STANDARD}
 
@@ -335,7 +335,7 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
     summary["stage_wall_s"] = times
     summary["wall_s"] = round(sum(times.values()), 1)
     summary["precision"] = {k: v.get("precision", "-") for k, v in summary.items()
-                            if isinstance(v, dict) and k in ("encoder", "tokenizer", "rdm", "pixel")}
+                            if isinstance(v, dict) and k in ("encoder", "tokenizer", "cache", "rdm", "pixel")}
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     _report(run, summary)
     return summary
