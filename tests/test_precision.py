@@ -34,14 +34,20 @@ def test_the_cpu_presets_are_auto():
     assert apply_overrides(OptimConfig(), ["bf16=true"]).bf16 is True
 
 
-def test_the_real_check_agrees_with_onednn_and_aten():
-    """On an AVX2-only CPU (or ATEN_CPU_CAPABILITY=avx2) the check says no; it never says yes where oneDNN
-    has no bf16."""
-    got = precision.detect_cpu_bf16()
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert got is False
-    if not torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "SVE", "ARM", "NEON")):
-        assert got is False
+def test_the_real_check_needs_onednn_avx512_and_the_bf16_flag(monkeypatch):
+    """The detection itself, input by input: an AVX2-only CPU (or ATEN_CPU_CAPABILITY=avx2), a CPU whose oneDNN
+    has no bf16, and AVX-512 without avx512_bf16 / amx_bf16 all say no; all three present say yes."""
+    def cpu(onednn: bool, capability: str, flags):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+        return precision.detect_cpu_bf16()
+    assert cpu(True, "AVX512", ["avx512f", "avx512_bf16"]) is True        # Zen 4
+    assert cpu(True, "AVX512", ["avx512f", "amx_bf16"]) is True           # Sapphire Rapids
+    assert cpu(False, "AVX2", ["avx2"]) is False                          # Zen 3
+    assert cpu(True, "AVX2", ["avx512f", "avx512_bf16"]) is False         # ATen kernels capped at AVX2
+    assert cpu(False, "AVX512", ["avx512f", "avx512_bf16"]) is False      # oneDNN without bf16
+    assert cpu(True, "AVX512", ["avx512f"]) is False                      # AVX-512 alone: emulated
 
 
 class _Probe(nn.Module):

@@ -429,13 +429,11 @@ def _same_folder(a: DataConfig, b: DataConfig) -> bool:
 def with_heldout_split(data: DataConfig, eval_data: DataConfig, fraction: float = HOLDOUT):
     """(data, eval_data) such that the held-out data are never training images: a folder whose held-out
     data would be the folder itself is split, ``fraction`` of its images held out."""
-    if not _same_folder(data, eval_data) or data.holdout > 0:
-        if _same_folder(data, eval_data):
-            eval_data = replace(eval_data, path=data.path, holdout=data.holdout, labels=data.labels,
-                                split="test" if eval_data.split == "train" else eval_data.split)
+    if not _same_folder(data, eval_data):
         return data, eval_data
-    data = replace(data, holdout=fraction, split="train")
-    eval_data = replace(eval_data, path=data.path, holdout=fraction, labels=data.labels,
+    if data.holdout == 0:
+        data = replace(data, holdout=fraction, split="train")
+    eval_data = replace(eval_data, path=data.path, holdout=data.holdout, labels=data.labels,
                         split="test" if eval_data.split == "train" else eval_data.split)
     return data, eval_data
 

@@ -216,9 +216,6 @@ def decode_image(path, resolution: int, channels: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).reshape(resolution, resolution, channels)
 
 
-_open_image = decode_image
-
-
 def list_image_files(path) -> tuple:
     """(root, image files under it, recursive, sorted by relative path); clear errors for a bad folder."""
     if path is None:

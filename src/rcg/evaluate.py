@@ -712,14 +712,14 @@ class ImageFolderSource:
 
     def _read(self, p: Path) -> np.ndarray:
         from PIL import Image
-        from .data import _open_image
+        from .data import decode_image
         try:
             if self._native:
                 with Image.open(p) as im:
                     if im.size != (self.resolution, self.resolution):
                         raise EvalError(f"{p} is {im.size[0]}x{im.size[1]} but the folder's first image is "
                                         f"{self.resolution}x{self.resolution}; pass a resolution to resize all")
-            return _open_image(p, self.resolution, self.channels)
+            return decode_image(p, self.resolution, self.channels)
         except EvalError:
             raise
         except Exception as e:

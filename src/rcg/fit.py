@@ -10,9 +10,10 @@ Rerunning the same command resumes wherever it stopped; a finished stage is not 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -50,16 +51,14 @@ class FitPreset:
     note: str = ""
 
 
-def _views(saturation: float) -> tuple:
-    v1 = ViewSpec(scale=(0.2, 1.0), saturation=saturation)
-    return v1, replace(v1, solarize_p=0.2)
+_VIEW1 = ViewSpec(scale=(0.2, 1.0))                 # the MoCo v3 colour recipe (ViewSpec's defaults)
 
 
 _CPU_OPTIM = OptimConfig(batch_size=256, lr=2e-3, weight_decay=1e-4, schedule="cosine", warmup_epochs=0.0, bf16=None,
                          log_every=20, ckpt_every=200)
 _QUICK = FitPreset(
     encoder=EncoderRun(encoder=EncoderConfig(arch="resnet", widths=(32, 64, 128), depths=(1, 1, 1), mlp_dim=1024),
-                       view1=_views(0.2)[0], view2=_views(0.2)[1], knn=KNNConfig(every_epochs=0.0, bank=5000),
+                       view1=_VIEW1, view2=replace(_VIEW1, solarize_p=0.2), knn=KNNConfig(every_epochs=0.0, bank=5000),
                        optim=_CPU_OPTIM),
     # L1 + MSE: with L1 alone the codes of colour clip art decode to the per-channel median, i.e. grey (held-out
     # saturation 0.026 vs 0.106 in the images; with MSE 0.094, and 1.5 dB higher PSNR)
@@ -68,8 +67,8 @@ _QUICK = FitPreset(
                            optim=OptimConfig(batch_size=16, lr=4e-3, schedule="cosine", min_lr=1e-4, bf16=None,
                                              log_every=100, ckpt_every=500)),
     rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], sample_steps=100, fd_samples=1000),
-    mage=replace(PIXEL_PRESETS["fmnist-mage"]),
-    dit=replace(PIXEL_PRESETS["fmnist-dit"]),
+    mage=PIXEL_PRESETS["fmnist-mage"],
+    dit=PIXEL_PRESETS["fmnist-dit"],
     # (clip art, 7.7k images, 32 px: the RDM's rep FD / floor is 63.7 after 400 steps, 1.60 after 1000, 1.12 after 1500)
     encoder_images=30_000, tokenizer_images=30_000, rdm_steps=1500, pixel_images=50_000, tokenizer_ch=16,
     note="a preview for a CPU: about 15 minutes on 2 cores without native bf16, up to 10k images at 32 px",
@@ -104,7 +103,6 @@ class FitPlan:
     request: dict
     resolution: int
     channels: int
-    stages: dict = field(default_factory=dict)
 
 
 def _epochs(images: float, n: int) -> float:
@@ -113,9 +111,7 @@ def _epochs(images: float, n: int) -> float:
 
 def _tokenizer_model(base: VQConfig, resolution: int, channels: int, ch: int) -> VQConfig:
     """8x8 tokens up to 128 px (f4 at 32, f8 at 64, f16 at 128), 16x16 at 256 (f16)."""
-    levels = {32: 3, 64: 4, 128: 5, 256: 5}.get(resolution)
-    if levels is None:
-        levels = max(2, min(5, int(round(torch.log2(torch.tensor(resolution / 8.0)).item())) + 1))
+    levels = {32: 3, 64: 4, 128: 5, 256: 5}.get(resolution) or max(2, min(5, round(math.log2(resolution / 8)) + 1))
     mult = (1, 2, 2, 4, 4)[:levels]
     return replace(base, in_channels=channels, out_channels=channels, resolution=resolution, ch=ch, ch_mult=mult)
 
@@ -181,7 +177,7 @@ def plan(data_dir, out, preset: str = "quick", resolution: Optional[int] = None,
     return FitPlan(request=request, resolution=resolution, channels=channels)
 
 
-def stage_configs(p: FitPlan, run: Path, n_train: int, n_test: int, mean, std, overrides: dict) -> dict:
+def stage_configs(p: FitPlan, run: Path, n_train: int, mean, std, overrides: dict) -> dict:
     """The config of every stage, sized from the data, budgets turned into epochs."""
     pre = FIT_PRESETS[p.request["preset"]]
     r, c, lab = p.resolution, p.channels, p.request["labels"]
@@ -191,8 +187,8 @@ def stage_configs(p: FitPlan, run: Path, n_train: int, n_test: int, mean, std, o
     e = pre.encoder
     enc = replace(e, data=train, eval_data=test,
                   encoder=replace(e.encoder, in_chans=c, mean=tuple(mean), std=tuple(std)),
-                  view1=replace(e.view1, saturation=e.view1.saturation if c == 3 else 0.0, gray_p=e.view1.gray_p if c == 3 else 0.0),
-                  view2=replace(e.view2, saturation=e.view2.saturation if c == 3 else 0.0, gray_p=e.view2.gray_p if c == 3 else 0.0),
+                  view1=e.view1 if c == 3 else replace(e.view1, saturation=0.0, gray_p=0.0),
+                  view2=e.view2 if c == 3 else replace(e.view2, saturation=0.0, gray_p=0.0),
                   optim=replace(bs(e.optim, n_train), epochs=_epochs(pre.encoder_images, n_train)))
     enc = replace(enc, optim=replace(enc.optim, warmup_epochs=round(0.05 * enc.optim.epochs, 4)))
     t = pre.tokenizer
@@ -298,7 +294,7 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
     train, test = stage("data", f"decoding the folder once into {run / 'data'}", lambda: decode_once(p, run, progress))
     print(f"  {len(train)} training images, {len(test)} held out ({p.request['holdout']:.0%})")
     mean, std = _channel_stats(train.images)
-    cfgs = stage_configs(p, run, len(train), len(test), mean, std, over)
+    cfgs = stage_configs(p, run, len(train), mean, std, over)
     summary["data"] = {"train": len(train), "heldout": len(test), "mean": mean, "std": std,
                        "classes": train.class_names}
 
@@ -342,15 +338,14 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
 
 
 def _cache(enc_dir, cache: Path, tok_dir, train: ImageSet, p: FitPlan, pre: FitPreset, device, progress) -> dict:
-    from .checkpoint import load_tensors
     from .encoders import fingerprint
     from .stages import cache_reps, load_encoder
     if cache.is_file():
-        _, meta = load_tensors(cache)
+        meta = tensor_file_meta(cache)                  # the header only
         if meta.get("encoder_fingerprint") == fingerprint(load_encoder(enc_dir)) and int(meta.get("views", 0)) == pre.views:
             print(f"  {cache} is up to date")
             return meta
-    over = [f"data.dataset=tensors", f"data.path={Path(cache).parent / 'data' / 'train.safetensors'}",
+    over = ["data.dataset=tensors", f"data.path={Path(cache).parent / 'data' / 'train.safetensors'}",
             f"data.resolution={p.resolution}", f"data.channels={p.channels}", f"data.labels={p.request['labels']}"]
     return cache_reps(enc_dir, cache, views=pre.views, data_overrides=over, device=device, tokenizer=tok_dir,
                       pixels=tok_dir is None, progress=progress)

@@ -67,9 +67,7 @@ def native_bf16(device) -> bool:
 
 def resolve_bf16(choice: Optional[bool], device) -> bool:
     """The precision a stage runs in: ``choice`` when it is True or False, else (None: auto) native bf16."""
-    if choice is None or choice == "auto":
-        return native_bf16(device)
-    return bool(choice)
+    return native_bf16(device) if choice is None else bool(choice)
 
 
 def precision_name(bf16: bool) -> str:
@@ -81,7 +79,7 @@ def describe(choice: Optional[bool], device) -> str:
     dev = torch.device(device)
     used = resolve_bf16(choice, dev)
     where = f"this CPU, {torch.backends.cpu.get_cpu_capability()}" if dev.type == "cpu" else f"{dev}"
-    if choice is None or choice == "auto":
+    if choice is None:
         why = f"auto: {'native' if used else 'no native'} bf16 on {where}"
     else:
         why = f"forced by {'--bf16' if used else '--no-bf16'}"

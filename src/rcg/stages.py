@@ -544,8 +544,8 @@ SHIPPED_ENCODER = ASSETS / "fmnist-encoder"
 # The demo fits `make demo` from a fresh clone (venv included) in 10 minutes on 2 CPU cores (BENCHMARKS.md), sized to
 # the machine. With native bf16: the presets with a shorter tokenizer run (0.4 epoch: ~1 dB PSNR less than the
 # preset's epoch), a shorter RDM (6 epochs of one view, representation FD on 2000 samples) and MAGE for 2.75 of its 3
-# epochs. Without it (fp32, e.g. an AVX2-only CPU: tokenizer ~180 img/s, MAGE ~275 img/s): half the images in the
-# cache (30k), a 0.2-epoch tokenizer, 5 RDM epochs and 3.25 MAGE epochs of the 30k token maps (2 epochs: 6 min 54 s
+# epochs. Without it (fp32, e.g. an AVX2-only CPU; measured with the AVX2 kernels: MAGE ~315 img/s): half the
+# images in the cache (30k), a 0.2-epoch tokenizer, 5 RDM epochs and 3.25 MAGE epochs of the 30k token maps (2 epochs: 6 min 54 s
 # for make demo, but MAGE's samples were blobs even from real representations).
 DEMO_BUDGETS = {
     "bf16": {"tokenizer": ["optim.epochs=0.4"], "rdm": ["optim.epochs=6", "fd_samples=2000"],
