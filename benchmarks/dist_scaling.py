@@ -24,7 +24,8 @@ def worker(a) -> None:
     """One process of one configuration: time steps [warmup, warmup + steps) of fit()."""
     import torch
     from rcg import dist
-    from rcg.config import RDM_RUN_PRESETS, OptimConfig
+    from rcg.config import OptimConfig
+    from rcg.presets import RDM_RUN_PRESETS
     from rcg.diffusion import GaussianDiffusion
     from rcg.rdm import RDM
     from rcg.train import EpochBatches, Job, fit

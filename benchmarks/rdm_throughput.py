@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rcg import augment
-from rcg.config import ENCODER_PRESETS, RDM_RUN_PRESETS
+from rcg.presets import ENCODER_PRESETS, RDM_RUN_PRESETS
 from rcg.diffusion import GaussianDiffusion
 from rcg.encoders import Encoder
 from rcg.rdm import RDM

@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 
 from rcg import evaluate as E
-from rcg.checkpoint import load_tensors, read_config
-from rcg.config import DataConfig, PixelRun, from_dict
+from rcg.store import load_tensors, read_config
+from rcg.config import DataConfig, PixelRun
+from rcg.tree import from_dict
 from rcg.data import load_dataset
 from rcg.encoders import fingerprint
 from rcg.evalnet import EVALNET_PRESETS, load_evalnet, train_evalnet
@@ -73,8 +74,7 @@ def train_row(base: PixelRun, cond: str, out: Path) -> dict:
     """RUN/pixel's config with only the conditioning changed, trained into ``out`` (resumes)."""
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
-    cfg = (replace(base, dit=replace(base.dit, cond=cond)) if base.generator == "dit"
-           else replace(base, model=replace(base.model, cond=cond)))
+    cfg = replace(base, model=replace(base.model, cond=cond))
     print(f"== training {base.generator} (cond {cond}) -> {out}", flush=True)
     return train_pixel(cfg, str(out), progress=False)
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from rcg import evaluate as E
-from rcg.config import PIXEL_PRESETS, TOKENIZER_PRESETS, DataConfig, apply_overrides
+from rcg.config import DataConfig
+from rcg.presets import PIXEL_PRESETS, TOKENIZER_PRESETS
+from rcg.tree import apply_overrides
 from rcg.evalnet import load_evalnet
 from rcg.sample import RCGSampler
 from rcg.stages import cache_reps, load_dataset, load_reps, setup_torch, train_pixel, train_tokenizer
@@ -33,7 +35,7 @@ def train_generator(gen: str, cond: str, work: Path, cache: Path, encoder: str, 
     run = work / f"{gen}-{cond}"
     if (run / "summary.json").is_file():
         return json.loads((run / "summary.json").read_text())
-    key = "dit.cond" if gen == "dit" else "model.cond"
+    key = "model.cond"
     over = [f"cache={cache}", f"encoder={encoder}", f"{key}={cond}"] + ([f"tokenizer={tokenizer}"] if gen == "mage" else [])
     cfg = apply_overrides(PIXEL_PRESETS[PRESET[gen]], over)
     print(f"== training {gen} ({cond}) -> {run}", flush=True)

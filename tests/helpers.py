@@ -4,7 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rcg.config import DataConfig, EncoderRun, KNNConfig, OptimConfig, RDMRun, apply_overrides
+from rcg.config import DataConfig, EncoderRun, KNNConfig, OptimConfig, RDMRun
+from rcg.tree import apply_overrides
 from rcg.encoders import EncoderConfig
 from rcg.rdm import RDMConfig
 

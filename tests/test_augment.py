@@ -297,7 +297,7 @@ def test_viewspec_hue_is_the_recipe_and_reaches_the_jitter():
 
 
 def test_fmnist_preset_has_no_colour_jitter_of_colour():
-    from rcg.config import ENCODER_PRESETS
+    from rcg.presets import ENCODER_PRESETS
     run = ENCODER_PRESETS["fmnist-encoder"]
     for v in (run.view1, run.view2):
         assert v.hue == 0.0 and v.saturation == 0.0

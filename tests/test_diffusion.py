@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from rcg.diffusion import GaussianDiffusion, randn_per_sample, scaled_linear_betas
+from rcg.diffusion import GaussianDiffusion, scaled_linear_betas
+from rcg.rng import randn_per_sample
 from rcg.rdm import RDM, RDM_PRESETS
 
 

@@ -15,8 +15,9 @@ import torch.nn as nn
 
 from helpers import make_fmnist
 from rcg import dist
-from rcg.checkpoint import WEIGHTS, load_state, load_tensors, prepare_run_dir, save_tensors
-from rcg.config import DataConfig, EncoderRun, OptimConfig, PixelRun, RDMRun, TokenizerRun, to_dict
+from rcg.store import WEIGHTS, load_state, load_tensors, prepare_run_dir, save_tensors
+from rcg.config import DataConfig, EncoderRun, OptimConfig, PixelRun, RDMRun, TokenizerRun
+from rcg.tree import to_dict
 from rcg.encoders import Encoder, EncoderConfig
 from rcg.pixel.mage import MAGEConfig
 from rcg.rdm import RDMConfig

@@ -3,7 +3,7 @@ first-3-channels form), names, presets, parameter counts (computed here from the
 import pytest
 import torch
 
-from rcg.pixel import DIT_PRESETS, PIXEL_GENERATORS, DiTConfig, dit_config
+from rcg.pixel import DIT_PRESETS, GENERATORS, DiTConfig, dit_config
 from rcg.pixel.dit import DiT, DiTRun, dit_from_converted, sincos_pos_embed
 
 TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4, rep_dim=16)
@@ -28,7 +28,7 @@ def _inputs(B=3, seed=1, rep_dim=16):
 
 
 def test_registry_names_presets():
-    assert PIXEL_GENERATORS["dit"] is DiT and DiT.config_class is DiTConfig
+    assert GENERATORS["dit"].network is DiT and GENERATORS["dit"].config_class is DiTConfig
     xl, large, tiny = DIT_PRESETS["dit-xl-2"], DIT_PRESETS["dit-l-2"], DIT_PRESETS["dit-tiny"]
     assert (xl.hidden_size, xl.depth, xl.num_heads, xl.patch_size, xl.input_size, xl.in_channels) == \
         (1152, 28, 16, 2, 32, 4)
@@ -180,8 +180,8 @@ def test_dit_xl_2_parameter_count():
 
 def test_converted_run_roundtrip(tmp_path):
     """A DiT run directory (config.json = DiTRun, checkpoint.safetensors) reads back exactly."""
-    from rcg.checkpoint import WEIGHTS, prepare_run_dir, save_tensors
-    from rcg.config import to_dict
+    from rcg.store import WEIGHTS, prepare_run_dir, save_tensors
+    from rcg.tree import to_dict
     m = _model()
     run = DiTRun(model=m.cfg, steps=25, guidance=3.0)
     d, _ = prepare_run_dir(tmp_path / "run", to_dict(run))

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from helpers import make_fmnist, tiny_encoder_run, tiny_rdm_run
-from rcg.checkpoint import CheckpointError, load_tensors
+from rcg.store import CheckpointError, load_tensors
 from rcg.cli import main
 from rcg.config import DIT_DIFFUSION, OptimConfig, PixelRun
 from rcg.pixel.dit import DiTConfig
@@ -17,7 +17,7 @@ from rcg.stages import cache_reps, encode_images, load_encoder, load_pixel, trai
 
 def _dit_cfg(root, cond="rep", epochs=4.0, **optim):
     return PixelRun(generator="dit", cache=str(root / "cache.safetensors"), encoder=str(root / "enc"),
-                    dit=DiTConfig(patch_size=4, hidden_size=32, depth=2, num_heads=2, cond=cond),
+                    model=DiTConfig(patch_size=4, hidden_size=32, depth=2, num_heads=2, cond=cond),
                     diffusion=DIT_DIFFUSION, steps=8,
                     optim=OptimConfig(epochs=epochs, batch_size=32, lr=2e-3, ema_decay=0.99, log_every=2,
                                       ckpt_every=8, **optim))
@@ -51,8 +51,8 @@ def test_dit_learns_and_its_run_loads(system):
     assert summary["generator"] == "dit" and summary["cond"] == "rep"
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])                     # eps MSE + VLB goes down
     model, cfg, fps = load_pixel(root / "dit")
-    assert cfg.generator == "dit" and cfg.dit.in_channels == 1 and cfg.dit.input_size == 16
-    assert cfg.dit.rep_dim == 16 and fps["encoder_fingerprint"]
+    assert cfg.generator == "dit" and cfg.model.in_channels == 1 and cfg.model.input_size == 16
+    assert cfg.model.rep_dim == 16 and fps["encoder_fingerprint"]
 
 
 def test_same_seed_same_image_at_batch_sizes_1_and_8(system):
@@ -79,10 +79,10 @@ def test_dit_baselines_and_cli(system, tmp_path):
     for cond in ("none", "class"):
         assert main(["train-pixel", "--generator", "dit", "--cache", str(root / "cache.safetensors"),
                      "--encoder", str(root / "enc"), "--cond", cond, "--out", str(tmp_path / cond), "--epochs", "0.5",
-                     "--batch-size", "32", "--no-progress", "--set", "dit.hidden_size=32", "--set", "dit.depth=1",
-                     "--set", "dit.num_heads=2", "--set", "steps=4"]) == 0
+                     "--batch-size", "32", "--no-progress", "--set", "model.hidden_size=32", "--set", "model.depth=1",
+                     "--set", "model.num_heads=2", "--set", "steps=4"]) == 0
     s = RCGSampler(str(tmp_path / "class"), None, "cpu")
-    assert s.cfg.dit.num_classes == 10 and s.cond == "class"
+    assert s.cfg.model.num_classes == 10 and s.cond == "class"
     assert main(["sample", "--pixel", str(tmp_path / "class"), "--class", "3", "--num", "2",
                  "--out", str(tmp_path / "c.npz")]) == 0
     assert np.load(tmp_path / "c.npz")["arr_0"].shape[0] == 2

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from helpers import make_fmnist
-from rcg.config import DataConfig, OptimConfig, from_dict, to_dict
+from rcg.config import DataConfig, OptimConfig
+from rcg.tree import from_dict, to_dict
 from rcg.evaluate import evaluate_stream, inception_score, iterate_tensor, reference_stats
 from rcg.evalnet import (EVALNET_PRESETS, EvalCNN, EvalNet, EvalNetConfig, EvalNetRun, load_evalnet,
                          train_evalnet)

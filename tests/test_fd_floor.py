@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rcg import stages
-from rcg.checkpoint import WEIGHTS, prepare_run_dir, save_tensors
-from rcg.config import OptimConfig, RDMRun, to_dict
+from rcg.store import WEIGHTS, prepare_run_dir, save_tensors
+from rcg.config import OptimConfig, RDMRun
+from rcg.tree import to_dict
 from rcg.evaluate import (SUBSETS_MIN_RATIO, EvalError, fd_between, image_halves, rep_fd_plan, split_fd_floor,
                           subset_fd_floor)
 from rcg.rdm import RDM, RDMConfig

@@ -7,7 +7,7 @@ from PIL import Image
 
 from rcg.cli import main
 from rcg.data import scan_image_folder
-from rcg.fit import fit_folder, plan
+from rcg.stages.fit import fit_folder, plan
 
 TINY = {
     "encoder": ["encoder.widths=8,16", "encoder.depths=1,1", "encoder.mlp_dim=32", "encoder.rep_dim=16",
@@ -101,7 +101,7 @@ def test_fit_reuses_an_encoder_and_takes_its_channels(folder, tmp_path):
     fit_folder(folder, first, overrides=TINY, progress=False, device="cpu")
     with pytest.raises(ValueError, match="takes 3-channel"):
         plan(folder, tmp_path / "b", channels=1, encoder=str(first / "encoder"))
-    dit = {**TINY, "pixel": ["dit.hidden_size=32", "dit.depth=1", "dit.num_heads=2", "optim.epochs=1",
+    dit = {**TINY, "pixel": ["model.hidden_size=32", "model.depth=1", "model.num_heads=2", "optim.epochs=1",
                              "optim.batch_size=16", "steps=2"]}
     s = fit_folder(folder, tmp_path / "b", encoder=str(first / "encoder"), generator="dit", overrides=dit,
                    progress=False, device="cpu")

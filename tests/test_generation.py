@@ -6,7 +6,8 @@ from PIL import Image
 
 from helpers import make_fmnist, tiny_encoder_run, tiny_rdm_run
 from rcg.cli import main
-from rcg.config import DataConfig, OptimConfig, PixelRun, TokenizerRun, apply_overrides
+from rcg.config import DataConfig, OptimConfig, PixelRun, TokenizerRun
+from rcg.tree import apply_overrides
 from rcg.pixel.mage import MAGEConfig
 from rcg.sample import RCGSampler
 from rcg.stages import cache_reps, train_encoder, train_pixel, train_rdm, train_tokenizer
@@ -45,7 +46,7 @@ def system(tmp_path_factory):
 
 
 def test_cache_holds_tokens_of_the_same_crops(system):
-    from rcg.checkpoint import load_tensors
+    from rcg.store import load_tensors
     t, meta = load_tensors(system / "cache.safetensors")
     assert t["tokens"].shape == (256, 16) and int(t["tokens"].max()) < 32
     assert meta["tokenizer_fingerprint"] and meta["codebook_size"] == "32"

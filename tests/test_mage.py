@@ -7,7 +7,7 @@ import torch
 from scipy import stats
 
 from rcg.guidance import guided, linear_tau
-from rcg.pixel import MAGE_PRESETS, PIXEL_GENERATORS, MAGEConfig, mage_config
+from rcg.pixel import GENERATORS, MAGE_PRESETS, MAGEConfig, mage_config
 from rcg.pixel.mage import MAGE, cosine_mask_len
 
 TINY = dict(codebook_size=32, num_tokens=49, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=32,
@@ -29,7 +29,7 @@ def _rep(B, seed=1, dim=8):
 
 
 def test_registry_presets_and_names():
-    assert PIXEL_GENERATORS["mage"] is MAGE and MAGE.config_class is MAGEConfig
+    assert GENERATORS["mage"].network is MAGE and GENERATORS["mage"].config_class is MAGEConfig
     assert {"mage-b", "mage-l", "mage-tiny"} <= set(MAGE_PRESETS)
     b = MAGE_PRESETS["mage-b"]
     assert (b.embed_dim, b.depth, b.num_heads, b.decoder_embed_dim, b.decoder_depth, b.decoder_num_heads) == \

@@ -104,7 +104,7 @@ def vqgan_counts(ch=128, mult=(1, 1, 2, 2, 4), nrb=2, z=256, n_embed=1024, cin=3
 
 
 def test_full_size_parameter_counts():
-    from rcg.config import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS
+    from rcg.presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS
     official_vocab = dict(vocab_size=2025, mask_token_id=2024, cond_token_id=1100)
     with torch.device("meta"):                        # shapes only: no memory, no initialisation cost
         # RDM 12 x 1536: 62,721,280 (RCG_FACTS 3, paper "63M"); class-conditional: + 12 context Linear(512 -> 1536)
@@ -414,7 +414,7 @@ def test_convert_refuses_a_different_run(tmp_path):
     _, _, _, rdm2 = _tiny_modules(num_classes=3, seed=1)
     torch.save(official_rdm_file(rdm2, enc), tmp_path / "b.pth")
     convert(tmp_path / "a.pth", tmp_path / "out")
-    from rcg.checkpoint import CheckpointError
+    from rcg.store import CheckpointError
     with pytest.raises(CheckpointError, match="different config"):
         convert(tmp_path / "b.pth", tmp_path / "out")
     info = checkpoint_info(tmp_path / "b.pth")

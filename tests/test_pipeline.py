@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from helpers import make_fmnist, tiny_encoder_run, tiny_rdm_run
-from rcg.checkpoint import CheckpointError, load_tensors
-from rcg.config import apply_overrides
+from rcg.store import CheckpointError, load_tensors
+from rcg.tree import apply_overrides
 from rcg.stages import cache_reps, load_encoder, rep_fd, sample_reps, train_encoder, train_rdm
 
 

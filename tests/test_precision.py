@@ -6,7 +6,9 @@ import torch
 import torch.nn as nn
 
 from rcg import precision
-from rcg.config import OptimConfig, RDM_RUN_PRESETS, TOKENIZER_PRESETS, apply_overrides
+from rcg.config import OptimConfig
+from rcg.presets import RDM_RUN_PRESETS, TOKENIZER_PRESETS
+from rcg.tree import apply_overrides
 from rcg.train import Job, fit
 
 

@@ -91,7 +91,7 @@ def test_image_shape_mage_and_dit_without_building_models():
     mage.tokenizer = SimpleNamespace(cfg=SimpleNamespace(in_channels=3, resolution=32))
     assert mage.image_shape == (3, 32)
     dit = RCGSampler.__new__(RCGSampler)
-    dit.cfg = SimpleNamespace(generator="dit", autoencoder="", dit=SimpleNamespace(in_channels=1, input_size=16))
+    dit.cfg = SimpleNamespace(generator="dit", autoencoder="", model=SimpleNamespace(in_channels=1, input_size=16))
     dit.tokenizer = None
     assert dit.image_shape == (1, 16)
     dit.cfg.autoencoder = "stabilityai/sd-vae-ft-ema"

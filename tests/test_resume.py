@@ -14,10 +14,12 @@ import torch
 import torch.nn as nn
 
 from rcg import train as T
-from rcg.checkpoint import CheckpointError, load_state, load_tensors, prepare_run_dir
+from rcg.store import CheckpointError, load_state, load_tensors, prepare_run_dir
 from rcg.cli import main
 from rcg.config import OptimConfig
-from rcg.train import STATE_PREV, EpochBatches, Job, fit
+from rcg.rng import EpochBatches
+from rcg.store import STATE_PREV
+from rcg.train import Job, fit
 from test_dist import tiny_parts
 
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from helpers import make_fmnist
-from rcg.checkpoint import load_tensors
-from rcg.config import DataConfig, OptimConfig, ReseedConfig, TokenizerRun, TOKENIZER_PRESETS, from_dict, to_dict
+from rcg.store import load_tensors
+from rcg.config import DataConfig, OptimConfig, ReseedConfig, TokenizerRun
+from rcg.presets import TOKENIZER_PRESETS
+from rcg.tree import from_dict, to_dict
 from rcg.stages import load_tokenizer, train_tokenizer
 from rcg.tokenizer import (VQConfig, VQModel, VQTrainer, VectorQuantizer, code_stats, psnr,
                            reconstruction_metrics, reseed_dead_codes)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rcg.checkpoint import (CheckpointError, load_state, load_tensors, prepare_run_dir, save_state,
+from rcg.store import (CheckpointError, load_state, load_tensors, prepare_run_dir, save_state,
                             save_tensors)
 from rcg.config import OptimConfig
 from rcg.train import EMA, EpochBatches, Job, TrainingError, fit, lr_at

@@ -7,6 +7,9 @@ import os
 import sys
 
 from . import config as C
+from . import presets as P
+from . import tree as T
+from .pixel import GENERATORS
 
 
 BF16_HELP = ("bf16 autocast: --bf16 forces it, --no-bf16 turns it off; default: the preset's choice, which for the "
@@ -72,15 +75,15 @@ def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = Tru
 
 
 def _resolve(a, presets: dict, sections=("data",)):
-    cfg = C.fit_to_data(C.apply_overrides(presets[a.preset], _overrides(a, sections)))
-    print(f"# {a.verb} --preset {a.preset}\n{C.dumps(cfg)}")
+    cfg = C.fit_to_data(T.apply_overrides(presets[a.preset], _overrides(a, sections)))
+    print(f"# {a.verb} --preset {a.preset}\n{T.dumps(cfg)}")
     return cfg
 
 
 # ------------------------------------------------------------------------------------------------
 def cmd_train_encoder(a):
     # a folder/CIFAR held-out split follows the training data unless set explicitly
-    cfg = _resolve(a, C.ENCODER_PRESETS, sections=("data", "eval_data"))
+    cfg = _resolve(a, P.ENCODER_PRESETS, sections=("data", "eval_data"))
     if a.dry_run:
         return 0
     from .stages import train_encoder
@@ -100,10 +103,10 @@ def cmd_cache_reps(a):
 
 
 def cmd_train_rdm(a):
-    cfg = _resolve(a, C.RDM_RUN_PRESETS, sections=())
-    cfg = C.apply_overrides(cfg, [f"cache={a.cache}", f"encoder={a.encoder}"])
+    cfg = _resolve(a, P.RDM_RUN_PRESETS, sections=())
+    cfg = T.apply_overrides(cfg, [f"cache={a.cache}", f"encoder={a.encoder}"])
     if a.class_cond:
-        cfg = C.override(cfg, "class_cond", True)
+        cfg = T.override(cfg, "class_cond", True)
     if a.dry_run:
         return 0
     from .stages import train_rdm
@@ -129,7 +132,7 @@ def cmd_rep_fd(a):
 
 
 def cmd_train_tokenizer(a):
-    cfg = _resolve(a, C.TOKENIZER_PRESETS, sections=("data", "eval_data"))
+    cfg = _resolve(a, P.TOKENIZER_PRESETS, sections=("data", "eval_data"))
     if a.dry_run:
         return 0
     from .stages import train_tokenizer
@@ -139,14 +142,13 @@ def cmd_train_tokenizer(a):
 
 def cmd_train_pixel(a):
     a.preset = a.preset or ("fmnist-dit" if a.generator == "dit" else "fmnist-mage")
-    cfg = _resolve(a, C.PIXEL_PRESETS, sections=())
+    cfg = _resolve(a, P.PIXEL_PRESETS, sections=())
     if a.generator and a.generator != cfg.generator:
         raise ValueError(f"--generator {a.generator} but preset {a.preset} is a {cfg.generator} preset "
-                         f"(DiT presets: {', '.join(k for k, v in C.PIXEL_PRESETS.items() if v.generator == 'dit')})")
-    cond_key = "dit.cond" if cfg.generator == "dit" else "model.cond"
-    cfg = C.apply_overrides(cfg, [f"cache={a.cache}", f"encoder={a.encoder}"]
+                         f"(DiT presets: {', '.join(k for k, v in P.PIXEL_PRESETS.items() if v.generator == 'dit')})")
+    cfg = T.apply_overrides(cfg, [f"cache={a.cache}", f"encoder={a.encoder}"]
                             + ([f"tokenizer={a.tokenizer}"] if a.tokenizer else [])
-                            + ([f"{cond_key}={a.cond}"] if a.cond else []))
+                            + ([f"model.cond={a.cond}"] if a.cond else []))
     if a.dry_run:
         return 0
     from .stages import train_pixel
@@ -253,7 +255,7 @@ def cmd_demo(a):
 
 
 def cmd_fit(a):
-    from .fit import fit_folder
+    from .stages.fit import fit_folder
     over = {}
     for item in a.set:
         stage, _, kv = item.partition(".")
@@ -272,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("train-encoder", help="MoCo v3 self-supervised encoder on your images")
-    _common(p, C.ENCODER_PRESETS, "fmnist-encoder")
+    _common(p, P.ENCODER_PRESETS, "fmnist-encoder")
     _data_flags(p)
     _optim_flags(p)
     p.set_defaults(func=cmd_train_encoder)
@@ -295,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cache_reps)
 
     p = sub.add_parser("train-rdm", help="representation diffusion model on a representation cache")
-    _common(p, C.RDM_RUN_PRESETS, "fmnist-rdm")
+    _common(p, P.RDM_RUN_PRESETS, "fmnist-rdm")
     p.add_argument("--cache", required=True, help="file written by rcg cache-reps")
     p.add_argument("--encoder", required=True, help="the encoder that made the cache (checked by fingerprint)")
     p.add_argument("--class-cond", action="store_true", help="class-conditional RDM (needs labels in the cache)")
@@ -322,14 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b")
     p.set_defaults(func=cmd_rep_fd)
     p = sub.add_parser("train-tokenizer", help="VQ tokenizer (MAGE's VQGAN architecture) on your images")
-    _common(p, C.TOKENIZER_PRESETS, "fmnist-tokenizer")
+    _common(p, P.TOKENIZER_PRESETS, "fmnist-tokenizer")
     _data_flags(p)
     _optim_flags(p)
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = sub.add_parser("train-pixel", help="pixel generator (MAGE or DiT) conditioned on representations")
-    _common(p, C.PIXEL_PRESETS, "fmnist-mage")
-    p.add_argument("--generator", choices=list(C.GENERATORS),
+    _common(p, P.PIXEL_PRESETS, "fmnist-mage")
+    p.add_argument("--generator", choices=list(GENERATORS),
                    help="mage (VQ tokens; default) or dit (pixels; default preset fmnist-dit)")
     p.add_argument("--cache", required=True, help="rcg cache-reps output: with --tokenizer for MAGE, --pixels for DiT")
     p.add_argument("--encoder", required=True, help="the encoder that made the cache")
@@ -424,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "summary.json. Rerunning the same command resumes.")
     p.add_argument("folder", help="folder of images (png/jpg/jpeg/webp/bmp, any sizes and modes)")
     p.add_argument("--out", required=True, help="run directory RUN (each stage's run directory goes inside it)")
-    from .fit import FIT_PRESETS
+    from .stages.fit import FIT_PRESETS
     p.add_argument("--preset", default="quick", choices=sorted(FIT_PRESETS),
                    help="budget: quick (a CPU preview: ~15 min on 2 cores for up to 10k images at 32 px) or "
                         "standard (one GPU); budgets count images seen, not epochs")

@@ -1,14 +1,20 @@
-"""Frozen-dataclass configs and named presets.
+"""The run configs: one frozen dataclass tree per stage (layer 2; the named presets are in :mod:`rcg.presets`).
 
-Every stage's config is a tree of frozen dataclasses that round-trips through a plain dict
-(``to_dict`` / ``from_dict``), is written as ``config.json`` in the run directory, and can be
-overridden from the command line with dotted keys (``--set train.lr=1e-3``).
+Each round-trips through a plain dict (:mod:`rcg.tree`), is written as ``config.json`` in the run directory and
+takes dotted overrides (``--set optim.lr=1e-3``). The pixel generator's model config is chosen through the
+generator registry (:mod:`rcg.pixel`).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import Any, Optional, Tuple, Union, get_type_hints
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Tuple
+
+from . import pixel
+from .augment import ViewSpec
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig
+from .rdm import RDMConfig
+from .tokenizer import VQConfig
+from .tree import build, from_dict
 
 
 @dataclass(frozen=True)
@@ -52,122 +58,6 @@ class OptimConfig:
     wd_exclude_1d: bool = False  # no weight decay on biases and norm weights (timm add_weight_decay; MAGE)
 
 
-def to_dict(cfg: Any) -> Any:
-    """A config (tree of dataclasses) as plain JSON-able Python."""
-    if is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
-    if isinstance(cfg, tuple):
-        return [to_dict(v) for v in cfg]
-    return cfg
-
-
-def from_dict(cls: type, d: dict) -> Any:
-    """Rebuild a config of type ``cls`` from ``to_dict`` output; unknown keys are an error."""
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
-    kwargs = {}
-    for name, value in d.items():
-        tp = hints[name]
-        if is_dataclass(tp):
-            value = from_dict(tp, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _coerce(text: str, tp: Any) -> Any:
-    """Parse a command-line string as the field type ``tp`` (bool, int, float, str, Optional[...], tuples)."""
-    origin, args = getattr(tp, "__origin__", None), getattr(tp, "__args__", ())
-    if origin is Union:                                    # Optional[X]
-        if text.lower() in ("none", "null", "") or (bool in args and text.lower() == "auto"):
-            return None
-        return _coerce(text, next(a for a in args if a is not type(None)))
-    if origin in (tuple, Tuple):
-        inner = args[0] if args else float
-        return tuple(_coerce(v.strip(), inner) for v in text.split(",") if v.strip())
-    if tp is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if tp is int:
-        value = float(text)
-        if not value.is_integer():
-            raise ValueError(f"expected an integer, got {text!r}")
-        return int(value)
-    if tp is float:
-        return float(text)
-    return text
-
-
-def override(cfg: Any, key: str, value: Any) -> Any:
-    """Return ``cfg`` with the dotted ``key`` set; ``value`` given as a string is coerced to the field's type."""
-    head, _, rest = key.partition(".")
-    names = {f.name for f in fields(cfg)}
-    if head not in names:
-        raise KeyError(f"{type(cfg).__name__} has no field {head!r} (fields: {', '.join(sorted(names))})")
-    current = getattr(cfg, head)
-    if rest:
-        if not is_dataclass(current):
-            raise KeyError(f"{head!r} is not a section; cannot set {key!r}")
-        return replace(cfg, **{head: override(current, rest, value)})
-    if isinstance(value, str):
-        value = _coerce(value, get_type_hints(type(cfg))[head])
-    return replace(cfg, **{head: value})
-
-
-def apply_overrides(cfg: Any, pairs: list) -> Any:
-    """Apply ``["a.b=1", ...]`` to ``cfg``."""
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        cfg = override(cfg, key.strip(), value.strip())
-    return cfg
-
-
-def diff(a: dict, b: dict, prefix: str = "", new_ok: bool = False) -> list:
-    """Dotted keys whose values differ between two ``to_dict`` trees. ``new_ok``: keys that ``a`` lacks
-    (fields added by a newer rcg since ``a`` was written) do not count."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if new_ok and k not in a:
-            continue
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += diff(va, vb, prefix + k + ".", new_ok)
-        elif va != vb:
-            out.append(prefix + k)
-    return out
-
-
-def added_keys(a: dict, b: dict, prefix: str = "") -> list:
-    """Dotted keys of ``b`` that ``a`` lacks."""
-    out = []
-    for k, vb in b.items():
-        if k not in a:
-            out.append(prefix + k)
-        elif isinstance(vb, dict) and isinstance(a[k], dict):
-            out += added_keys(a[k], vb, prefix + k + ".")
-    return out
-
-
-def dumps(cfg: Any) -> str:
-    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)
-
-
-# ------------------------------------------------------------------------------------------------
-# Stage configs and presets
-# ------------------------------------------------------------------------------------------------
-from .augment import ViewSpec  # noqa: E402
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig  # noqa: E402
-
-
 @dataclass(frozen=True)
 class KNNConfig:
     """kNN monitor of the encoder on labelled held-out data (labels never enter training)."""
@@ -192,45 +82,6 @@ class EncoderRun:
     pred_dim: int = 1024
     knn: KNNConfig = KNNConfig()
     optim: OptimConfig = OptimConfig()
-
-
-_FMNIST_ENCODER = EncoderRun(
-    data=DataConfig("fmnist", resolution=28, channels=1),
-    eval_data=DataConfig("fmnist", split="test", resolution=28, channels=1),
-    encoder=EncoderConfig(arch="resnet", in_chans=1, widths=(32, 64, 128), depths=(1, 1, 1), mlp_dim=1024,
-                          mean=(0.286,), std=(0.353,)),
-    view1=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, gray_p=0.0),
-    view2=ViewSpec(scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, gray_p=0.0,
-                   solarize_p=0.2),
-    optim=OptimConfig(epochs=15, batch_size=256, lr=2e-3, weight_decay=1e-4, schedule="cosine",
-                      warmup_epochs=0.2, bf16=None, log_every=20, ckpt_every=200),
-)
-
-
-def _mocov3_vit(embed_dim: int, depth: int, heads: int, epochs: int) -> EncoderRun:
-    """The MoCo v3 ImageNet recipe (Chen et al. 2021, ViT): AdamW, lr 1.5e-4 x batch/256, wd 0.1,
-    batch 4096, 40 warm-up epochs, momentum 0.99 -> 1, T 0.2, 4096-d MLPs, 256-d output."""
-    blur1, blur2 = ViewSpec(scale=(0.08, 1.0), blur_p=1.0), ViewSpec(scale=(0.08, 1.0), blur_p=0.1, solarize_p=0.2)
-    return EncoderRun(
-        data=DataConfig("folder", resolution=224, channels=3, labels=False),
-        eval_data=DataConfig("folder", split="val", resolution=224, channels=3, labels=True),
-        encoder=EncoderConfig(arch="vit", in_chans=3, img_size=224, patch_size=16, embed_dim=embed_dim, depth=depth,
-                              num_heads=heads, mlp_dim=4096, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224),
-        view1=blur1, view2=blur2, pred_dim=4096,
-        optim=OptimConfig(epochs=epochs, batch_size=4096, lr=1.5e-4 * 4096 / 256, weight_decay=0.1, schedule="cosine",
-                          warmup_epochs=40, betas=(0.9, 0.999), bf16=None),
-    )
-
-
-ENCODER_PRESETS = {
-    "fmnist-encoder": _FMNIST_ENCODER,
-    "mocov3-vit-s": _mocov3_vit(384, 12, 12, 300),
-    "mocov3-vit-b": _mocov3_vit(768, 12, 12, 300),
-    "mocov3-vit-l": _mocov3_vit(1024, 24, 16, 300),
-}
-
-
-from .rdm import RDM_PRESETS, RDMConfig  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -263,98 +114,61 @@ class RDMRun:
     optim: OptimConfig = OptimConfig()
 
 
-# The paper's RDM training (Table 5): AdamW lr 5.12e-4 (blr 1e-6 x batch 512), wd 0.01, constant lr,
-# 200 epochs, EMA 0.9999, fp32.
-_PAPER_RDM_OPTIM = OptimConfig(epochs=200, batch_size=512, lr=5.12e-4, weight_decay=0.01, ema_decay=0.9999,
-                               schedule="constant", log_every=100, ckpt_every=2000)
-RDM_RUN_PRESETS = {
-    "rdm-l12-w1536": RDMRun(model=RDM_PRESETS["rdm-l12-w1536"], optim=_PAPER_RDM_OPTIM),
-    "rdm-l12-w1536-cls1000": RDMRun(model=RDM_PRESETS["rdm-l12-w1536-cls1000"], class_cond=True,
-                                    optim=_PAPER_RDM_OPTIM),
-    # CPU-sized: bf16 autocast (3.3x faster than fp32 on this CPU), a higher lr decayed by a half-cycle cosine
-    # (on 240k cached reps: 16 epochs constant lr -> rep FD 0.491; 24 epochs cosine -> 0.375), 100 DDIM steps
-    "fmnist-rdm": RDMRun(model=RDM_PRESETS["rdm-small"], sample_steps=100,
-                         optim=replace(_PAPER_RDM_OPTIM, epochs=24, batch_size=512, lr=2e-3, schedule="cosine",
-                                       warmup_epochs=0.5, bf16=None, log_every=50, ckpt_every=500)),
-}
-# Not RCG's diffusion: v prediction and beta_start 1e-4 (RCG's last DDIM step keeps noise of std 0.039, which
-# alone puts a perfect model at 1.83x the rep-FD floor on Fashion-MNIST reps; x0 prediction collapses their
-# narrowest directions). Rep FD / floor (benchmarks/rdm_rep_fd.py, mean of several 10k sample sets): DDIM 250
-# steps (the paper's) 1.29x, DDIM 100 1.43x (24 epochs: 1.46x; the fmnist-rdm recipe: 3.46x).
-RDM_RUN_PRESETS["fmnist-rdm-v"] = replace(RDM_RUN_PRESETS["fmnist-rdm"], sample_steps=250,
-                                          diffusion=DiffusionConfig(beta_start=1e-4, parameterization="v"),
-                                          optim=replace(RDM_RUN_PRESETS["fmnist-rdm"].optim, epochs=48))
-
-
-from .pixel.dit import DIT_PRESETS, DiTConfig  # noqa: E402
-from .pixel.mage import MAGE_PRESETS, MAGEConfig  # noqa: E402
-
-GENERATORS = ("mage", "dit")
-
-
 @dataclass(frozen=True)
 class PixelRun:
     """``rcg train-pixel``: a pixel generator conditioned on representations (or, for the comparison rows,
-    on class labels or nothing): MAGE on VQ tokens (``model``), or DiT on pixels (``dit``, ``diffusion``)."""
-    generator: str = "mage"      # mage | dit
+    on class labels or nothing). ``model`` is the config of the generator named by ``generator`` in the
+    registry (:data:`rcg.pixel.GENERATORS`: MAGE on VQ tokens, DiT on pixels); ``None`` means its default."""
+    generator: str = "mage"      # a name in rcg.pixel.GENERATORS
     cache: str = ""              # rcg cache-reps output: representations of K views (+ tokens for MAGE,
     encoder: str = ""            #   + the crops' pixels for DiT); the encoder that made it (fingerprint-checked)
-    tokenizer: str = ""          # MAGE: the tokenizer that made the tokens (checked by fingerprint)
-    model: MAGEConfig = MAGEConfig()
-    dit: DiTConfig = DiTConfig()
-    diffusion: DiffusionConfig = DIT_DIFFUSION
+    tokenizer: str = ""          # token generators (MAGE): the tokenizer that made the tokens (fingerprint-checked)
+    model: Any = None
+    diffusion: DiffusionConfig = DIT_DIFFUSION   # diffusion generators (DiT)
     steps: int = 20              # sampling defaults: MAGE decoding steps / DiT diffusion steps,
     temperature: float = 6.0     # MAGE choice temperature,
     guidance: float = 0.0        # guidance tau (DiT's scale is 1 + tau),
     sampler: str = "ddpm"        # DiT: ddpm (ancestral, respaced to ``steps``) | ddim (eta ``eta``)
     eta: float = 0.0
     sample_bf16: Optional[bool] = False   # DiT: bf16 autocast while sampling (None = auto; 1.4x on a bf16 CPU)
+    official_first3: bool = False  # DiT: guidance on the first 3 output channels only (the official quirk)
+    autoencoder: str = ""        # DiT on latents (a converted official DiT): the autoencoder rcg does not ship
+    latent_scale: float = 0.18215
     optim: OptimConfig = OptimConfig()
 
     def __post_init__(self):
-        if self.generator not in GENERATORS:
-            raise ValueError(f"unknown generator {self.generator!r} (available: {', '.join(GENERATORS)})")
+        spec = pixel.generator(self.generator)
+        if self.model is None:
+            object.__setattr__(self, "model", spec.config_class())
+        elif not isinstance(self.model, spec.config_class):
+            raise ValueError(f"generator {self.generator!r} takes a {spec.config_class.__name__} as its model, "
+                             f"got a {type(self.model).__name__}")
         if self.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
 
     @property
     def cond(self) -> str:
         """What the generator is conditioned on: rep (RCG), class or none."""
-        return self.dit.cond if self.generator == "dit" else self.model.cond
+        return self.model.cond
 
+    @staticmethod
+    def upgrade(d: dict) -> dict:
+        """A config dict of an older rcg in today's layout: before the registry, a PixelRun carried both a MAGE
+        config (``model``) and a DiT config (``dit``); a converted official DiT had its own schema."""
+        d = dict(d)
+        if "dit" in d:
+            dit = d.pop("dit")
+            if d.get("generator") == "dit":
+                d["model"] = dit
+        return d
 
-# The paper's MAGE training (Table 6): AdamW (0.9, 0.95), blr 1.5e-4 x 4096 / 256, wd 0.05 (not on biases and
-# norms), cosine with 10 warm-up epochs, grad clip 3.0, 800 epochs (200 for ablations), AMP.
-_PAPER_MAGE_OPTIM = OptimConfig(epochs=800, batch_size=4096, lr=1.5e-4 * 4096 / 256, betas=(0.9, 0.95),
-                                weight_decay=0.05, wd_exclude_1d=True, schedule="cosine", warmup_epochs=10,
-                                grad_clip=3.0, bf16=None, log_every=100, ckpt_every=2000)
-_FMNIST_MAGE = replace(MAGE_PRESETS["mage-tiny"], embed_dim=128, depth=4, num_heads=4, decoder_embed_dim=128,
-                       decoder_depth=2, decoder_num_heads=4, dropout=0.0, attn_dropout=0.0)
-PIXEL_PRESETS = {
-    "mage-b": PixelRun(model=MAGE_PRESETS["mage-b"], temperature=6.0, guidance=1.0, optim=_PAPER_MAGE_OPTIM),
-    "mage-l": PixelRun(model=MAGE_PRESETS["mage-l"], temperature=11.0, guidance=6.0, optim=_PAPER_MAGE_OPTIM),
-    # CPU-sized: the demo's (3 epochs of 60k token maps: 5.6 min on 2 cores) and a longer reference run (8 epochs)
-    # (dropout off: on a CPU its Bernoulli draws cost a third of the step, and these runs are far from overfitting)
-    "fmnist-mage": PixelRun(model=_FMNIST_MAGE,
-                            steps=12, temperature=0.5, guidance=0.0,
-                            optim=replace(_PAPER_MAGE_OPTIM, epochs=3, batch_size=128, lr=1.5e-3, warmup_epochs=0.1,
-                                          log_every=20, ckpt_every=200)),
-    "fmnist-mage-ref": PixelRun(model=_FMNIST_MAGE, steps=12, temperature=0.5, guidance=0.0,
-                                optim=replace(_PAPER_MAGE_OPTIM, epochs=8, batch_size=128, lr=1.5e-3,
-                                              warmup_epochs=0.1, log_every=20, ckpt_every=200)),
-    # DiT in pixel space on 28 px Fashion-MNIST (DiT's recipe: AdamW, constant lr, no weight decay, learned
-    # sigma, EMA; a higher lr and bf16 for a CPU budget). 8 epochs: ~16 min on 2 cores (est. from ~510 img/s);
-    # at 2 epochs RCG was only 0.84x the baseline's FID (both far from converged), at 8 0.58x. DDIM 25 matched
-    # DDIM 50 and DDPM 50.
-    "fmnist-dit": PixelRun(generator="dit", dit=DIT_PRESETS["dit-fmnist"], steps=25, sampler="ddim", eta=0.0,
-                           sample_bf16=None,
-                           optim=OptimConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=0.0, ema_decay=0.999,
-                                             warmup_epochs=0.1, grad_clip=1.0, bf16=None, log_every=20,
-                                             ckpt_every=200)),
-}
-
-
-from .tokenizer import VQConfig  # noqa: E402
+    @classmethod
+    def from_plain(cls, d: dict) -> "PixelRun":
+        d = cls.upgrade(d)
+        spec = pixel.generator(d.get("generator", "mage"))
+        if isinstance(d.get("model"), dict):
+            d["model"] = from_dict(spec.config_class, d["model"])
+        return build(cls, d)
 
 
 @dataclass(frozen=True)
@@ -380,33 +194,6 @@ class TokenizerRun:
     eval_every_epochs: float = 0.0   # held-out PSNR during training (0 = only at the end)
     eval_images: int = 1000      # held-out images of the periodic check (the final check uses all)
     optim: OptimConfig = OptimConfig()
-
-
-TOKENIZER_PRESETS = {
-    # CPU-sized: 28 px gray -> 7x7 tokens, 512 codes of dim 32, 0.2 M parameters, 1 epoch. Measured on 0.6 epoch
-    # probes (1 thread, shared CPU): small batches with a high lr learn fastest per CPU second (batch 64 / lr 2e-3:
-    # 19.6 dB; 32 / 2e-3: 21.0; 16 / 2e-3: 22.4; 16 / 4e-3: 23.2; 16 / 8e-3: 23.6; 8 / 4e-3: 23.7 but 15 % slower);
-    # L1 beat L1 + MSE, the legacy VQ loss matched the non-legacy one, bf16 autocast trains 1.5-3x faster than fp32.
-    "fmnist-tokenizer": TokenizerRun(
-        data=DataConfig("fmnist", resolution=28, channels=1),
-        eval_data=DataConfig("fmnist", split="test", resolution=28, channels=1),
-        model=VQConfig(in_channels=1, out_channels=1, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=32,
-                       embed_dim=32, n_embed=512, resolution=28, num_groups=8),
-        eval_every_epochs=0.25,
-        optim=OptimConfig(epochs=1, batch_size=16, lr=8e-3, schedule="cosine", warmup_epochs=0.02, min_lr=1e-4,
-                          bf16=None, log_every=100, ckpt_every=500),
-    ),
-    # The official MAGE / RCG VQGAN architecture (config/mage/vqgan.yaml): f16, 16x16 tokens at 256 px.
-    "vqgan-f16-1024": TokenizerRun(
-        data=DataConfig("folder", resolution=256, channels=3, labels=False),
-        eval_data=DataConfig("folder", split="val", resolution=256, channels=3, labels=False),
-        model=VQConfig(),
-        # taming-transformers' VQGAN optimiser: Adam (0.5, 0.9), lr 4.5e-6 x batch. Our loss has no perceptual or
-        # adversarial term (L1 + VQ only), so this preset reproduces the architecture, not the official weights.
-        optim=OptimConfig(epochs=100, batch_size=64, lr=4.5e-6 * 64, betas=(0.5, 0.9), bf16=None, log_every=100,
-                          ckpt_every=2000),
-    ),
-}
 
 
 # ------------------------------------------------------------------------------------------------

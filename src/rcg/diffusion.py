@@ -27,6 +27,8 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .rng import randn_per_sample
+
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -75,18 +77,6 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
 
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(1)
-
-
-def randn_per_sample(shape: Sequence[int], generators: Sequence[torch.Generator], device=None,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise of ``shape`` whose row i is drawn from ``generators[i]`` alone, so a sample's
-    noise does not depend on the batch it is in. Each row is drawn on its generator's device."""
-    shape = tuple(shape)
-    if len(generators) != shape[0]:
-        raise ValueError(f"need one generator per sample: got {len(generators)} for batch size {shape[0]}")
-    rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generators]
-    out = torch.stack(rows) if rows else torch.empty(shape, dtype=dtype)
-    return out.to(device) if device is not None else out
 
 
 def _bcast(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import augment
-from .checkpoint import METRICS, WEIGHTS, CheckpointError, load_tensors, prepare_run_dir, read_config
-from .config import DataConfig, OptimConfig, from_dict, to_dict
+from .store import METRICS, WEIGHTS, CheckpointError, load_tensors, prepare_run_dir, read_config
+from .config import DataConfig, OptimConfig
+from .tree import from_dict, to_dict
 from .data import convert_channels, load_dataset, resize_images
 from .evaluate import FeatureNet, check_images, fid_from_stats, inception_score, StreamingStats
 from .precision import resolve_bf16
@@ -170,7 +171,7 @@ class EvalNet(FeatureNet):
 
 
 def _weights_digest(tensors) -> str:
-    from .checkpoint import _digest      # the checksum save_tensors writes into checkpoint.safetensors
+    from .store import _digest      # the checksum save_tensors writes into checkpoint.safetensors
     return _digest({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 
 

@@ -431,7 +431,7 @@ class Reference:
     def save(self, path) -> Path:
         """Write an npz (atomically) that :func:`load_reference` reads back and checks."""
         import io
-        from .checkpoint import atomic_write
+        from .store import atomic_write
         feats = self.feats if self.feats is not None else torch.zeros(0, self.dim)
         buf = io.BytesIO()
         np.savez(buf, kind=np.array(REFERENCE_KIND), version=np.array(1),

@@ -597,7 +597,7 @@ def _nparams(module: torch.nn.Module) -> int:
 
 
 def _plain(cfg) -> dict:
-    from .config import to_dict
+    from .tree import to_dict
     return to_dict(cfg)
 
 
@@ -765,7 +765,7 @@ def format_info(info: dict) -> str:
 
 
 def _write_run(out, config: dict, tensors: Dict[str, torch.Tensor], meta: dict, source: dict):
-    from .checkpoint import WEIGHTS, atomic_write, prepare_run_dir, save_tensors
+    from .store import WEIGHTS, atomic_write, prepare_run_dir, save_tensors
     import json
     run_dir, _ = prepare_run_dir(out, config)
     save_tensors(run_dir / WEIGHTS, tensors, meta)
@@ -798,8 +798,9 @@ def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
     holding a different config is refused (rerunning the same conversion overwrites it). Returns a summary."""
     from dataclasses import replace
     from pathlib import Path
-    from .config import (ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS, DiffusionConfig,
-                         PixelRun, to_dict)
+    from .config import DiffusionConfig, PixelRun
+    from .presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS
+    from .tree import to_dict
     from .encoders import fingerprint
     from .stages import TOKENIZER_KIND
 

@@ -141,7 +141,8 @@ def load_paper_system(preset: str, weights_dir=None, *, rdm=None, mage=None, dev
     ``check_sizes`` refuses files whose architecture is not the preset's (MAGE-B vs -L widths and depths, the
     MoCo encoder width, an RDM that is or is not class-conditional as the preset says)."""
     from dataclasses import replace
-    from .config import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, DiffusionConfig, PixelRun
+    from .config import DiffusionConfig, PixelRun
+    from .presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS
     from .official import (mage_from_official, mocov3_from_state_dict, rdm_from_official, safe_load,
                            split_mage_checkpoint, vqgan_from_official, _vq_downsampling, _weights)
     from .pixel.mage import MAGE_PRESETS

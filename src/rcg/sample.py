@@ -94,7 +94,7 @@ class RCGSampler:
         self.model, self.cfg, self.tokenizer, self.encoder = model, cfg, tokenizer, encoder
         self.diffusion = None
         if cfg.generator == "dit":
-            from .config import to_dict
+            from .tree import to_dict
             from .diffusion import GaussianDiffusion
             self.diffusion = GaussianDiffusion(**to_dict(cfg.diffusion)).to(next(model.parameters()).device)
         self.rdm, self.rdm_cfg = rdm, rdm_cfg
@@ -117,7 +117,7 @@ class RCGSampler:
         if c.generator == "dit":
             if getattr(c, "autoencoder", ""):
                 raise ValueError(f"this DiT works on {c.autoencoder} latents, not images; it has no image size")
-            return int(c.dit.in_channels), int(c.dit.input_size)
+            return int(c.model.in_channels), int(c.model.input_size)
         if self.tokenizer is None:
             raise ValueError("a MAGE system needs its tokenizer to know its image size")
         return int(self.tokenizer.cfg.in_channels), int(self.tokenizer.cfg.resolution)
@@ -190,7 +190,7 @@ class RCGSampler:
         reps = self.reps_from_rdm(seeds, label) if self.cond == "rep" else None
         labels = None
         if self.cond == "class":                  # a class-label generator: the given class, or class-balanced
-            ncls = (self.cfg.dit if self.cfg.generator == "dit" else self.cfg.model).num_classes
+            ncls = self.cfg.model.num_classes
             labels = (torch.full((n,), label, dtype=torch.long) if label is not None
                       else torch.arange(first, first + n) % ncls).to(self.device)
         return self.images_from_reps(reps, seeds, labels=labels, **kw)

@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+TOKENIZER_KIND = "rcg-tokenizer"      # the kind in the metadata of a tokenizer's checkpoint.safetensors
+
 @dataclass(frozen=True)
 class VQConfig:
     """Architecture of the VQGAN. Defaults: MAGE's ``config/mage/vqgan.yaml`` (f16, 16x16 tokens at 256 px)."""

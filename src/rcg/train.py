@@ -29,13 +29,14 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import dist
-from .checkpoint import METRICS, STATE, WEIGHTS, CheckpointError, load_state, save_state, save_tensors
+from .rng import EpochBatches, step_generator  # noqa: F401
+from .store import (METRICS, STATE, WEIGHTS, CheckpointError, _keep_previous, append_metrics, load_resume_state,
+                    save_state, save_tensors)
 from .config import OptimConfig
 from .precision import autocast as bf16_autocast
 from .precision import describe as describe_precision
 from .precision import precision_name, resolve_bf16
 
-STATE_PREV = "state.prev.pt"        # the checkpoint before state.pt, used when state.pt is unreadable
 TENSORBOARD = "tensorboard"         # event files of --tensorboard, inside the run directory
 
 
@@ -97,31 +98,6 @@ def lr_at(step: int, steps_per_epoch: int, total_steps: int, o: OptimConfig) -> 
         progress = (step - warm) / max(1, total_steps - warm)
         return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {o.schedule!r} (constant, cosine)")
-
-
-class EpochBatches:
-    """Indices of batch ``step``: epoch-wise permutations seeded by (seed, epoch), last partial batch dropped.
-
-    Stateless in the step (the resumable sampler): every process computes the same global batch and
-    keeps its slice of it."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n < batch_size:
-            raise ValueError(f"batch size {batch_size} is larger than the data set ({n} items); lower --batch-size")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.steps_per_epoch = n // batch_size
-        self._epoch, self._perm = -1, None
-
-    def __call__(self, step: int) -> torch.Tensor:
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
-        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed + 1) * 2_147_483_647 + step)
 
 
 @dataclass
@@ -281,48 +257,6 @@ def _process_loss(job: Job, world: int) -> Callable:
     return lambda step, gen: job.loss_fn(step, gen, part)
 
 
-def load_resume_state(run_dir, verbose: bool = True):
-    """(state, rotate): ``state.pt``, or the previous good ``state.prev.pt`` when state.pt is truncated or
-    corrupt (then ``rotate`` is False: the next checkpoint must not move the bad file over the good one)."""
-    run_dir = Path(run_dir)
-    problems = []
-    for name in (STATE, STATE_PREV):
-        path = run_dir / name
-        if not path.exists():
-            continue
-        try:
-            st = load_state(path)
-        except CheckpointError as e:
-            problems.append(str(e))
-            continue
-        if problems and verbose:
-            print(f"warning: {problems[0]}; resuming from the previous good checkpoint {path} (step {st['step']})",
-                  file=sys.stderr)
-        return st, not problems
-    raise CheckpointError(f"no usable checkpoint in {run_dir} ({'; '.join(problems) or 'none found'}). "
-                          f"Delete {run_dir / STATE} to restart this run from scratch.")
-
-
-def _keep_previous(run_dir: Path) -> None:
-    """state.pt -> state.prev.pt (a hard link, else a copy, renamed into place); state.pt stays where it is,
-    so there is a resumable state at every instant."""
-    cur = run_dir / STATE
-    if not cur.exists():
-        return
-    tmp = run_dir / f".{STATE_PREV}.{os.getpid()}.tmp"
-    try:
-        if tmp.exists():
-            tmp.unlink()
-        try:
-            os.link(cur, tmp)
-        except OSError:
-            shutil.copyfile(cur, tmp)
-        os.replace(tmp, run_dir / STATE_PREV)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _before_training(run_dir: Path, model: nn.Module, ema, tensorboard: bool):
     """Fail before the first step when a checkpoint cannot fit on the disk or TensorBoard is missing;
     returns the SummaryWriter (or None)."""
@@ -438,6 +372,3 @@ def _exported(model: nn.Module, ema: Optional[EMA], export: Callable) -> Dict[st
         model.load_state_dict(raw)
 
 
-def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")

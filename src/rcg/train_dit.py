@@ -12,8 +12,9 @@ from typing import Optional
 import torch
 
 from . import dist
-from .checkpoint import WEIGHTS, CheckpointError, load_tensors, prepare_run_dir
-from .config import PixelRun, from_dict, to_dict
+from .store import WEIGHTS, CheckpointError, load_tensors, prepare_run_dir
+from .config import PixelRun
+from .tree import from_dict, to_dict
 from .diffusion import GaussianDiffusion
 from .encoders import fingerprint
 from .pixel.dit import DiT
@@ -36,12 +37,12 @@ def train_dit(cfg: PixelRun, out: str, device: Optional[str] = None, progress: b
         raise CheckpointError(f"{cfg.cache}: 'images' must be uint8 (N, C, H, W), got {images.dtype} "
                               f"{tuple(images.shape)}")
     n, C, H, W = images.shape
-    model_cfg = replace(cfg.dit, in_channels=C, input_size=H, rep_dim=reps.shape[1])
+    model_cfg = replace(cfg.model, in_channels=C, input_size=H, rep_dim=reps.shape[1])
     if model_cfg.cond == "class":
         if labels is None:
             raise ValueError(f"dit.cond=class needs labels, but {cfg.cache} has none")
         model_cfg = replace(model_cfg, num_classes=int(meta.get("num_classes") or int(labels.max()) + 1))
-    cfg = replace(cfg, dit=model_cfg)
+    cfg = replace(cfg, model=model_cfg)
     run_dir, resuming = prepare_run_dir(out, {**to_dict(cfg), "encoder_fingerprint": enc_fp})
     torch.manual_seed(cfg.optim.seed)
     model = DiT(model_cfg).to(dev)
@@ -89,7 +90,7 @@ def load_dit_run(src: Path, raw: dict, device=None):
         from .pixel.dit import dit_from_converted
         return dit_from_converted(src, device)
     cfg = from_dict(PixelRun, raw)
-    model = DiT(cfg.dit)
+    model = DiT(cfg.model)
     tensors, _ = load_tensors(Path(src) / WEIGHTS)
     model.load_state_dict(tensors)
     return model.eval().to(device or "cpu"), cfg

@@ -1,8 +1,62 @@
-"""Pixel generators p(image | rep) behind one registry: name -> module class (each has ``config_class``)."""
+"""Pixel generators p(image | rep) behind one registry: the only place that knows which generators exist.
+
+A generator is one network file in this folder plus one :class:`Generator` entry in :data:`GENERATORS`;
+nothing else in rcg branches on a generator's name. Each entry says what the generator trains on
+(``inputs``: ``"tokens"``, the VQ tokens of a tokenizer, or ``"images"``, uint8 pixels) and gives:
+
+- ``sized(cfg, data) -> cfg``: its model config with the sizes the data decide. ``data`` holds ``rep_dim``,
+  ``num_classes`` (0 when unlabelled), and ``tokens_shape`` + ``codebook_size`` (token generators) or
+  ``images_shape`` (N, C, H, W) (pixel generators);
+- ``trainer(model, run) -> loss``: ``loss(x, rep, labels, generator, rows, global_batch) -> (loss, metrics)``
+  on this process's rows ``x`` (tokens int64 (B, L) or uint8 images (B, C, H, W)) of a global batch of
+  ``global_batch`` rows, whose per-sample random draws are made for the whole global batch from ``generator``
+  and sliced by ``rows``;
+- ``sampler(model, run) -> sample``: ``sample(rep, labels, generators, steps, temperature, guidance)`` -> the
+  generator's output (tokens, or images in [-1, 1] / latents), one sample per generator (per-image seeds);
+- ``to_unit(output, tokenizer) -> float images in [0, 1]``;
+- ``image_shape(run, tokenizer) -> (channels, resolution)`` of the images it makes.
+
+``run`` is the :class:`rcg.config.PixelRun` of the generator (its sampling defaults and, for diffusion
+generators, its diffusion); this layer reads it without importing the config layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+from . import dit, mage
 from .dit import DIT_PRESETS, DiT, DiTConfig, dit_config
 from .mage import MAGE, MAGE_PRESETS, MAGEConfig, mage_config
 
-PIXEL_GENERATORS = {"mage": MAGE, "dit": DiT}
 
-__all__ = ["MAGE", "MAGEConfig", "MAGE_PRESETS", "mage_config", "DiT", "DiTConfig", "DIT_PRESETS", "dit_config",
-           "PIXEL_GENERATORS"]
+@dataclass(frozen=True)
+class Generator:
+    name: str
+    config_class: type
+    network: type
+    inputs: str                  # "tokens" | "images": the cache tensor it trains on
+    sized: Callable
+    trainer: Callable
+    sampler: Callable
+    to_unit: Callable
+    image_shape: Callable
+    about: str = ""
+
+
+GENERATORS: Dict[str, Generator] = {
+    "mage": Generator("mage", MAGEConfig, MAGE, "tokens", mage.sized, mage.trainer, mage.sampler, mage.to_unit,
+                      mage.image_shape, "MAGE: masked generative transformer on VQ tokens (the paper's)"),
+    "dit": Generator("dit", DiTConfig, DiT, "images", dit.sized, dit.trainer, dit.sampler, dit.to_unit,
+                     dit.image_shape, "DiT: diffusion transformer on pixels (or latents of a converted DiT)"),
+}
+
+
+def generator(name: str) -> Generator:
+    """The registry entry ``name``; a clear error naming the available ones otherwise."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r} (available: {', '.join(GENERATORS)})")
+    return GENERATORS[name]
+
+
+__all__ = ["Generator", "GENERATORS", "generator", "MAGE", "MAGEConfig", "MAGE_PRESETS", "mage_config", "DiT",
+           "DiTConfig", "DIT_PRESETS", "dit_config"]

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..guidance import guided
-from .mage import uniform
+from ..rng import uniform
 
 
 @dataclass(frozen=True)
@@ -337,8 +337,8 @@ class DiTRun:
 
 def dit_from_converted(run_dir, device=None) -> Tuple[DiT, DiTRun]:
     """A directory written by ``rcg.official.convert`` for a DiT file -> (DiT in eval mode, DiTRun)."""
-    from ..checkpoint import WEIGHTS, load_tensors, read_config
-    from ..config import from_dict
+    from ..store import WEIGHTS, load_tensors, read_config
+    from ..tree import from_dict
     raw = read_config(run_dir)
     if raw.get("generator") != "dit":
         raise ValueError(f"{run_dir} is not a converted DiT run (generator {raw.get('generator')!r})")
@@ -355,7 +355,7 @@ def dit_from_converted(run_dir, device=None) -> Tuple[DiT, DiTRun]:
 @torch.no_grad()
 def dit_generate(model: DiT, diffusion, generators, rep: Optional[torch.Tensor] = None,
                  labels: Optional[torch.Tensor] = None, steps: int = 50, sampler: str = "ddpm", eta: float = 0.0,
-                 guidance: float = 0.0, clip_denoised: bool = True) -> torch.Tensor:
+                 guidance: float = 0.0, clip_denoised: bool = True, official_first3: bool = False) -> torch.Tensor:
     """One sample per generator (its initial noise and, for DDPM / DDIM eta > 0, its step noise come from that
     generator alone, so a sample does not depend on its batch), in the diffusion's data range (B, C, H, W).
 
@@ -363,15 +363,87 @@ def dit_generate(model: DiT, diffusion, generators, rep: Optional[torch.Tensor] 
     ``"ddim"``: :meth:`rcg.diffusion.GaussianDiffusion.ddim_sample` (eps channels only; the last step's
     predicted x0 is returned, without the official sampler's leftover noise). ``guidance`` is tau
     (DiT's scale 1 + tau) on the eps channels. ``clip_denoised`` clips the predicted x0 to [-1, 1] (pixel space)."""
-    from ..diffusion import randn_per_sample
+    from ..rng import randn_per_sample
     c = model.cfg
     dev = next(model.parameters()).device
     x_T = randn_per_sample((len(generators), c.in_channels, c.input_size, c.input_size), generators, device=dev)
 
     def fn(x, t):
-        return model.guided_forward(x, t, rep, tau=guidance, labels=labels).float()
+        return model.guided_forward(x, t, rep, tau=guidance, labels=labels, official_first3=official_first3).float()
     if sampler == "ddpm":
         return diffusion.respaced(steps).ddpm_sample(fn, x_T, generators, clip_denoised=clip_denoised)
     if sampler == "ddim":
         return diffusion.ddim_sample(fn, x_T, steps, eta, generators=generators, final_x0=True)
     raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# registry entry (rcg.pixel.GENERATORS["dit"])
+# ----------------------------------------------------------------------------------------------
+def _diffusion(run, device):
+    from ..diffusion import GaussianDiffusion
+    from ..tree import to_dict
+    return GaussianDiffusion(**to_dict(run.diffusion)).to(device)
+
+
+def sized(cfg: DiTConfig, data: dict) -> DiTConfig:
+    """``cfg`` with the channels, size, rep width and class count of the data."""
+    _, C, H, _ = data["images_shape"]
+    cfg = replace(cfg, in_channels=int(C), input_size=int(H), rep_dim=int(data["rep_dim"]))
+    if cfg.cond == "class":
+        if not data.get("num_classes"):
+            raise ValueError("model.cond=class needs labels, but the cache has none")
+        cfg = replace(cfg, num_classes=int(data["num_classes"]))
+    return cfg
+
+
+def trainer(model: DiT, run):
+    """loss(images uint8, rep, labels, generator, rows, global_batch): the diffusion loss of ``run.diffusion``
+    (eps MSE + VLB with learned sigma) on pixels in [-1, 1]; timesteps, noise and condition dropout are drawn
+    for the global batch."""
+    c = model.cfg
+    if run.diffusion.learn_sigma != c.learn_sigma:
+        raise ValueError(f"diffusion.learn_sigma={run.diffusion.learn_sigma} but model.learn_sigma="
+                         f"{c.learn_sigma}; set both the same")
+    dev = next(model.parameters()).device
+    diffusion = _diffusion(run, dev)
+    drop_p = {"rep": c.rep_drop_prob, "class": c.class_dropout_prob}.get(c.cond, 0.0)
+
+    def loss(x, rep, labels, generator, rows, global_batch):
+        g = global_batch
+        t = torch.randint(0, diffusion.num_steps, (g,), generator=generator)[rows].to(dev)
+        noise = torch.randn((g,) + tuple(x.shape[1:]), generator=generator)[rows].to(dev)
+        null = (torch.rand(g, generator=generator) < drop_p)[rows].to(dev) if drop_p > 0 else None
+        x0 = x.float().div(127.5).sub(1.0)
+        rep = rep if c.cond == "rep" else None
+        y = labels if c.cond == "class" else None
+        return diffusion.loss(lambda xt, tt: model(xt, tt, rep, y, null=null), x0, t, noise), {}
+    return loss
+
+
+def sampler(model: DiT, run):
+    """sample(rep, labels, generators, steps, temperature, guidance) -> (B, C, H, W) in [-1, 1] (latents for a
+    DiT on an autoencoder's latents); ``temperature`` does not apply; unset settings are the run's."""
+    from ..precision import resolve_bf16
+    dev = next(model.parameters()).device
+    diffusion = _diffusion(run, dev)
+    cond = model.cfg.cond
+
+    def sample(rep, labels, generators, steps=None, temperature=None, guidance=None):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=resolve_bf16(run.sample_bf16, dev)):
+            return dit_generate(model, diffusion, generators, rep=rep if cond == "rep" else None,
+                                labels=labels if cond == "class" else None, steps=steps or run.steps,
+                                sampler=run.sampler, eta=run.eta, guidance=run.guidance if guidance is None else guidance,
+                                clip_denoised=not run.autoencoder, official_first3=run.official_first3)
+    return sample
+
+
+def to_unit(x: torch.Tensor, tokenizer=None) -> torch.Tensor:
+    """[-1, 1] pixels -> [0, 1]."""
+    return (x + 1.0) / 2.0
+
+
+def image_shape(run, tokenizer=None) -> Tuple[int, int]:
+    if run.autoencoder:
+        raise ValueError(f"this DiT works on {run.autoencoder} latents, not images; it has no image size")
+    return int(run.model.in_channels), int(run.model.input_size)

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..guidance import guided, linear_tau
+from ..rng import uniform
 
 
 @dataclass(frozen=True)
@@ -95,17 +96,6 @@ def mage_config(name: str, **overrides) -> MAGEConfig:
     if name not in MAGE_PRESETS:
         raise KeyError(f"unknown MAGE preset {name!r}; choices: {sorted(MAGE_PRESETS)}")
     return replace(MAGE_PRESETS[name], **overrides)
-
-
-def uniform(shape: Sequence[int], gen, device) -> torch.Tensor:
-    """Uniform [0, 1) float32 on ``device``: from the global RNG (``gen=None``), one torch.Generator, or one
-    generator per sample (row i from ``gen[i]`` alone, drawn on its device)."""
-    shape = tuple(shape)
-    if gen is None or isinstance(gen, torch.Generator):
-        return torch.rand(shape, generator=gen, device=gen.device if gen is not None else device).to(device)
-    if len(gen) != shape[0]:
-        raise ValueError(f"need one generator per sample: got {len(gen)} for batch size {shape[0]}")
-    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device).to(device) for g in gen])
 
 
 def gumbel(u: torch.Tensor) -> torch.Tensor:
@@ -405,3 +395,53 @@ class MAGE(nn.Module):
             if return_history:
                 history.append(sampled if k == steps - 1 else ids)
         return (sampled, torch.stack(history)) if return_history else sampled
+
+
+# ----------------------------------------------------------------------------------------------
+# registry entry (rcg.pixel.GENERATORS["mage"])
+# ----------------------------------------------------------------------------------------------
+def sized(cfg: MAGEConfig, data: dict) -> MAGEConfig:
+    """``cfg`` with the codebook, token count, rep width and class count of the data."""
+    cfg = replace(cfg, codebook_size=int(data["codebook_size"]), num_tokens=int(data["tokens_shape"][1]),
+                  rep_dim=int(data["rep_dim"]))
+    if cfg.cond == "class":
+        if not data.get("num_classes"):
+            raise ValueError("model.cond=class needs labels, but the cache has none")
+        cfg = replace(cfg, num_classes=int(data["num_classes"]))
+    return cfg
+
+
+def trainer(model: MAGE, run):
+    """loss(tokens, rep, labels, generator, rows, global_batch) of :meth:`MAGE.loss`."""
+    cond = model.cfg.cond
+
+    def loss(x, rep, labels, generator, rows, global_batch):
+        return model.loss(x, rep=rep if cond == "rep" else None, labels=labels if cond == "class" else None,
+                          generator=generator, rows=rows, global_batch=global_batch)
+    return loss
+
+
+def sampler(model: MAGE, run):
+    """sample(rep, labels, generators, steps, temperature, guidance) -> tokens (B, num_tokens); unset settings
+    are the run's."""
+    cond = model.cfg.cond
+
+    def sample(rep, labels, generators, steps=None, temperature=None, guidance=None):
+        return model.generate(rep=rep if cond == "rep" else None, labels=labels if cond == "class" else None,
+                              steps=steps or run.steps, temperature=run.temperature if temperature is None else temperature,
+                              guidance=run.guidance if guidance is None else guidance, generators=generators,
+                              batch_size=len(generators))
+    return sample
+
+
+def to_unit(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Tokens -> the tokenizer's images, floats in [0, 1]."""
+    if tokenizer is None:
+        raise ValueError("MAGE makes VQ tokens: decoding them to images needs the tokenizer")
+    return tokenizer.decode_ids(tokens)
+
+
+def image_shape(run, tokenizer) -> Tuple[int, int]:
+    if tokenizer is None:
+        raise ValueError("a MAGE system needs its tokenizer to know its image size")
+    return int(tokenizer.cfg.in_channels), int(tokenizer.cfg.resolution)

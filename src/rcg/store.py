@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -20,7 +22,7 @@ import torch
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
-from .config import added_keys, diff
+from .tree import added_keys, diff
 
 STATE = "state.pt"
 WEIGHTS = "checkpoint.safetensors"
@@ -161,3 +163,53 @@ def read_config(run_dir) -> dict:
         raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG}); pass the folder given as --out "
                               f"when that stage was trained")
     return json.loads(p.read_text())
+
+
+STATE_PREV = "state.prev.pt"        # the checkpoint before state.pt, used when state.pt is unreadable
+
+
+def load_resume_state(run_dir, verbose: bool = True):
+    """(state, rotate): ``state.pt``, or the previous good ``state.prev.pt`` when state.pt is truncated or
+    corrupt (then ``rotate`` is False: the next checkpoint must not move the bad file over the good one)."""
+    run_dir = Path(run_dir)
+    problems = []
+    for name in (STATE, STATE_PREV):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            st = load_state(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if problems and verbose:
+            print(f"warning: {problems[0]}; resuming from the previous good checkpoint {path} (step {st['step']})",
+                  file=sys.stderr)
+        return st, not problems
+    raise CheckpointError(f"no usable checkpoint in {run_dir} ({'; '.join(problems) or 'none found'}). "
+                          f"Delete {run_dir / STATE} to restart this run from scratch.")
+
+
+def _keep_previous(run_dir: Path) -> None:
+    """state.pt -> state.prev.pt (a hard link, else a copy, renamed into place); state.pt stays where it is,
+    so there is a resumable state at every instant."""
+    cur = run_dir / STATE
+    if not cur.exists():
+        return
+    tmp = run_dir / f".{STATE_PREV}.{os.getpid()}.tmp"
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        try:
+            os.link(cur, tmp)
+        except OSError:
+            shutil.copyfile(cur, tmp)
+        os.replace(tmp, run_dir / STATE_PREV)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -19,13 +19,14 @@ from typing import Optional
 
 import torch
 
-from .augment import ViewSpec
-from .config import (PIXEL_PRESETS, RDM_RUN_PRESETS, DataConfig, EncoderRun, KNNConfig, OptimConfig, PixelRun,
-                     RDMRun, TokenizerRun, apply_overrides, diff, to_dict)
-from .data import DataError, ImageSet, load_image_folder, save_image_set, scan_image_folder, tensor_file_meta
-from .encoders import EncoderConfig
-from .pixel.dit import DIT_PRESETS
-from .tokenizer import VQConfig
+from ..augment import ViewSpec
+from ..config import DataConfig, EncoderRun, KNNConfig, OptimConfig, PixelRun, RDMRun, TokenizerRun
+from ..presets import PIXEL_PRESETS, RDM_RUN_PRESETS
+from ..tree import apply_overrides, diff, to_dict
+from ..data import DataError, ImageSet, load_image_folder, save_image_set, scan_image_folder, tensor_file_meta
+from ..encoders import EncoderConfig
+from ..pixel.dit import DIT_PRESETS
+from ..tokenizer import VQConfig
 
 FIT_REQUEST = "fit.json"
 RESOLUTIONS = (32, 64, 128, 256)
@@ -85,8 +86,8 @@ _STANDARD = FitPreset(
                                                              depth=8, num_heads=8, decoder_embed_dim=256,
                                                              decoder_depth=4, decoder_num_heads=8),
                  optim=replace(PIXEL_PRESETS["fmnist-mage"].optim, batch_size=256, lr=1e-3)),
-    dit=replace(PIXEL_PRESETS["fmnist-dit"], dit=replace(DIT_PRESETS["dit-fmnist"], hidden_size=384, depth=12,
-                                                         num_heads=6)),
+    dit=replace(PIXEL_PRESETS["fmnist-dit"], model=replace(DIT_PRESETS["dit-fmnist"], hidden_size=384, depth=12,
+                                                           num_heads=6)),
     encoder_images=5_000_000, tokenizer_images=2_000_000, rdm_steps=40_000, pixel_images=10_000_000, views=4,
     tokenizer_ch=64, eval_images=5000,
     note="for one GPU (a few hours; sized, not yet timed on a GPU)",
@@ -201,7 +202,7 @@ def stage_configs(p: FitPlan, run: Path, n_train: int, mean, std, overrides: dic
                                      warmup_epochs=round(0.02 * pre.rdm_steps * rdm.optim.batch_size / rows, 4)))
     pix = pre.dit if p.request["generator"] == "dit" else pre.mage
     if p.request["generator"] == "dit":
-        pix = replace(pix, dit=replace(pix.dit, patch_size=max(2, r // 8)))
+        pix = replace(pix, model=replace(pix.model, patch_size=max(2, r // 8)))
     pix = replace(pix, optim=replace(bs(pix.optim, rows)))
     pix = replace(pix, optim=replace(pix.optim, epochs=_epochs(pre.pixel_images, rows),
                                      warmup_epochs=round(0.02 * pre.pixel_images / rows, 4)))
@@ -233,7 +234,7 @@ def decode_once(p: FitPlan, run: Path, progress: bool = True) -> tuple:
            "labels": p.request["labels"], "holdout": p.request["holdout"]}
     if all(f.is_file() for f in files.values()) and \
             all(json.loads(tensor_file_meta(f).get("fit", "{}")) == key for f in files.values()):
-        from .data import load_image_tensors
+        from ..data import load_image_tensors
         return tuple(load_image_tensors(files[s], p.resolution, p.channels) for s in ("train", "test"))
     out = []
     for split in ("train", "test"):
@@ -256,8 +257,8 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
                overrides: Optional[dict] = None, dry_run: bool = False) -> dict:
     """Train a whole RCG system on the images under ``data_dir`` into ``out`` (see the module docstring).
     ``overrides`` maps a stage (encoder, tokenizer, rdm, pixel) to ``--set`` style strings."""
-    from . import stages as S
-    from .precision import describe
+    from .. import stages as S
+    from ..precision import describe
     p = plan(data_dir, out, preset, resolution, channels, labels, encoder, generator, inception_weights)
     pre = FIT_PRESETS[preset]
     print(f"rcg fit: {p.request['files']} files in {p.request['data_dir']} -> {p.channels}x{p.resolution}px "
@@ -338,8 +339,8 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
 
 
 def _cache(enc_dir, cache: Path, tok_dir, train: ImageSet, p: FitPlan, pre: FitPreset, device, progress) -> dict:
-    from .encoders import fingerprint
-    from .stages import cache_reps, load_encoder
+    from ..encoders import fingerprint
+    from .core import cache_reps, load_encoder
     if cache.is_file():
         meta = tensor_file_meta(cache)                  # the header only
         if meta.get("encoder_fingerprint") == fingerprint(load_encoder(enc_dir)) and int(meta.get("views", 0)) == pre.views:
@@ -353,9 +354,9 @@ def _cache(enc_dir, cache: Path, tok_dir, train: ImageSet, p: FitPlan, pre: FitP
 
 def outputs(run: Path, test: ImageSet, pre: FitPreset, inception_weights, device, progress) -> dict:
     """RUN/samples.png, references.png, interpolation.png and the representation FD of generated images."""
-    from .evaluate import fd_between
-    from .sample import RCGSampler, write_images
-    from .stages import encode_images, load_reps
+    from ..evaluate import fd_between
+    from ..sample import RCGSampler, write_images
+    from .core import encode_images, load_reps
     s = RCGSampler(str(run / "pixel"), str(run / "rdm"), device)
     scale = max(1, 96 // test.images.shape[-1])
     files = {"samples": write_images(torch.cat(list(s.stream(64, seed=0, batch_size=64))), run / "samples.png",
@@ -384,8 +385,8 @@ def outputs(run: Path, test: ImageSet, pre: FitPreset, inception_weights, device
     print(f"  representation FD of {n} generated images vs the training images: {fd_gen:.4f}; "
           f"{n} held-out real images: {fd_held:.4f} (ratio {res['generated_rep_fd_ratio']:.2f})")
     if inception_weights:
-        from .config import DataConfig as D
-        from .stages import run_eval
+        from ..config import DataConfig as D
+        from .core import run_eval
         ref = D("tensors", path=str(run / "data" / "train.safetensors"), resolution=test.images.shape[-1],
                 channels=test.images.shape[1])
         res["fid"] = run_eval(pixel=str(run / "pixel"), rdm=str(run / "rdm"), num=pre.eval_images * 10,

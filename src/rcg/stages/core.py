@@ -12,17 +12,18 @@ from typing import Optional
 
 import torch
 
-from . import augment, dist
-from .checkpoint import WEIGHTS, CheckpointError, load_tensors, prepare_run_dir, read_config, save_tensors
-from .config import EncoderRun, fit_to_data, from_dict, to_dict
-from .data import ImageSet, load_dataset
-from .encoders import Encoder, fingerprint
-from .evaluate import knn_accuracy
-from .precision import describe as describe_precision
-from .precision import resolve_bf16
-from .ssl import MoCoV3, momentum_at
-from .checkpoint import METRICS
-from .train import EpochBatches, Job, append_metrics, fit
+from .. import augment, dist
+from ..store import WEIGHTS, CheckpointError, load_tensors, prepare_run_dir, read_config, save_tensors
+from ..config import EncoderRun, fit_to_data
+from ..tree import from_dict, to_dict
+from ..data import ImageSet, load_dataset
+from ..encoders import Encoder, fingerprint
+from ..evaluate import knn_accuracy
+from ..precision import describe as describe_precision
+from ..precision import resolve_bf16
+from ..ssl import MoCoV3, momentum_at
+from ..store import METRICS
+from ..train import EpochBatches, Job, append_metrics, fit
 
 
 def setup_torch(device: Optional[str] = None, num_threads: int = 0) -> torch.device:
@@ -148,7 +149,7 @@ def load_encoder(source, device=None) -> Encoder:
     """An encoder from a ``train-encoder`` run directory, or from an official MoCo v3 checkpoint file."""
     src = Path(source)
     if src.is_file():
-        from .official import mocov3_from_official
+        from ..official import mocov3_from_official
         enc, _ = mocov3_from_official(src)
     else:
         cfg = from_dict(EncoderRun, read_config(src))
@@ -178,7 +179,8 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
     standardized representations then differ by ~3e-3 on average)."""
     from contextlib import nullcontext
     from tqdm.auto import tqdm
-    from .config import DataConfig, apply_overrides
+    from ..config import DataConfig
+    from ..tree import apply_overrides
 
     if views < 1:
         raise ValueError(f"--views must be at least 1, got {views}")
@@ -252,8 +254,8 @@ def load_reps(path, expect_fingerprint: Optional[str] = None, encoder_name: str 
 def train_rdm(cfg, out: str, device: Optional[str] = None, progress: bool = True) -> dict:
     """Train the RDM on a representation cache; ends with the representation FD check."""
     from dataclasses import replace
-    from .diffusion import GaussianDiffusion
-    from .rdm import RDM
+    from ..diffusion import GaussianDiffusion
+    from ..rdm import RDM
 
     if not cfg.cache or not cfg.encoder:
         raise ValueError("train-rdm needs --cache (from rcg cache-reps) and --encoder (the encoder that made it)")
@@ -316,7 +318,7 @@ def rep_fd_check(run_dir, reps: torch.Tensor, labels, cfg, dev, progress: bool, 
     into a held-out half A and a reference half B; m samples vs B, floor = m real of A vs B (mean +- std over
     ``FLOOR_SPLITS`` splits), so a perfect model's ratio is ~1. Class-conditional samples take the labels of m
     random real rows of the set they are compared with."""
-    from .evaluate import fd_between, rep_fd_plan
+    from ..evaluate import fd_between, rep_fd_plan
     seed = cfg.optim.seed + 17
     plan = rep_fd_plan(reps, cfg.fd_samples, image_index, seed=seed, subsets=FLOOR_SUBSETS, splits=FLOOR_SPLITS)
     m, floor, protocol = plan["samples"], plan["floor"], plan["protocol"]
@@ -347,11 +349,11 @@ def rep_fd_check(run_dir, reps: torch.Tensor, labels, cfg, dev, progress: bool, 
 
 def load_rdm(source, device=None):
     """(RDM in eval mode with its inference (EMA) weights, run config or None, encoder fingerprint or None)."""
-    from .config import RDMRun
-    from .rdm import RDM
+    from ..config import RDMRun
+    from ..rdm import RDM
     src = Path(source)
     if src.is_file():
-        from .official import rdm_from_official
+        from ..official import rdm_from_official
         model, _ = rdm_from_official(src, ema=True)
         return model.eval().to(device or "cpu"), None, None
     raw = read_config(src)
@@ -385,8 +387,9 @@ def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[f
     """DDIM samples of a loaded RDM (``cfg``: its RDMRun, or None for the paper's sampler settings):
     {"reps" (num, D) float32 on the CPU, "labels" when class-conditional, "steps", "eta"}."""
     from tqdm.auto import tqdm
-    from .config import DiffusionConfig
-    from .diffusion import GaussianDiffusion, randn_per_sample
+    from ..config import DiffusionConfig
+    from ..diffusion import GaussianDiffusion
+    from ..rng import randn_per_sample
 
     dev = next(model.parameters()).device
     dcfg = cfg.diffusion if cfg is not None else DiffusionConfig()
@@ -420,7 +423,7 @@ def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[f
 
 def rep_fd(a, b) -> dict:
     """Fréchet distance between the ``reps`` of two files (cache-reps or sample-reps output)."""
-    from .evaluate import fd_between
+    from ..evaluate import fd_between
     ta, ma = load_reps(a)
     tb, mb = load_reps(b)
     fa, fb = ma.get("encoder_fingerprint"), mb.get("encoder_fingerprint")
@@ -436,10 +439,10 @@ def train_pixel(cfg, out: str, device: Optional[str] = None, progress: bool = Tr
     """Train the pixel generator (MAGE) on cached tokens, conditioned on the representations of the very
     same crops (RCG), on class labels (``model.cond="class"``) or on nothing (``"none"``, the baseline)."""
     from dataclasses import replace
-    from .pixel.mage import MAGE
+    from ..pixel.mage import MAGE
 
     if cfg.generator == "dit":
-        from .train_dit import train_dit
+        from ..train_dit import train_dit
         return train_dit(cfg, out, device, progress)
     if not (cfg.cache and cfg.encoder and cfg.tokenizer):
         raise ValueError("train-pixel needs --cache (rcg cache-reps --tokenizer ...), --encoder and --tokenizer")
@@ -496,21 +499,18 @@ def train_pixel(cfg, out: str, device: Optional[str] = None, progress: bool = Tr
 def load_pixel(source, device=None):
     """(MAGE or DiT in eval mode, PixelRun config, {encoder_fingerprint, tokenizer_fingerprint}) from a run
     dir, or (MAGE, None, info) from an official MAGE file."""
-    from .config import PixelRun
-    from .pixel.mage import MAGE
+    from ..config import PixelRun
+    from ..pixel.mage import MAGE
     src = Path(source)
     if src.is_file():
-        from .official import mage_from_official
+        from ..official import mage_from_official
         model, info = mage_from_official(src)
         return model.eval().to(device or "cpu"), None, info
     raw = read_config(src)
     fps = {k: raw.pop(k, None) for k in ("encoder_fingerprint", "tokenizer_fingerprint")}
-    if raw.get("generator") == "dit":
-        from .train_dit import load_dit_run
-        model, cfg = load_dit_run(src, raw, device)
-        return model, cfg, fps
     cfg = from_dict(PixelRun, raw)
-    model = MAGE(cfg.model)
+    from ..pixel import generator
+    model = generator(cfg.generator).network(cfg.model)
     tensors, _ = load_tensors(src / WEIGHTS)
     model.load_state_dict(tensors)
     return model.eval().to(device or "cpu"), cfg, fps
@@ -537,7 +537,7 @@ def export_run(src, dst, half: bool = True, note: str = "") -> Path:
 # ------------------------------------------------------------------------------------------------
 # demo
 # ------------------------------------------------------------------------------------------------
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_ENCODER = ASSETS / "fmnist-encoder"
 
 
@@ -562,11 +562,11 @@ def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encode
     RDM, MAGE, then an 8x8 grid of unconditional samples, variations of reference images and an
     interpolation strip. ``overrides`` maps a stage name (encoder, tokenizer, rdm, pixel) to ``--set``
     style overrides (used by the tests to shrink everything)."""
-    from .config import (ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS, apply_overrides,
-                         override)
-    from .data import load_dataset
-    from .sample import RCGSampler, write_images
-    from .precision import describe, native_bf16
+    from ..presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS
+    from ..tree import apply_overrides, override
+    from ..data import load_dataset
+    from ..sample import RCGSampler, write_images
+    from ..precision import describe, native_bf16
     dev = setup_torch(device)
     kind = "bf16" if native_bf16(dev) else "fp32"
     budget = dict(DEMO_BUDGETS[kind])
@@ -669,14 +669,14 @@ def _one_per_class(labels: torch.Tensor, n: int) -> list:
 # ------------------------------------------------------------------------------------------------
 # train-tokenizer
 # ------------------------------------------------------------------------------------------------
-TOKENIZER_KIND = "rcg-tokenizer"
+from ..tokenizer import TOKENIZER_KIND  # noqa: E402
 
 
 def train_tokenizer(cfg, out: str, device: Optional[str] = None, progress: bool = True) -> dict:
     """Train the VQ tokenizer (MAGE's VQGAN architecture) on ``cfg.data`` into the run directory ``out``;
     ends with the held-out reconstruction PSNR, codebook usage and perplexity (``summary.json``) and a grid
     of held-out images over their reconstructions (``samples/reconstructions.png``)."""
-    from .tokenizer import VQModel, VQTrainer, reconstruction_metrics
+    from ..tokenizer import VQModel, VQTrainer, reconstruction_metrics
 
     cfg = fit_to_data(cfg)
     dev = setup_torch(device, cfg.optim.num_threads)
@@ -747,7 +747,7 @@ def train_tokenizer(cfg, out: str, device: Optional[str] = None, progress: bool 
     with torch.no_grad():
         x = held.images[:16].to(dev)
         recon = tok.decode_ids(tok.encode(x)[1], (vq.token_grid, vq.token_grid)).float().clamp(0, 1)
-    from .sample import to_uint8, write_images
+    from ..sample import to_uint8, write_images
     write_images(torch.cat([x.cpu(), to_uint8(recon).cpu()]), run_dir / "samples" / "reconstructions.png", nrow=16,
                  scale=max(1, 112 // m.resolution))
     print(f"{split} reconstruction ({res['eval_images']} images): PSNR {res['psnr']:.2f} dB, codebook usage "
@@ -759,11 +759,11 @@ def train_tokenizer(cfg, out: str, device: Optional[str] = None, progress: bool 
 def load_tokenizer(source, device=None):
     """A frozen VQ tokenizer (VQModel, eval mode) from a ``train-tokenizer`` run directory, or from an official
     VQGAN checkpoint file (MAGE's ``vqgan_jax_strongaug.ckpt`` layout; 256 px assumed)."""
-    from .config import TokenizerRun
-    from .tokenizer import VQModel
+    from ..config import TokenizerRun
+    from ..tokenizer import VQModel
     src = Path(source)
     if src.is_file():
-        from .official import vqgan_from_official
+        from ..official import vqgan_from_official
         vq, _ = vqgan_from_official(src)
     else:
         cfg = from_dict(TokenizerRun, read_config(src))
@@ -789,7 +789,7 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weight
     DataConfig whose statistics are computed once and cached in ``ref_cache``). Under torchrun the ``num``
     samples are split across the processes and gathered on rank 0, which alone computes the metrics and
     returns them (the other ranks return ``{}``)."""
-    from . import evaluate as E
+    from .. import evaluate as E
     if sum(x is not None for x in (npz, folder, pixel or preset)) != 1:
         raise ValueError("give exactly one of --npz, --folder, --pixel (or --preset for the official weights)")
     if (inception_weights is None) == (evalnet is None):
@@ -806,10 +806,10 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weight
                 pass
         return {}
     if inception_weights is not None:
-        from .inception import InceptionV3
+        from ..inception import InceptionV3
         net = InceptionV3(inception_weights, device=dev)
     else:
-        from .evalnet import load_evalnet
+        from ..evalnet import load_evalnet
         net = load_evalnet(evalnet, dev)
     if ref is not None:
         reference = E.load_reference(ref, net)
@@ -822,7 +822,7 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weight
     elif folder is not None:
         batches = E.iterate_image_folder(folder, batch_size)
     else:
-        from .sample import load_sampler
+        from ..sample import load_sampler
         s = load_sampler(pixel, rdm, dev, preset, weights, mage)
         batches = s.stream(num, seed=seed, batch_size=batch_size, steps=steps, temperature=temperature,
                            guidance=guidance)
