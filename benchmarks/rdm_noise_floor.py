@@ -16,7 +16,7 @@ import torch
 
 from rcg.diffusion import GaussianDiffusion
 from rcg.evaluate import fd_between
-from rcg.stages import load_reps
+from rcg.loaders import load_reps
 
 
 def main():

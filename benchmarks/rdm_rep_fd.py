@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from rcg.evaluate import fd_between, subset_fd_floor
-from rcg.stages import draw_reps, load_rdm, load_reps
+from rcg.loaders import load, load_reps
+from rcg.sample import draw_reps
 
 
 def main():
@@ -59,7 +60,8 @@ def main():
             fh.write(json.dumps({"heldout": a.heldout, "num": len(held), "fd": fd, "floor_mean": floor["mean"],
                                  "ratio": fd / floor["mean"], "date": date.today().isoformat()}) + "\n")
     for run in a.rdm:
-        model, cfg, fp = load_rdm(run)
+        rec = load("rdm", run)
+        model, cfg, fp = rec.module, rec.config, rec.fingerprints.get("encoder")
         steps = a.steps or (cfg.sample_steps if cfg else 250)
         eta = a.eta if a.eta is not None else (cfg.eta if cfg else 1.0)
         fds, t0 = [], time.time()

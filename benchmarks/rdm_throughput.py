@@ -22,7 +22,7 @@ from rcg.presets import ENCODER_PRESETS, RDM_RUN_PRESETS
 from rcg.diffusion import GaussianDiffusion
 from rcg.encoders import Encoder
 from rcg.rdm import RDM
-from rcg.stages import load_encoder
+from rcg.loaders import load
 
 
 def matmul_peak(n: int = 2048, reps: int = 20) -> float:
@@ -46,7 +46,7 @@ def main():
     a = ap.parse_args()
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
-    enc = load_encoder(a.encoder) if a.encoder else Encoder(ENCODER_PRESETS["fmnist-encoder"].encoder).eval()
+    enc = load("encoder", a.encoder).module if a.encoder else Encoder(ENCODER_PRESETS["fmnist-encoder"].encoder).eval()
     enc.requires_grad_(False)
     cfg = RDM_RUN_PRESETS[a.rdm_preset]
     rdm = RDM(cfg.model)

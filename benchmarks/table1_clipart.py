@@ -37,9 +37,12 @@ from rcg.config import DataConfig, PixelRun
 from rcg.tree import from_dict
 from rcg.data import load_dataset
 from rcg.encoders import fingerprint
-from rcg.evalnet import EVALNET_PRESETS, load_evalnet, train_evalnet
+from rcg.presets import EVALNET_PRESETS
+from rcg.stages.evalnet import train_evalnet
 from rcg.sample import RCGSampler
-from rcg.stages import load_reps, run_eval, setup_torch, train_pixel
+from rcg.dist import setup as setup_torch
+from rcg.loaders import load, load_reps
+from rcg.stages import run_eval, train_pixel
 
 COND = {"baseline": "none", "rcg": "rep", "rcg_guided": "rep", "class_label": "class", "class_label_balanced": "class"}
 ORDER = list(COND)
@@ -121,7 +124,7 @@ def measure(a, name: str, tau: float, pixel: Path, run: Path, evalnet: Path, ref
     cond = COND[name]
     t0 = time.time()
     if name == "class_label":
-        net = load_evalnet(evalnet, dev)
+        net = load("evalnet", evalnet, dev).module
         ref = E.reference_stats(lambda: E.iterate_tensor(load_dataset(ref_data).images, a.batch), net,
                                 cache=ref_cache, source_name=f"{ref_data}", progress=False)
         s = RCGSampler(str(pixel), None, dev)

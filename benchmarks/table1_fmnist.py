@@ -23,9 +23,11 @@ from rcg import evaluate as E
 from rcg.config import DataConfig
 from rcg.presets import PIXEL_PRESETS, TOKENIZER_PRESETS
 from rcg.tree import apply_overrides
-from rcg.evalnet import load_evalnet
 from rcg.sample import RCGSampler
-from rcg.stages import cache_reps, load_dataset, load_reps, setup_torch, train_pixel, train_tokenizer
+from rcg.data import load_dataset
+from rcg.dist import setup as setup_torch
+from rcg.loaders import load, load_reps
+from rcg.stages import cache_reps, train_pixel, train_tokenizer
 
 COND = {"baseline": "none", "rcg": "rep", "rcg_guided": "rep", "oracle": "rep", "class_label": "class"}
 PRESET = {"mage": "fmnist-mage", "dit": "fmnist-dit"}
@@ -80,7 +82,7 @@ def main():
         cache_reps(a.encoder, cache, views=1, tokenizer=tokenizer, pixels="dit" in gens, bf16=True, progress=False)
     real = load_reps(cache)[0]["reps"].float()
 
-    net = load_evalnet(a.evalnet, dev)
+    net = load("evalnet", a.evalnet, dev).module
     data = DataConfig("fmnist", split="train", resolution=28, channels=1)
     ref = E.reference_stats(lambda: load_dataset(data), net, cache=work / "ref-fmnist-train.npz",
                             source_name=str(data), progress=False)

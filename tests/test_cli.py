@@ -100,3 +100,83 @@ def test_info_and_convert_an_official_rdm(tmp_path, capsys):
     assert main(["convert", str(rdm), str(tmp_path / "rdm")]) == 0
     assert main(["sample-reps", "--rdm", str(tmp_path / "rdm"), "--num", "2", "--steps", "5",
                  "--out", str(tmp_path / "r.safetensors"), "--no-progress"]) == 0
+
+
+def _at(tree: dict, path: str):
+    for key in path.split("."):
+        tree = tree[key]
+    return tree
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["train-encoder", "--lr", "0.25", "--resolution", "16", "--out", "{tmp}/run"],
+     {"optim.lr": 0.25, "data.resolution": 16}),
+    (["train-tokenizer", "--batch-size", "12", "--out", "{tmp}/run"], {"optim.batch_size": 12}),
+    (["train-evalnet", "--epochs", "3", "--out", "{tmp}/run"], {"optim.epochs": 3}),
+    (["train-rdm", "--cache", "{tmp}/c", "--encoder", "{tmp}/e", "--class-cond", "--out", "{tmp}/run"],
+     {"cache": "{tmp}/c", "encoder": "{tmp}/e", "class_cond": True}),
+    (["train-pixel", "--generator", "dit", "--cache", "{tmp}/c", "--encoder", "{tmp}/e", "--cond", "class",
+      "--out", "{tmp}/run"], {"generator": "dit", "cache": "{tmp}/c", "model.cond": "class"}),
+    (["cache-reps", "--encoder", "{tmp}/e", "--out", "{tmp}/c.safetensors", "--views", "3", "--resolution", "16"],
+     {"arguments.encoder_src": "{tmp}/e", "arguments.views": 3, "arguments.data_overrides": ["data.resolution=16"]}),
+    (["sample-reps", "--rdm", "{tmp}/r", "--out", "{tmp}/s.safetensors", "--steps", "7", "--num", "9"],
+     {"arguments.rdm_src": "{tmp}/r", "arguments.steps": 7, "arguments.num": 9}),
+    (["rep-fd", "{tmp}/x", "{tmp}/y"], {"arguments.a": "{tmp}/x", "arguments.b": "{tmp}/y"}),
+    (["sample", "--pixel", "{tmp}/p", "--out", "{tmp}/g.png", "--num", "5", "--steps", "9", "--guidance", "1.5"],
+     {"arguments.num": 5, "arguments.steps": 9, "arguments.guidance": 1.5, "arguments.out": "{tmp}/g.png"}),
+    (["interpolate", "{tmp}/a.png", "{tmp}/b.png", "--pixel", "{tmp}/p", "--out", "{tmp}/s.png", "--num", "4",
+      "--steps", "6"], {"arguments.num": 4, "arguments.steps": 6, "arguments.a": "{tmp}/a.png"}),
+    (["eval", "--pixel", "{tmp}/p", "--num", "100", "--steps", "3", "--ref-data", "fmnist", "--resolution", "32",
+      "--json", "{tmp}/m.json"], {"arguments.num": 100, "arguments.steps": 3, "arguments.ref_data.resolution": 32,
+                                  "arguments.ref_data.dataset": "fmnist", "arguments.out_json": "{tmp}/m.json"}),
+    (["info", "{tmp}/x.pth", "--num-heads", "4"], {"arguments.path_or_dict": "{tmp}/x.pth", "arguments.num_heads": 4}),
+    (["convert", "{tmp}/x.pth", "{tmp}/out", "--resolution", "64"],
+     {"arguments.out_dir": "{tmp}/out", "arguments.resolution": 64}),
+    (["fit", "{tmp}/imgs", "--out", "{tmp}/r", "--generator", "dit", "--resolution", "32"],
+     {"generator": "dit", "resolution": 32}),
+    (["demo", "--out", "{tmp}/demo", "--train-encoder"], {"arguments.out": "{tmp}/demo",
+                                                          "arguments.train_new_encoder": True}),
+])
+def test_dry_run_on_every_verb_prints_the_request_and_writes_nothing(argv, expect, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+    (tmp_path / "imgs").mkdir()
+    for i in range(8):                                    # rcg fit checks its folder even on a dry run
+        Image.new("RGB", (40, 40), (30 * i, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)                           # default run directories would land here
+    before = sorted(tmp_path.rglob("*"))
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--dry-run"]) == 0
+    printed = _config_from(capsys.readouterr().out)
+    for path, value in expect.items():
+        assert _at(printed, path) == (value.replace("{tmp}", str(tmp_path)) if isinstance(value, str) else value)
+    if "arguments" in printed:
+        assert printed["verb"] == argv[0] and printed["call"].startswith("rcg.")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_verb_calls_its_function_with_the_printed_request(tmp_path, monkeypatch, capsys):
+    from rcg import cli
+    argv = ["interpolate", "a.png", "b.png", "--pixel", "p", "--out", "s.png", "--num", "4", "--steps", "6"]
+    assert main(argv + ["--dry-run"]) == 0
+    request, seen = _config_from(capsys.readouterr().out), {}
+    assert request["call"] == "rcg.stages.interpolate_command"
+    monkeypatch.setattr(cli, "interpolate_command", lambda **kw: seen.update(kw) or "strip.png")
+    assert main(argv) == 0 and capsys.readouterr().out.strip() == "strip.png"
+    assert request["arguments"] == seen
+
+
+def test_training_verbs_get_the_runtime_flags_as_an_argument(monkeypatch, capsys):
+    from rcg import cli
+    from rcg.train import Runtime
+    seen = {}
+    monkeypatch.setattr(cli, "train_rdm", lambda cfg, out, device, progress, runtime: seen.update(
+        cfg=cfg, out=out, runtime=runtime))
+    assert main(["train-rdm", "--cache", "c", "--encoder", "e", "--compile", "--tensorboard", "--no-progress"]) == 0
+    assert seen["runtime"] == Runtime(compile=True, tensorboard=True)
+    assert seen["out"] == "runs/rdm" and (seen["cfg"].cache, seen["cfg"].encoder) == ("c", "e")
+
+
+def test_version(capsys):
+    import rcg
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"rcg {rcg.__version__}"

@@ -27,7 +27,8 @@ from rcg.tokenizer import VQConfig, VQModel
 
 def tiny_parts(root: Path) -> Path:
     """Toy data, an untrained encoder and tokenizer (run directories) and a cache with reps and tokens."""
-    from rcg.stages import TOKENIZER_KIND, cache_reps
+    from rcg.stages import cache_reps
+    from rcg.tokenizer import TOKENIZER_KIND
     data = make_fmnist(root / "data")
     enc = EncoderRun(data=DataConfig("fmnist", path=str(data), resolution=16, channels=1),
                      encoder=EncoderConfig(arch="resnet", in_chans=1, widths=(8, 16), depths=(1, 1), mlp_dim=32,
@@ -105,7 +106,7 @@ if __name__ == "__main__":
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from test_evalnet import tiny_run
-    from rcg.evalnet import train_evalnet
+    from rcg.stages.evalnet import train_evalnet
     from rcg.stages import train_pixel, train_rdm
     root = tiny_parts(tmp_path_factory.mktemp("dist"))
     train_rdm(rdm_cfg(root), str(root / "rdm-1"), "cpu", progress=False)
@@ -211,24 +212,23 @@ class _Blocks(nn.Module):
 
 
 def _toy_job(model, total=4):
-    from rcg.train import EpochBatches, Job
+    from rcg.rng import EpochBatches
+    from rcg.train import Job
     data = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
-    batches = EpochBatches(32, 8, seed=0)
 
-    def loss_fn(step, gen, part):
-        x = data[batches(step)][part]
+    def loss(batch, gen):
+        x = data[batch.mine]
         return ((model(x) - x.sum(1, keepdim=True)) ** 2).mean(), {}
 
-    return Job(model=model, loss_fn=loss_fn, steps_per_epoch=4, total_steps=total, images_per_step=8,
-               export=lambda: model.state_dict(), sharded=True)
+    return Job(model=model, loss=loss, batches=EpochBatches(32, 8, seed=0), total_steps=total)
 
 
 def test_compile_flag_compiles_blocks_and_keeps_names_and_results(tmp_path):
-    from rcg.train import fit
+    from rcg.train import Runtime, fit
     o = OptimConfig(lr=1e-2, log_every=2, ckpt_every=2)
     plain, compiled = _Blocks(), _Blocks()
     fit(prepare_run_dir(tmp_path / "a", {})[0], _toy_job(plain), o, False, progress=False)
-    fit(prepare_run_dir(tmp_path / "b", {})[0], _toy_job(compiled), o, False, progress=False, compile="eager")
+    fit(prepare_run_dir(tmp_path / "b", {})[0], _toy_job(compiled), o, False, progress=False, runtime=Runtime(compile="eager"))
     assert all(b._compiled_call_impl is not None for b in compiled.blocks)
     a, _ = load_tensors(tmp_path / "a" / WEIGHTS)
     b, _ = load_tensors(tmp_path / "b" / WEIGHTS)
@@ -241,16 +241,16 @@ def test_tensorboard_only_when_asked(tmp_path):
     import importlib.util
     import rcg.cli  # noqa: F401
     import rcg.stages  # noqa: F401
-    from rcg.train import TENSORBOARD, fit
+    from rcg.train import TENSORBOARD, Runtime, fit
     assert "torch.utils.tensorboard" not in sys.modules
     d = prepare_run_dir(tmp_path, {})[0]
     o = OptimConfig(lr=1e-2, log_every=1, ckpt_every=2)
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(RuntimeError, match="--tensorboard needs the tensorboard package"):
-            fit(d, _toy_job(_Blocks()), o, False, progress=False, tensorboard=True)
+            fit(d, _toy_job(_Blocks()), o, False, progress=False, runtime=Runtime(tensorboard=True))
         assert not (d / "metrics.jsonl").exists()                     # before the first step
     else:
-        fit(d, _toy_job(_Blocks()), o, False, progress=False, tensorboard=True)
+        fit(d, _toy_job(_Blocks()), o, False, progress=False, runtime=Runtime(tensorboard=True))
         assert any((d / TENSORBOARD).iterdir())
 
 
@@ -261,4 +261,4 @@ def test_cli_training_verbs_take_runtime_flags():
         a = build_parser().parse_args([verb, "--compile", "--tensorboard"])
         assert a.compile and a.tensorboard
     assert main(["train-rdm", "--cache", "c", "--encoder", "e", "--compile", "--dry-run"]) == 0
-    assert train.RUNTIME.compile is False and train.RUNTIME.tensorboard is False    # restored after the verb
+    assert not hasattr(train, "RUNTIME")              # no process-wide runtime state: the verb passes a Runtime

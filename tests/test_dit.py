@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rcg.pixel import DIT_PRESETS, GENERATORS, DiTConfig, dit_config
-from rcg.pixel.dit import DiT, DiTRun, dit_from_converted, sincos_pos_embed
+from rcg.guidance import guided_pass
+from rcg.pixel.dit import DiT, sincos_pos_embed
 
 TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4, rep_dim=16)
 
@@ -100,9 +101,9 @@ def test_guidance_tau_zero_is_conditional_and_ours():
     x, t, rep = _inputs()
     with torch.no_grad():
         cond = m(x, t, rep)
-        assert torch.equal(m.guided_forward(x, t, rep, 0.0), cond)
+        assert torch.equal(guided_pass(m, (x, t, rep, None), 0.0, 4), cond)
         uncond = m(x, t, null=torch.ones(3, dtype=torch.bool))
-        g = m.guided_forward(x, t, rep, 1.5)
+        g = guided_pass(m, (x, t, rep, None), 1.5, 4)
         assert torch.allclose(g[:, :4], cond[:, :4] + 1.5 * (cond[:, :4] - uncond[:, :4]), atol=1e-5)
         assert torch.allclose(g[:, 4:], cond[:, 4:], atol=1e-6)       # variance channels: conditional
         assert not torch.allclose(g[:, :4], cond[:, :4])
@@ -114,10 +115,10 @@ def test_official_first3_leaves_other_channels_unguided():
     tau = 3.0
     with torch.no_grad():
         cond, uncond = m(x, t, rep), m(x, t, null=torch.ones(3, dtype=torch.bool))
-        g = m.guided_forward(x, t, rep, tau, official_first3=True)
+        g = guided_pass(m, (x, t, rep, None), tau, 4, official_first3=True)
         assert torch.allclose(g[:, :3], uncond[:, :3] + (1 + tau) * (cond[:, :3] - uncond[:, :3]), atol=1e-5)
         assert torch.allclose(g[:, 3:], cond[:, 3:], atol=1e-6)         # 4th eps channel and variances
-        assert not torch.allclose(g[:, 3], m.guided_forward(x, t, rep, tau)[:, 3])
+        assert not torch.allclose(g[:, 3], guided_pass(m, (x, t, rep, None), tau, 4)[:, 3])
 
 
 def test_class_mode_and_none():
@@ -129,7 +130,7 @@ def test_class_mode_and_none():
         assert not torch.allclose(out, m(x, t, labels=y.flip(0)))
         null = m(x, t, labels=y, null=torch.ones(3, dtype=torch.bool))
         assert torch.equal(null, m(x, t, labels=torch.full_like(y, 5)))          # the null-class row
-        g = m.guided_forward(x, t, None, 2.0, labels=y)
+        g = guided_pass(m, (x, t, None, y), 2.0, 4)
         assert torch.allclose(g[:, :4], out[:, :4] + 2.0 * (out[:, :4] - null[:, :4]), atol=1e-5)
         with pytest.raises(ValueError, match="labels"):
             m(x, t)
@@ -137,7 +138,7 @@ def test_class_mode_and_none():
     with torch.no_grad():
         assert m(x, t).shape == (3, 8, 8, 8)
         with pytest.raises(ValueError, match="no guidance"):
-            m.guided_forward(x, t, None, 1.0)
+            guided_pass(m, (x, t, None, None), 1.0, 4)
 
 
 def test_learn_sigma_off_and_shapes():
@@ -179,14 +180,18 @@ def test_dit_xl_2_parameter_count():
 
 
 def test_converted_run_roundtrip(tmp_path):
-    """A DiT run directory (config.json = DiTRun, checkpoint.safetensors) reads back exactly."""
-    from rcg.store import WEIGHTS, prepare_run_dir, save_tensors
+    """A converted-DiT run directory (config.json = PixelRun with the official recipe, checkpoint.safetensors)
+    reads back exactly."""
+    from rcg.config import PixelRun
+    from rcg.store import WEIGHTS, load_tensors, prepare_run_dir, read_config, save_tensors
     from rcg.tree import to_dict
     m = _model()
-    run = DiTRun(model=m.cfg, steps=25, guidance=3.0)
+    run = PixelRun(generator="dit", model=m.cfg, steps=25, guidance=3.0, official_first3=True,
+                   autoencoder="stabilityai/sd-vae-ft-ema")
     d, _ = prepare_run_dir(tmp_path / "run", to_dict(run))
     save_tensors(d / WEIGHTS, m.state_dict())
-    m2, run2 = dit_from_converted(d)
+    run2, m2 = PixelRun.from_plain(read_config(d)), DiT(run.model).eval()
+    m2.load_state_dict(load_tensors(d / WEIGHTS)[0])
     assert run2 == run
     x, t, rep = _inputs()
     with torch.no_grad():

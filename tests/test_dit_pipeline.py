@@ -12,7 +12,9 @@ from rcg.cli import main
 from rcg.config import DIT_DIFFUSION, OptimConfig, PixelRun
 from rcg.pixel.dit import DiTConfig
 from rcg.sample import RCGSampler
-from rcg.stages import cache_reps, encode_images, load_encoder, load_pixel, train_encoder, train_pixel, train_rdm
+from rcg.loaders import load
+from rcg.sample import encode_images
+from rcg.stages import cache_reps, train_encoder, train_pixel, train_rdm
 
 
 def _dit_cfg(root, cond="rep", epochs=4.0, **optim):
@@ -39,7 +41,7 @@ def test_cache_stores_the_crops_the_reps_were_made_from(system):
     root, _ = system
     t, _ = load_tensors(root / "cache.safetensors")
     assert t["images"].dtype == torch.uint8 and t["images"].shape == (256, 1, 16, 16)
-    enc = load_encoder(root / "enc")
+    enc = load("encoder", root / "enc").module
     assert torch.allclose(encode_images(enc, t["images"][:16]), t["reps"][:16], atol=1e-4)
     assert not torch.equal(t["images"][:128], t["images"][128:])               # two different views
 
@@ -50,9 +52,10 @@ def test_dit_learns_and_its_run_loads(system):
     losses = [r["loss"] for r in rows if "loss" in r]
     assert summary["generator"] == "dit" and summary["cond"] == "rep"
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])                     # eps MSE + VLB goes down
-    model, cfg, fps = load_pixel(root / "dit")
+    rec = load("pixel", root / "dit")
+    model, cfg, fps = rec.module, rec.config, rec.fingerprints
     assert cfg.generator == "dit" and cfg.model.in_channels == 1 and cfg.model.input_size == 16
-    assert cfg.model.rep_dim == 16 and fps["encoder_fingerprint"]
+    assert cfg.model.rep_dim == 16 and fps["encoder"]
 
 
 def test_same_seed_same_image_at_batch_sizes_1_and_8(system):

@@ -9,8 +9,12 @@ from helpers import make_fmnist
 from rcg.config import DataConfig, OptimConfig
 from rcg.tree import from_dict, to_dict
 from rcg.evaluate import evaluate_stream, inception_score, iterate_tensor, reference_stats
-from rcg.evalnet import (EVALNET_PRESETS, EvalCNN, EvalNet, EvalNetConfig, EvalNetRun, load_evalnet,
-                         train_evalnet)
+from rcg.config import EvalNetRun
+from rcg.presets import EVALNET_PRESETS
+from rcg.loaders import load
+from rcg.stages.evalnet import override_data_path, real_floor, train_evalnet
+from rcg.evalnet import EvalCNN, EvalNetConfig
+from rcg.evaluate import EvalNet
 
 
 def tiny_run(data_dir, size=16, **optim):
@@ -46,7 +50,7 @@ def test_tiny_training_learns_and_writes_a_run_directory(trained):
 def test_loaded_evalnet_is_a_feature_net_with_penultimate_features(trained):
     from rcg.data import load_fashion_mnist
     root, data, s = trained
-    net = load_evalnet(root / "run")
+    net = load("evalnet", root / "run").module
     assert isinstance(net, EvalNet) and net.metric_suffix == "_dom"
     assert net.weights_sha256 == s["feature_net_sha256"]
     test = load_fashion_mnist(data, "test", resolution=16)

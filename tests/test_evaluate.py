@@ -292,7 +292,7 @@ def test_image_folder_source_round_trips_pngs(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ Inception
 def test_inception_without_weights_file_says_what_to_get(tmp_path):
-    from rcg.inception import InceptionV3
+    from rcg.evaluate import InceptionV3
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
         InceptionV3(tmp_path / "missing.pth", device="cpu")
 
@@ -330,7 +330,7 @@ def test_inception_features_reproduce_torch_fidelity_on_random_weights(random_in
     from PIL import Image
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     from torch_fidelity.utils import extract_featuresdict_from_input_id
-    from rcg.inception import InceptionV3
+    from rcg.evaluate import InceptionV3
 
     rgb = images(1, seed=5, c=3, size=24)[0]
     gray = images(1, seed=6, c=1, size=24)[0]
@@ -356,7 +356,7 @@ def test_inception_features_reproduce_torch_fidelity_on_random_weights(random_in
 
 
 def test_inception_refuses_a_file_that_is_not_its_weights(tmp_path):
-    from rcg.inception import InceptionV3
+    from rcg.evaluate import InceptionV3
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(EvalError, match="fc.weight"):
         InceptionV3(tmp_path / "other.pth", device="cpu")

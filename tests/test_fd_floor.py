@@ -92,11 +92,11 @@ def test_perfect_model_scores_about_one_under_halves_and_a_shifted_one_clearly_m
     reps = gauss(2000, 0)                                                   # 2000 < 20 x 1000: halves
     perfect, shifted = [], []
     for k in range(5):
-        monkeypatch.setattr(stages, "sample_reps", fake_sampler(lambda n, _c, k=k: gauss(n, 100 + k)))
+        monkeypatch.setattr(stages.rdm, "sample_reps", fake_sampler(lambda n, _c, k=k: gauss(n, 100 + k)))
         r = stages.rep_fd_check("unused", reps, None, cfg_with(1000, seed=k), "cpu", False)
         assert r["rep_fd_protocol"] == "halves" and r["rep_fd_samples"] == 1000 and r["rep_fd_reference_size"] == 1000
         perfect.append(r["rep_fd_ratio"])
-        monkeypatch.setattr(stages, "sample_reps", fake_sampler(lambda n, _c, k=k: gauss(n, 200 + k, shift=0.15)))
+        monkeypatch.setattr(stages.rdm, "sample_reps", fake_sampler(lambda n, _c, k=k: gauss(n, 200 + k, shift=0.15)))
         shifted.append(stages.rep_fd_check("unused", reps, None, cfg_with(1000, seed=k), "cpu", False)["rep_fd_ratio"])
     assert 0.75 < sum(perfect) / 5 < 1.3
     assert min(shifted) > 2 and min(shifted) > max(perfect)
@@ -111,23 +111,23 @@ def test_large_cache_keeps_the_subsets_protocol_bit_for_bit(monkeypatch):
     n, m, seed = 2000, 100, 3
     reps, labels = gauss(n, 0), torch.arange(n) % 10
     calls = []
-    monkeypatch.setattr(stages, "sample_reps", fake_sampler(lambda k, _c: gauss(k, 5), calls))
+    monkeypatch.setattr(stages.rdm, "sample_reps", fake_sampler(lambda k, _c: gauss(k, 5), calls))
     r = stages.rep_fd_check("unused", reps, labels, cfg_with(m, seed), "cpu", False)
     old_pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 17))[:m]   # the code this replaced
-    old_floor = subset_fd_floor(reps, m, stages.FLOOR_SUBSETS, seed=seed + 17)
+    old_floor = subset_fd_floor(reps, m, stages.rdm.FLOOR_SUBSETS, seed=seed + 17)
     assert n == SUBSETS_MIN_RATIO * m and r["rep_fd_protocol"] == "subsets"
     assert r["rep_fd_floor"] == old_floor["mean"] and r["rep_fd_floor_std"] == old_floor["std"]
     assert r["rep_fd"] == fd_between(gauss(m, 5), reps) and r["rep_fd_ratio"] == r["rep_fd"] / old_floor["mean"]
-    assert r["rep_fd_floor_subsets"] == stages.FLOOR_SUBSETS and r["rep_fd_samples"] == m
+    assert r["rep_fd_floor_subsets"] == stages.rdm.FLOOR_SUBSETS and r["rep_fd_samples"] == m
     assert r["rep_fd_reference_size"] == n and torch.equal(calls[0]["labels"], labels[old_pick])
     # one row fewer: halves, with the labels of the sampled set drawn from the reference half's rows
     image_index = torch.arange(n - 1) // 2
     calls.clear()
     r = stages.rep_fd_check("unused", reps[:-1], torch.arange(n - 1), cfg_with(m, seed), "cpu", False,
                             image_index=image_index)
-    plan = rep_fd_plan(reps[:-1], m, image_index, seed=seed + 17, splits=stages.FLOOR_SPLITS)
+    plan = rep_fd_plan(reps[:-1], m, image_index, seed=seed + 17, splits=stages.rdm.FLOOR_SPLITS)
     assert r["rep_fd_protocol"] == "halves" and r["rep_fd_split_by"] == "image"
-    assert r["rep_fd_floor"] == plan["floor"]["mean"] and r["rep_fd_floor_subsets"] == stages.FLOOR_SPLITS
+    assert r["rep_fd_floor"] == plan["floor"]["mean"] and r["rep_fd_floor_subsets"] == stages.rdm.FLOOR_SPLITS
     assert r["rep_fd"] == fd_between(gauss(m, 5), reps[plan["reference"]])
     picked = calls[0]["labels"]                                             # here label = row number
     assert len(picked) == m and set(picked.tolist()) <= set(plan["reference"].tolist())

@@ -74,7 +74,7 @@ def test_cli_sample_reference_class_and_interpolate(system, tmp_path):
                  "--out", str(tmp_path / "cls")]) == 0
     assert len(list((tmp_path / "cls").glob("*.png"))) == 4
     assert main(["sample", "--pixel", pix, "--rdm", rdm, "--class", "1", "--out", str(tmp_path / "x.png")]) == 2
-    assert main(["interpolate", str(system / "r0.png"), str(system / "r1.png"), "--pixel", pix, "--steps", "5",
+    assert main(["interpolate", str(system / "r0.png"), str(system / "r1.png"), "--pixel", pix, "--num", "5",
                  "--out", str(tmp_path / "strip.npz")]) == 0
     assert np.load(tmp_path / "strip.npz")["arr_0"].shape == (5, 16, 16, 1)
 
@@ -101,7 +101,7 @@ def test_pixel_baselines_train_with_class_and_none(system, tmp_path):
 def test_cli_eval_streams_generated_images_against_cached_reference(system, tmp_path, capsys):
     import json
     from test_evalnet import tiny_run
-    from rcg.evalnet import train_evalnet
+    from rcg.stages.evalnet import train_evalnet
     train_evalnet(tiny_run(system / "data", epochs=1), str(tmp_path / "evalnet"), "cpu", progress=False)
     argv = ["eval", "--pixel", str(system / "mage"), "--rdm", str(system / "rdm"), "--num", "12", "--batch-size", "5",
             "--evalnet", str(tmp_path / "evalnet"), "--ref-data", "fmnist", "--ref-dir", str(system / "data"),
@@ -139,7 +139,7 @@ def test_demo_runs_every_stage_and_writes_its_images(system, tmp_path):
     assert set(summary["stage_wall_s"]) == {"encoder", "tokenizer", "cache", "rdm", "pixel", "sample"}
     assert (tmp_path / "demo" / "summary.json").is_file()
     # sized to the machine: the tests' CPU has no native bf16 (conftest), so the fp32 budget ran, in fp32
-    from rcg.stages import DEMO_BUDGETS
+    from rcg.stages.demo import DEMO_BUDGETS
     assert summary["precision"] == "fp32" and summary["budget"]["pixel"] == DEMO_BUDGETS["fp32"]["pixel"]
     assert summary["pixel"]["precision"] == summary["tokenizer"]["precision"] == "fp32"
     assert summary["cache"]["precision"] == "fp32"

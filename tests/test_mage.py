@@ -8,7 +8,7 @@ from scipy import stats
 
 from rcg.guidance import guided, linear_tau
 from rcg.pixel import GENERATORS, MAGE_PRESETS, MAGEConfig, mage_config
-from rcg.pixel.mage import MAGE, cosine_mask_len
+from rcg.pixel.mage import MAGE, cosine_mask_len, mage_generate
 
 TINY = dict(codebook_size=32, num_tokens=49, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=32,
             decoder_depth=1, decoder_num_heads=4, rep_dim=8)
@@ -98,7 +98,7 @@ def test_decoding_follows_cosine_schedule():
     m = _model().eval()
     L = m.cfg.num_tokens
     for steps in (8, 12):
-        tokens, hist = m.generate(_rep(2), steps=steps, generators=_gens([0, 1]), return_history=True)
+        tokens, hist = mage_generate(m, _rep(2), steps=steps, generators=_gens([0, 1]), return_history=True)
         assert hist.shape == (steps, 2, L) and torch.equal(hist[-1], tokens)
         assert tokens.min() >= 0 and tokens.max() < m.cfg.codebook_size
         prev = L
@@ -128,17 +128,17 @@ def test_guidance_zero_is_conditional():
     orig = m.logits
     m.logits = lambda ids, rep=None, labels=None, null=None: calls.append((ids.shape[0], null)) or orig(ids, rep,
                                                                                                       labels, null)
-    t0 = m.generate(rep, steps=6, guidance=0.0, generators=_gens([1, 2, 3]))
+    t0 = mage_generate(m, rep, steps=6, guidance=0.0, generators=_gens([1, 2, 3]))
     assert calls == [(3, None)] * 6
     calls.clear()
-    t1 = m.generate(rep, steps=6, guidance=2.0, generators=_gens([1, 2, 3]))
+    t1 = mage_generate(m, rep, steps=6, guidance=2.0, generators=_gens([1, 2, 3]))
     assert len(calls) == 6 and all(b == 6 and n.tolist() == [False] * 3 + [True] * 3 for b, n in calls)
     del m.logits
     assert not torch.equal(t0, t1)
     # when cond == uncond (rep = null_rep), any tau gives exactly the unguided tokens
     rep_null = m.null_rep.detach().expand(3, -1).clone()
-    a = m.generate(rep_null, steps=6, guidance=0.0, generators=_gens([1, 2, 3]))
-    b = m.generate(rep_null, steps=6, guidance=3.0, generators=_gens([1, 2, 3]))
+    a = mage_generate(m, rep_null, steps=6, guidance=0.0, generators=_gens([1, 2, 3]))
+    b = mage_generate(m, rep_null, steps=6, guidance=3.0, generators=_gens([1, 2, 3]))
     assert torch.equal(a, b)
 
 
@@ -146,16 +146,16 @@ def test_guidance_zero_is_conditional():
 def test_same_seed_same_tokens_across_batch_sizes(guidance):
     m = _model().eval()
     seeds, rep = list(range(10, 18)), _rep(8)
-    batch = m.generate(rep, steps=8, guidance=guidance, generators=_gens(seeds))
+    batch = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens(seeds))
     for i in (0, 3, 7):
-        one = m.generate(rep[i:i + 1], steps=8, guidance=guidance, generators=_gens([seeds[i]]))
+        one = mage_generate(m, rep[i:i + 1], steps=8, guidance=guidance, generators=_gens([seeds[i]]))
         assert torch.equal(one[0], batch[i]), i
-    again = m.generate(rep, steps=8, guidance=guidance, generators=_gens(seeds))
+    again = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens(seeds))
     assert torch.equal(again, batch)
-    other = m.generate(rep, steps=8, guidance=guidance, generators=_gens([s + 100 for s in seeds]))
+    other = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens([s + 100 for s in seeds]))
     assert not torch.equal(other, batch)
     with pytest.raises(ValueError):
-        m.generate(rep, steps=8, generators=_gens(seeds[:3]))
+        mage_generate(m, rep, steps=8, generators=_gens(seeds[:3]))
 
 
 def test_cond_none_ignores_rep():
@@ -167,10 +167,10 @@ def test_cond_none_ignores_rep():
     m.eval()
     ids = tokens.masked_fill(torch.rand(4, 49) < 0.5, 32)
     assert torch.equal(m.logits(ids, _rep(4, 1)), m.logits(ids))
-    t_none = m.generate(batch_size=2, steps=5, generators=_gens([4, 5]))
-    assert torch.equal(m.generate(_rep(2, 9), steps=5, generators=_gens([4, 5])), t_none)
+    t_none = mage_generate(m, batch_size=2, steps=5, generators=_gens([4, 5]))
+    assert torch.equal(mage_generate(m, _rep(2, 9), steps=5, generators=_gens([4, 5])), t_none)
     with pytest.raises(ValueError):
-        m.generate(steps=5)                            # no way to tell the batch size
+        mage_generate(m, steps=5)                   # no way to tell the batch size
 
 
 def test_cond_class_needs_labels():
@@ -184,10 +184,10 @@ def test_cond_class_needs_labels():
     with pytest.raises(ValueError, match="labels"):
         m.logits(tokens)
     with pytest.raises(ValueError, match="labels"):
-        m.generate(batch_size=2, steps=4)
+        mage_generate(m, batch_size=2, steps=4)
     with pytest.raises(ValueError, match="guidance"):
-        m.generate(labels=labels, steps=4, guidance=1.0)
-    out = m.generate(labels=labels, steps=4, generators=_gens([0, 1, 2, 3]))
+        mage_generate(m, labels=labels, steps=4, guidance=1.0)
+    out = mage_generate(m, labels=labels, steps=4, generators=_gens([0, 1, 2, 3]))
     assert out.shape == (4, 49)
     l0, l1 = m.logits(tokens, labels=labels), m.logits(tokens, labels=labels.flip(0))
     assert not torch.allclose(l0, l1)

@@ -13,7 +13,11 @@ import torch
 from conftest import assert_close, companion_io, fixture_cases, read_io
 
 from rcg.official import checkpoint_info, convert, dit_from_official, safe_load
-from rcg.pixel.dit import DiT, dit_from_converted, sincos_pos_embed
+from rcg.config import PixelRun
+from rcg.guidance import guided_pass
+from rcg.pixel.dit import DiT, sincos_pos_embed
+from rcg.store import WEIGHTS, load_tensors, read_config
+from rcg.tree import from_dict
 
 PATTERN = "dit_*.pth"
 ATOL = 1e-5
@@ -112,7 +116,7 @@ def test_uncond_ema(path):
 @pytest.mark.parametrize("path", _cases())
 @pytest.mark.parametrize("which", ["raw", "ema"])
 def test_forward_with_cfg(path, which):
-    """guided_forward(official_first3=True, tau = s - 1) is the first half of the official [g; g] batch; its
+    """guided_pass(official_first3=True, tau = s - 1) is the first half of the official [g; g] batch; its
     second half is [g on the first 3 channels, the unconditional outputs on the others]."""
     io, meta, raw, _, ema, _ = _load(path)
     key = f"out_cfg_{which}"
@@ -124,14 +128,14 @@ def test_forward_with_cfg(path, which):
     want = io[key]
     assert want.shape[0] == 2 * B, f"{key}: expected the doubled batch of {2 * B}, got {want.shape[0]}"
     with torch.no_grad():
-        got = model.guided_forward(io["x"], io["t"], rep, s - 1.0, official_first3=True, labels=labels)
+        C = model.cfg.in_channels
+        got = guided_pass(model, (io["x"], io["t"], rep, labels), s - 1.0, C, official_first3=True)
         _close(f"{key}[:B]", got, want[:B])
         uncond = model(io["x"], io["t"], labels=labels, null=torch.ones(B, dtype=torch.bool))
         _close(f"{key}[B:]", torch.cat([got[:, :3], uncond[:, 3:]], 1), want[B:])
         # our default guidance differs from the quirk exactly on the 4th eps channel, by design
-        ours = model.guided_forward(io["x"], io["t"], rep, s - 1.0, labels=labels)
+        ours = guided_pass(model, (io["x"], io["t"], rep, labels), s - 1.0, C)
         _close(f"{key} ours, first 3", ours[:, :3], want[:B, :3])
-        C = model.cfg.in_channels
         cond = model(io["x"], io["t"], rep, labels)
         _close(f"{key} ours, variance channels", ours[:, C:], cond[:, C:], 1e-6)
 
@@ -145,10 +149,16 @@ def test_info_and_convert(path, tmp_path):
     assert info["config"]["hidden_size"] == ema.cfg.hidden_size and info["num_heads"] == ema.cfg.num_heads
     assert info["ema"] == info_ema["ema"]
     res = convert(path, tmp_path / "conv", num_heads=heads)
-    assert res["kind"] == "dit" and res["load_with"] == "rcg.pixel.dit.dit_from_converted"
-    model, run = dit_from_converted(tmp_path / "conv")
+    assert res["kind"] == "dit" and res["load_with"].startswith("rcg.loaders.load('pixel'")
+    run = from_dict(PixelRun, read_config(tmp_path / "conv"))
+    model = DiT(run.model)
+    model.load_state_dict(load_tensors(tmp_path / "conv" / WEIGHTS)[0])
+    model.eval()
     assert isinstance(model, DiT) and model.cfg == ema.cfg and not model.training
-    assert run.guidance == info_ema["sampling"]["guidance"] and run.official_first3
+    assert run.guidance == info_ema["sampling"]["guidance"] and run.official_first3 and run.generator == "dit"
+    assert run.steps == info_ema["sampling"]["steps"] and run.sampler == "ddpm"
+    assert (run.diffusion.num_steps, run.diffusion.beta_start, run.diffusion.beta_end, run.diffusion.parameterization,
+            run.diffusion.schedule, run.diffusion.learn_sigma) == (1000, 1e-4, 0.02, "eps", "linear", ema.cfg.learn_sigma)
     rep, labels = _cond(io, model)
     with torch.no_grad():
         assert torch.equal(model(io["x"], io["t"], rep, labels), ema(io["x"], io["t"], rep, labels))

@@ -339,10 +339,17 @@ def test_info_and_convert_fixture(path, tmp_path):
     json.dumps(info, default=str)
     out = tmp_path / "conv"
     if kind == "dit":           # full parity in tests/test_official_dit.py; here: info + convert round trip
-        from rcg.pixel.dit import dit_from_converted
+        from rcg.config import PixelRun
+        from rcg.pixel.dit import DiT
+        from rcg.store import WEIGHTS, load_tensors, read_config
+        from rcg.tree import from_dict
         assert info["ema"] is True and info["config"]["rep_dim"] == cfg.get("rep_dim", 256)
         res = convert(path, out, **heads)
-        model, run = dit_from_converted(out)
+        run = from_dict(PixelRun, read_config(out))
+        model = DiT(run.model)
+        model.load_state_dict(load_tensors(out / WEIGHTS)[0])
+        model.eval()
+        assert run.official_first3 and run.generator == "dit"
         assert res["kind"] == "dit" and info["params"] == _n(model) and run.model == model.cfg
         with torch.no_grad():
             assert_close("out_ema", model(io["x"], io["t"], io["rep"]), io["out_ema"], 1e-5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import assert_close, companion_io, fixture_cases, read_io, fixtures_dir
 
-import rcg.official as official
+import rcg.official.load as official_load
 from rcg.official import CheckpointFormatError, UnsafeCheckpointError, safe_load, vqgan_from_official
 
 PATTERN = "vqgan_*.ckpt"
@@ -143,7 +143,7 @@ def test_ckpt_is_read_by_safe_load(monkeypatch):
     def spy(p):
         seen.append(p)
         return safe_load(p)
-    monkeypatch.setattr(official, "safe_load", spy)
+    monkeypatch.setattr(official_load, "safe_load", spy)
     vqgan_from_official(path, resolution=32)
     assert seen == [path]
 

@@ -8,7 +8,8 @@ import torch
 from helpers import make_fmnist, tiny_encoder_run, tiny_rdm_run
 from rcg.store import CheckpointError, load_tensors
 from rcg.tree import apply_overrides
-from rcg.stages import cache_reps, load_encoder, rep_fd, sample_reps, train_encoder, train_rdm
+from rcg.loaders import load
+from rcg.stages import cache_reps, rep_fd, sample_reps, train_encoder, train_rdm
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_rerun_of_finished_encoder_run_is_a_noop(chain):
     again = train_encoder(tiny_encoder_run(root / "data"), str(root / "enc"), "cpu", progress=False)
     assert (root / "enc" / "checkpoint.safetensors").read_bytes() == before
     assert again["fingerprint"] == enc["fingerprint"]
-    assert load_encoder(root / "enc").cfg.rep_dim == 16
+    assert load("encoder", root / "enc").module.cfg.rep_dim == 16
 
 
 def test_knn_monitor_scores_held_out_folder_images_only(tmp_path):

@@ -9,6 +9,7 @@ from rcg import precision
 from rcg.config import OptimConfig
 from rcg.presets import RDM_RUN_PRESETS, TOKENIZER_PRESETS
 from rcg.tree import apply_overrides
+from rcg.rng import EpochBatches
 from rcg.train import Job, fit
 
 
@@ -71,8 +72,7 @@ def test_fit_runs_and_records_the_resolved_precision(tmp_path, cpu_kind, choice)
     torch.manual_seed(0)
     model = _Probe()
     x = torch.randn(8, 4)
-    job = Job(model=model, loss_fn=lambda step, gen: (model(x), {}), steps_per_epoch=1, total_steps=2,
-              images_per_step=8, export=lambda: model.state_dict())
+    job = Job(model=model, loss=lambda batch, gen: (model(x), {}), batches=EpochBatches(8, 8, 0), total_steps=2)
     last = fit(tmp_path, job, OptimConfig(bf16=choice, log_every=1, ckpt_every=2), resuming=False, progress=False)
     want = cpu_kind if choice is None else choice
     assert set(model.seen) == {torch.bfloat16 if want else torch.float32}

@@ -10,7 +10,9 @@ from PIL import Image
 from helpers import make_fmnist, tiny_encoder_run
 from rcg.cli import main
 from rcg.data import decode_image, load_image_folder, resize_images
-from rcg.sample import RCGSampler, interpolate_command, load_image_files, sample_command
+from rcg.pixel import GENERATORS
+from rcg.sample import RCGSampler, load_image_files
+from rcg.stages import interpolate_command, sample_command
 from rcg.stages import cache_reps, train_encoder, train_pixel
 from test_dit_pipeline import _dit_cfg
 
@@ -87,11 +89,12 @@ def test_unreadable_or_missing_reference_is_a_clear_error(tmp_path):
 
 def test_image_shape_mage_and_dit_without_building_models():
     mage = RCGSampler.__new__(RCGSampler)
-    mage.cfg = SimpleNamespace(generator="mage")
+    mage.cfg, mage.spec = SimpleNamespace(generator="mage"), GENERATORS["mage"]
     mage.tokenizer = SimpleNamespace(cfg=SimpleNamespace(in_channels=3, resolution=32))
     assert mage.image_shape == (3, 32)
     dit = RCGSampler.__new__(RCGSampler)
     dit.cfg = SimpleNamespace(generator="dit", autoencoder="", model=SimpleNamespace(in_channels=1, input_size=16))
+    dit.spec = GENERATORS["dit"]
     dit.tokenizer = None
     assert dit.image_shape == (1, 16)
     dit.cfg.autoencoder = "stabilityai/sd-vae-ft-ema"
@@ -162,5 +165,5 @@ def test_dit_reference_and_interpolate_cli(dit_run, tmp_path):
     assert Image.open(tmp_path / "r.png").size == _grid_size(4, 1)
     assert main(["sample", "--pixel", pixel, "--reference", a, b, "--num", "2", "--out", str(tmp_path / "r.npz")]) == 0
     assert np.load(tmp_path / "r.npz")["arr_0"].shape == (6, 16, 16, 1)       # 2 rows: reference + 2 variations
-    assert main(["interpolate", a, b, "--pixel", pixel, "--steps", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["interpolate", a, b, "--pixel", pixel, "--num", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert Image.open(tmp_path / "s.png").size == _grid_size(4, 1)

@@ -89,15 +89,13 @@ def test_sigkilled_training_rerun_ends_bitwise_identical(parts, tmp_path):
 def _job(model, data, total, crash_at=None):
     batches = EpochBatches(len(data), 8, seed=0)
 
-    def loss_fn(step, gen, part):
-        if step == crash_at:
+    def loss(batch, gen):
+        if batch.step == crash_at:
             raise KeyboardInterrupt("simulated kill")
-        x = data[batches(step)] + 0.1 * torch.randn(8, 4, generator=gen)
-        x = x[part]
+        x = batch.take(data[batch.index] + 0.1 * torch.randn(8, 4, generator=gen))
         return ((model(x) - x.sum(1, keepdim=True)) ** 2).mean(), {}
 
-    return Job(model=model, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,
-               images_per_step=8, export=lambda: model.state_dict(), sharded=True)
+    return Job(model=model, loss=loss, batches=batches, total_steps=total)
 
 
 def _model():

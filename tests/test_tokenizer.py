@@ -10,7 +10,8 @@ from rcg.store import load_tensors
 from rcg.config import DataConfig, OptimConfig, ReseedConfig, TokenizerRun
 from rcg.presets import TOKENIZER_PRESETS
 from rcg.tree import from_dict, to_dict
-from rcg.stages import load_tokenizer, train_tokenizer
+from rcg.loaders import load
+from rcg.stages import train_tokenizer
 from rcg.tokenizer import (VQConfig, VQModel, VQTrainer, VectorQuantizer, code_stats, psnr,
                            reconstruction_metrics, reseed_dead_codes)
 
@@ -252,7 +253,7 @@ def test_run_directory_and_summary(tok_run):
 
 def test_load_tokenizer_and_metrics_agree(tok_run):
     root, data, s = tok_run
-    tok = load_tokenizer(root / "run")
+    tok = load("tokenizer", root / "run").module
     assert not tok.training and not any(p.requires_grad for p in tok.parameters())
     from rcg.data import load_dataset
     held = load_dataset(from_dict(TokenizerRun, json.loads((root / "run" / "config.json").read_text())).eval_data)

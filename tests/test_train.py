@@ -34,7 +34,7 @@ def test_ema_follows_litema_warmup():
         d = min(0.9999, (1 + n) / (10 + n))
         expected = expected - (1 - d) * (expected - n)
     assert ema.shadow["weight"][0, 0].item() == pytest.approx(expected, rel=1e-6)
-    assert ema.state_dict_of(m)["weight"][0, 0].item() == pytest.approx(expected, rel=1e-6)
+    assert ema.averaged_state_dict(m)["weight"][0, 0].item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_epoch_batches_cover_each_epoch_once():
@@ -52,17 +52,17 @@ def test_epoch_batches_cover_each_epoch_once():
 def _job(model, data, total, crash_at=None, nan_at=None):
     batches = EpochBatches(len(data), 8, seed=0)
 
-    def loss_fn(step, gen):
+    def loss(batch, gen):
+        step = batch.step
         if step == crash_at:
             raise KeyboardInterrupt("simulated kill")
-        x = data[batches(step)] + 0.1 * torch.randn(8, 4, generator=gen)
+        x = data[batch.index] + 0.1 * torch.randn(8, 4, generator=gen)
         loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
         if step == nan_at:
             loss = loss * float("nan")
         return loss, {}
 
-    return Job(model=model, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,
-               images_per_step=8, export=lambda: model.state_dict())
+    return Job(model=model, loss=loss, batches=batches, total_steps=total)
 
 
 def _model():

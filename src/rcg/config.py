@@ -12,6 +12,7 @@ from typing import Any, Optional, Tuple
 from . import pixel
 from .augment import ViewSpec
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig
+from .evalnet import EvalNetConfig
 from .rdm import RDMConfig
 from .tokenizer import VQConfig
 from .tree import build, from_dict
@@ -249,3 +250,18 @@ def fit_to_data(cfg: Any) -> Any:
         return replace(cfg, model=replace(cfg.model, in_channels=c, out_channels=c, resolution=r), data=data,
                        eval_data=ev)
     return cfg
+
+
+@dataclass(frozen=True)
+class EvalNetRun:
+    """``rcg train-evalnet``: a domain classifier trained once per data set, then used by ``rcg eval``."""
+    data: DataConfig = DataConfig("fmnist", split="train")
+    eval_data: DataConfig = DataConfig("fmnist", split="test")
+    model: EvalNetConfig = EvalNetConfig()
+    crop_scale: Tuple[float, float] = (0.9, 1.0)   # random-resized crop (area, aspect 1) + flip; (1, 1) = off
+    flip_p: float = 0.5
+    monitor_every_epochs: float = 1.0              # held-out accuracy during training (0 = only at the end)
+    monitor_images: int = 2000
+    floor_images: int = 10000                      # real-vs-real fid_dom floor and real is_dom in the summary
+    channels_last: bool = True
+    optim: OptimConfig = OptimConfig()

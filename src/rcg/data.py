@@ -2,12 +2,15 @@
 
 Every loader returns an :class:`ImageSet` whose ``images`` are uint8 ``(N, C, H, W)`` and whose
 ``labels`` (when known) are int64 ``(N,)``. Supported sources: Fashion-MNIST gzip idx files,
-recursive image folders (PIL) and CIFAR-10 python batches (read with a restricted unpickler).
+recursive image folders (decoded by :mod:`rcg.images`), CIFAR-10 python batches (read with a restricted
+unpickler) and the safetensors files :func:`save_image_set` writes.
 Every bad input raises :class:`DataError` with a message that says what to do about it.
 """
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -17,20 +20,18 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .images import DataError, decode_all, decode_image, heldout_mask, list_image_files, scan_image_folder  # noqa
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_BYTES = 16 * 2**30          # refuse to build an image tensor larger than this
-PROGRESS_MIN_FILES = 2000       # show a progress bar above this many files
 _CHUNK = 256                    # images per float chunk in resize / channel conversion
-
-
-class DataError(ValueError):
-    """Bad data-set input (missing files, corrupt data, invalid options)."""
 
 
 @dataclass
@@ -57,7 +58,9 @@ def check_channels(channels) -> None:
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
 
 
-def _check_limit(limit) -> None:
+def _check_options(resolution, channels, limit) -> None:
+    check_resolution(resolution)
+    check_channels(channels)
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
         raise DataError(f"limit must be an integer >= 0 (0 = all images), got {limit!r}")
 
@@ -154,9 +157,7 @@ def _fmnist_file(root: Path, name: str) -> Optional[Path]:
 
 
 def load_fashion_mnist(root=None, split="train", resolution=28, channels=1, limit=0) -> ImageSet:
-    check_resolution(resolution)
-    check_channels(channels)
-    _check_limit(limit)
+    _check_options(resolution, channels, limit)
     if split not in ("train", "test"):
         raise DataError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
     root = Path(FMNIST_DIR if root is None else root)
@@ -188,110 +189,12 @@ def load_fashion_mnist(root=None, split="train", resolution=28, channels=1, limi
 
 # ----------------------------------------------------------------------------- image folders
 
-def decode_image(path, resolution: int, channels: int) -> np.ndarray:
-    """Decode one file to a (R, R, C) uint8 array: shorter side to R (bicubic), center crop.
-
-    The one image decoder of rcg (image folders, ``rcg sample --reference``, ``rcg interpolate``): EXIF
-    orientation applied, 16-bit / float grayscale scaled to 8 bits, transparency (alpha, palette or ``LA``)
-    composited onto white, then converted to L (``channels`` 1) or RGB (3)."""
-    from PIL import Image, ImageOps
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):      # 16-bit / float grayscale
-            a = np.asarray(im, dtype=np.float64)
-            a = a / 257.0 if im.mode.startswith("I;16") or a.max() > 255 else a
-            im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-        elif im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
-            rgba = im.convert("RGBA")                             # composite onto white
-            im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im.alpha_composite(rgba)
-        im = im.convert("L" if channels == 1 else "RGB")
-        w, h = im.size
-        scale = resolution / min(w, h)
-        size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-        if size != (w, h):
-            im = im.resize(size, Image.BICUBIC, reducing_gap=3.0)   # large images: box-reduce first (fast)
-        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-        im = im.crop((left, top, left + resolution, top + resolution))
-        return np.asarray(im, dtype=np.uint8).reshape(resolution, resolution, channels)
-
-
-def list_image_files(path) -> tuple:
-    """(root, image files under it, recursive, sorted by relative path); clear errors for a bad folder."""
-    if path is None:
-        raise DataError("an image folder needs a path (set data.path to a directory of images)")
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise DataError(f"image folder {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"{root} is a file; pass the directory that contains the images")
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise DataError(f"no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
-                        f"found under {root} (searched recursively)")
-    return root, files
-
-
-def heldout_mask(relpaths, fraction: float) -> np.ndarray:
-    """Which files are held out: those whose path hash falls below ``fraction`` (stable whatever else is in
-    the folder), at least one and never all of them when ``fraction`` > 0 and there are two or more files."""
-    import hashlib
-    if not 0 <= fraction < 1:
-        raise DataError(f"holdout must be in [0, 1), got {fraction!r}")
-    n = len(relpaths)
-    if fraction == 0 or n < 2:
-        return np.zeros(n, dtype=bool)
-    u = np.array([int(hashlib.sha1(p.encode()).hexdigest()[:12], 16) / 16 ** 12 for p in relpaths])
-    mask = u < fraction
-    if not mask.any():
-        mask[int(np.argmin(u))] = True
-    if mask.all():
-        mask[int(np.argmax(u))] = False
-    return mask
-
-
-def _decode_or_error(args):
-    """decode_image for a worker process: (array, None) or (None, error text)."""
-    from PIL import Image
-    path, resolution, channels = args
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return decode_image(path, resolution, channels), None
-    except Exception as e:  # PIL raises many types for unreadable data; all mean "skip it"
-        return None, f"{type(e).__name__}: {e}"
-
-
-def _decode_all(files, resolution, channels, desc: str, progress: bool):
-    """Decode every file, in worker processes (one per core, at most 8) when there are many."""
-    import os
-    from tqdm import tqdm
-    jobs = [(p, resolution, channels) for p in files]
-    workers = min(8, os.cpu_count() or 1)
-    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress or len(files) <= PROGRESS_MIN_FILES)
-    if workers > 1 and len(jobs) > PROGRESS_MIN_FILES:
-        from concurrent.futures import ProcessPoolExecutor
-        import multiprocessing as mp
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            for r in pool.map(_decode_or_error, jobs, chunksize=64):
-                bar.update(1)
-                yield r
-    else:
-        for j in jobs:
-            bar.update(1)
-            yield _decode_or_error(j)
-    bar.close()
-
-
 def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split="train",
                       holdout: float = 0.0, progress: bool = True) -> ImageSet:
     """Every image under ``path`` (recursive). ``holdout`` > 0 splits the folder: ``split`` "train" is the
     images not held out, "test" / "val" the held-out ones (see :func:`heldout_mask`); with 0 every split is
     the whole folder."""
-    check_resolution(resolution)
-    check_channels(channels)
-    _check_limit(limit)
+    _check_options(resolution, channels, limit)
     if split not in ("train", "test", "val"):
         raise DataError(f"folder split must be 'train', 'test' or 'val', got {split!r}")
     root, files = list_image_files(path)
@@ -318,7 +221,7 @@ def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split
 
     out = np.empty((len(files), resolution, resolution, channels), dtype=np.uint8)
     keep, skipped = [], []
-    for i, (arr, err) in enumerate(_decode_all(files, resolution, channels, f"loading {root.name or root}",
+    for i, (arr, err) in enumerate(decode_all(files, resolution, channels, f"loading {root.name or root}",
                                                progress)):
         if err is None:
             out[len(keep)] = arr
@@ -384,9 +287,7 @@ def _get(d, key: str):
 
 
 def load_cifar10(root, split="train", resolution=32, channels=3, limit=0) -> ImageSet:
-    check_resolution(resolution)
-    check_channels(channels)
-    _check_limit(limit)
+    _check_options(resolution, channels, limit)
     if split not in ("train", "test"):
         raise DataError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     if root is None:
@@ -433,54 +334,12 @@ def load_cifar10(root, split="train", resolution=32, channels=3, limit=0) -> Ima
 
 # ----------------------------------------------------------------------------- decoded image files
 
-GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
-
-
-@dataclass
-class FolderScan:
-    """What the headers of a folder's images say (no pixel is decoded)."""
-    files: list
-    short_sides: list               # min(width, height) of each readable file
-    all_gray: bool                  # every readable image is grayscale (so one channel suffices)
-    unreadable: list
-
-    def resolution(self, choices=(32, 64, 128, 256)) -> int:
-        """The largest of ``choices`` not above the median shorter side (so most images are downscaled)."""
-        if not self.short_sides:
-            raise DataError("no readable images")
-        median = float(np.median(self.short_sides))
-        fitting = [c for c in choices if c <= median]
-        return max(fitting) if fitting else min(choices)
-
-
-def scan_image_folder(path) -> FolderScan:
-    """Image files under ``path`` (recursive) with their sizes and modes, read from the headers only."""
-    from PIL import Image
-    root, files = list_image_files(path)
-    sides, gray, bad = [], True, []
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                sides.append(min(im.size))
-                gray = gray and im.mode in GRAY_MODES
-        except Exception as e:  # PIL raises many types for unreadable data
-            bad.append((p, e))
-    if not sides:
-        p, e = bad[0]
-        raise DataError(f"none of the {len(files)} image files under {root} could be read "
-                        f"(first: {p}: {type(e).__name__}: {e})")
-    return FolderScan(files=files, short_sides=sides, all_gray=gray, unreadable=bad)
-
-
 TENSORS_KIND = "rcg-images"
 
 
 def save_image_set(data: ImageSet, path, extra: Optional[dict] = None) -> None:
     """An ImageSet as a safetensors file (``images`` uint8 (N, C, H, W), ``labels``), written atomically;
     ``load_dataset(DataConfig("tensors", path=...))`` reads it back."""
-    import json
-    import os
-    from safetensors.torch import save_file
     tensors = {"images": data.images.contiguous()}
     if data.labels is not None:
         tensors["labels"] = data.labels.contiguous()
@@ -494,7 +353,6 @@ def save_image_set(data: ImageSet, path, extra: Optional[dict] = None) -> None:
 
 
 def tensor_file_meta(path) -> dict:
-    from safetensors import safe_open
     try:
         with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})
@@ -505,11 +363,7 @@ def tensor_file_meta(path) -> dict:
 def load_image_tensors(path, resolution, channels, limit=0) -> ImageSet:
     """Images decoded once into a file by :func:`save_image_set` (``rcg fit`` does this), converted to
     ``channels`` and ``resolution`` when they differ."""
-    import json
-    from safetensors.torch import load_file
-    check_resolution(resolution)
-    check_channels(channels)
-    _check_limit(limit)
+    _check_options(resolution, channels, limit)
     if path is None or not Path(path).is_file():
         raise DataError(f"image tensor file {path} does not exist")
     meta = tensor_file_meta(path)

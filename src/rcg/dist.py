@@ -131,3 +131,24 @@ def part(n: int, r: Optional[int] = None, size: Optional[int] = None) -> slice:
 def shard(indices):
     """This process's contiguous share of ``indices`` (anything sliceable with a length)."""
     return indices[part(len(indices))]
+
+
+def setup(requested: Optional[str] = None, num_threads: int = 0) -> torch.device:
+    """Join the torchrun process group if any and pick the device (:func:`device`); flush denormals on the
+    CPU, allow TF32 on CUDA; ``num_threads`` > 0 sets torch's intra-op threads."""
+    init()
+    dev = device(requested)
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    if dev.type == "cpu":
+        torch.set_flush_denormal(True)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+def print0(*args, **kw) -> None:
+    """``print`` on rank 0 only."""
+    if is_main():
+        print(*args, **kw)

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import sincos_pos_embed_moco
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -87,19 +89,6 @@ class SmallResNet(nn.Module):
 
     def forward(self, x):
         return self.stages(self.stem(x)).mean(dim=(2, 3))
-
-
-def sincos_pos_embed_moco(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """MoCo v3's fixed 2-D sin-cos table (1, 1 + grid*grid, dim): row 0 (CLS) zeros; for patch
-    n = r*grid + c the channels are [sin(r w), cos(r w), sin(c w), cos(c w)], w_k = T^(-k/(dim/4))."""
-    assert dim % 4 == 0, "embed_dim must be divisible by 4 for the 2-D sin-cos position table"
-    r, c = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
-    pos_dim = dim // 4
-    omega = 1.0 / (temperature ** (torch.arange(pos_dim, dtype=torch.float32) / pos_dim))
-    out_r = r.flatten()[:, None] * omega[None]
-    out_c = c.flatten()[:, None] * omega[None]
-    pe = torch.cat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], dim=1)
-    return torch.cat([torch.zeros(1, dim), pe], dim=0)[None]
 
 
 def vit_backbone(img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768, depth: int = 12,

@@ -24,11 +24,17 @@ File names: the official notebook ``viz_rcg.ipynb`` loads ``final_ckpts/rdm-moco
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
+
+from .config import DiffusionConfig, PixelRun
+from .official import paper_parts
+from .pixel.mage import MAGE_PRESETS
+from .presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS
+from .sample import RCGSampler
 
 __all__ = ["PaperPreset", "PAPER_PRESETS", "describe", "find_weights", "load_paper_system"]
 
@@ -133,52 +139,26 @@ def _check(what: str, got, want, file, preset: str) -> None:
 def load_paper_system(preset: str, weights_dir=None, *, rdm=None, mage=None, device=None,
                       check_sizes: bool = True):
     """An :class:`rcg.sample.RCGSampler` for a paper preset, straight from the official files (never converted,
-    never executed: :func:`rcg.official.safe_load`). MAGE from :func:`~rcg.official.mage_from_official`, its
-    VQGAN and MoCo v3 encoder from the sub-models inside the same file, the RDM (EMA weights) from
-    :func:`~rcg.official.rdm_from_official`; every dimension comes from the files. The sampler's PixelRun carries
-    the preset's decoding defaults (20 steps, temperature, tau) and its RDMRun DDIM 250 steps, eta 1.
+    never executed: :func:`rcg.official.paper_parts`); its PixelRun carries the preset's decoding defaults (20
+    steps, temperature, tau), its RDMRun DDIM 250 steps, eta 1.
 
     ``check_sizes`` refuses files whose architecture is not the preset's (MAGE-B vs -L widths and depths, the
     MoCo encoder width, an RDM that is or is not class-conditional as the preset says)."""
-    from dataclasses import replace
-    from .config import DiffusionConfig, PixelRun
-    from .presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS
-    from .official import (mage_from_official, mocov3_from_state_dict, rdm_from_official, safe_load,
-                           split_mage_checkpoint, vqgan_from_official, _vq_downsampling, _weights)
-    from .pixel.mage import MAGE_PRESETS
-    from .sample import RCGSampler
-
     p = _preset(preset)
     files = find_weights(preset, weights_dir, rdm=rdm, mage=mage)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-    ckpt = safe_load(files["mage"])
-    model, info = mage_from_official(ckpt)
-    c = model.cfg
+    parts = paper_parts(files["mage"], files["rdm"])
+    model, tokenizer, encoder, rdm_model = (parts[k] for k in ("mage", "tokenizer", "encoder", "rdm"))
+    c, rc = model.cfg, rdm_model.cfg
     if check_sizes:
-        want = MAGE_PRESETS[p.mage]
         dims = lambda m: (m.embed_dim, m.depth, m.decoder_embed_dim, m.decoder_depth)  # noqa: E731
-        _check("MAGE (width, depth, decoder width, decoder depth) =", dims(c), dims(want), files["mage"], preset)
+        _check("MAGE (width, depth, decoder width, decoder depth) =", dims(c), dims(MAGE_PRESETS[p.mage]),
+               files["mage"], preset)
     if c.cond != "rep":
         raise ValueError(f"{files['mage']} is a {c.cond}-conditioned MAGE; RCG needs the representation-"
                          f"conditioned one")
-    parts = split_mage_checkpoint(ckpt)
-    missing = [n for n in ("vqgan", "pretrained_encoder") if n not in parts]
-    if missing:
-        raise ValueError(f"{files['mage']} lacks the sub-models {missing} that official MAGE files carry")
-    grid = int(round(c.num_tokens ** 0.5))
-    tokenizer, _ = vqgan_from_official(parts["vqgan"], resolution=grid * _vq_downsampling(parts["vqgan"]))
-    arch = (info.get("args") or {}).get("pretrained_enc_arch")
-    encoder, _ = mocov3_from_state_dict(parts["pretrained_encoder"], arch=arch if isinstance(arch, str) else None)
-    enc_ref = parts["pretrained_encoder"]
-    del ckpt, parts
-    if check_sizes:
-        _check("MoCo v3 encoder of width", encoder.cfg.embed_dim, ENCODER_PRESETS[p.encoder].encoder.embed_dim,
-               files["mage"], preset)
-
-    rckpt = safe_load(files["rdm"])
-    rdm_model, rinfo = rdm_from_official(rckpt, ema=True)
-    rc = rdm_model.cfg
+    if tokenizer is None or encoder is None:
+        raise ValueError(f"{files['mage']} lacks the VQGAN or MoCo v3 encoder that official MAGE files carry")
     if (rc.num_classes > 0) != p.class_cond:
         raise ValueError(f"{files['rdm']} is a{' class-conditional' if rc.num_classes else 'n unconditional'} RDM, "
                          f"but preset {preset} is {'class-conditional' if p.class_cond else 'unconditional'}")
@@ -186,29 +166,25 @@ def load_paper_system(preset: str, weights_dir=None, *, rdm=None, mage=None, dev
         raise ValueError(f"the RDM makes {rc.in_channels}-d representations, MAGE takes {c.rep_dim}-d")
     if check_sizes:
         want = RDM_RUN_PRESETS[p.rdm].model
+        _check("MoCo v3 encoder of width", encoder.cfg.embed_dim, ENCODER_PRESETS[p.encoder].encoder.embed_dim,
+               files["mage"], preset)
         _check("RDM (blocks, width)", (rc.num_res_blocks, rc.model_channels),
                (want.num_res_blocks, want.model_channels), files["rdm"], preset)
-    renc = {k[len("pretrained_encoder."):]: v for k, v in _weights(rckpt).items()
-            if k.startswith("pretrained_encoder.")}
-    if renc:
-        keys = [k for k in ("patch_embed.proj.weight", "head.0.weight") if k in renc and k in enc_ref]
-        if any(renc[k].shape != enc_ref[k].shape for k in keys):
-            raise ValueError(f"the RDM {files['rdm']} was trained on another encoder architecture than the MAGE "
-                             f"{files['mage']} ({[tuple(renc[k].shape) for k in keys]} vs "
-                             f"{[tuple(enc_ref[k].shape) for k in keys]})")
-        if not all(torch.equal(renc[k], enc_ref[k]) for k in keys):
-            warnings.warn(f"the MoCo v3 encoders inside {files['rdm']} and {files['mage']} differ: check that both "
-                          f"files belong to the same system")
-    del rckpt, renc, enc_ref
-
-    d = rinfo.get("diffusion") or {}
+    e = parts["rdm_encoder"]
+    if e and e["shapes"] != e["mage_shapes"]:
+        raise ValueError(f"the RDM {files['rdm']} was trained on another encoder architecture than the MAGE "
+                         f"{files['mage']} ({e['shapes']} vs {e['mage_shapes']})")
+    if e and not e["same_weights"]:
+        warnings.warn(f"the MoCo v3 encoders inside {files['rdm']} and {files['mage']} differ: check that both "
+                      f"files belong to the same system")
+    d = parts["rdm_info"].get("diffusion") or {}
     diffusion = DiffusionConfig(**{k: d[k] for k in ("num_steps", "beta_start", "beta_end") if k in d})
     rdm_cfg = replace(RDM_RUN_PRESETS[p.rdm], encoder=str(files["rdm"]), model=rc, class_cond=rc.num_classes > 0,
                       diffusion=diffusion, sample_steps=p.rdm_steps, eta=p.eta)
     cfg = PixelRun(generator="mage", encoder=str(files["mage"]), tokenizer=str(files["mage"]), model=c,
                    steps=p.steps, temperature=p.temperature, guidance=p.guidance, optim=PIXEL_PRESETS[p.mage].optim)
-    parts_on = [m.requires_grad_(False).eval().to(dev) for m in (model, tokenizer, encoder, rdm_model)]
-    return RCGSampler.from_parts(parts_on[0], cfg, parts_on[1], parts_on[2], parts_on[3], rdm_cfg, dev)
+    on = [m.requires_grad_(False).eval().to(dev) for m in (model, tokenizer, encoder, rdm_model)]
+    return RCGSampler.from_parts(on[0], cfg, on[1], on[2], on[3], rdm_cfg, dev)
 
 
 def describe(preset: str) -> str:

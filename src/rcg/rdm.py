@@ -11,12 +11,13 @@ Tensors: ``x`` float (B, D), ``t`` int64 (B,) counting from data (0) to noise, `
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
+
+from .layers import timestep_embedding
 
 
 @dataclass(frozen=True)
@@ -33,17 +34,6 @@ class RDMConfig:
     @property
     def bottleneck(self) -> int:
         return self.bottleneck_channels or self.model_channels
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding, cos first: [cos(t f_k), sin(t f_k)], f_k = max_period^(-k/half) (float32)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 class ResBlock(nn.Module):

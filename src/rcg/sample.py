@@ -11,8 +11,18 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
-from .encoders import fingerprint
+from . import dist, pixel
+from .config import DiffusionConfig
+from .data import check_channels, check_resolution, decode_image
+from .diffusion import GaussianDiffusion
+from .encoders import Encoder
+from .loaders import load
+from .rng import per_sample, randn_per_sample
+from .tree import to_dict
+
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +43,6 @@ def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, value: int = 255) -
 
 def save_png(image: torch.Tensor, path, scale: int = 1) -> None:
     """One uint8 (C, H, W) image to PNG, optionally upscaled (nearest) for viewing."""
-    from PIL import Image
     arr = image.permute(1, 2, 0).cpu().numpy()
     img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     if scale > 1:
@@ -61,42 +70,39 @@ def write_images(images: torch.Tensor, out, nrow: Optional[int] = None, scale: i
 
 
 class RCGSampler:
-    """The loaded models of one RCG system: pixel generator + its tokenizer and encoder, and an RDM."""
+    """The loaded parts of one RCG system: a pixel generator (any generator of the registry) with its tokenizer
+    (token generators) and encoder, and an RDM."""
 
-    def __init__(self, pixel: str, rdm: Optional[str] = None, device=None):
-        from .stages import load_encoder, load_pixel, load_rdm, load_tokenizer
+    def __init__(self, pixel_run: str, rdm: Optional[str] = None, device=None):
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, cfg, fps = load_pixel(pixel, device)
+        gen = load("pixel", pixel_run, device)
+        cfg, fps = gen.config, gen.fingerprints
         if cfg is None:
             raise ValueError("sampling from an official MAGE file needs the paper presets (rcg sample --preset)")
-        if getattr(cfg, "autoencoder", ""):
-            raise ValueError(f"{pixel} is a converted official latent DiT: its images come from the SD VAE decoder "
-                             f"({cfg.autoencoder}), which rcg does not ship; run the network with "
-                             f"rcg.pixel.dit.dit_from_converted and decode the latents with that VAE")
-        tokenizer = load_tokenizer(cfg.tokenizer, device) if cfg.generator == "mage" else None
-        encoder = load_encoder(cfg.encoder, device)
-        if tokenizer is not None and fps.get("tokenizer_fingerprint") not in (None, fingerprint(tokenizer)):
-            raise ValueError(f"the tokenizer {cfg.tokenizer} changed since {pixel} was trained")
-        if fps.get("encoder_fingerprint") not in (None, fingerprint(encoder)):
-            raise ValueError(f"the encoder {cfg.encoder} changed since {pixel} was trained")
-        rdm_model = rdm_cfg = None
-        if rdm is not None:
-            rdm_model, rdm_cfg, rdm_fp = load_rdm(rdm, device)
-            if rdm_fp is not None and fps.get("encoder_fingerprint") not in (None, rdm_fp):
-                raise ValueError(f"the RDM {rdm} was trained on another encoder's representations than the pixel "
-                                 f"generator {pixel}; train both on the same encoder")
-        self.setup(model, cfg, tokenizer, encoder, rdm_model, rdm_cfg, device)
+        if cfg.autoencoder:
+            raise ValueError(f"{pixel_run} is a DiT on {cfg.autoencoder} latents: its images come from that "
+                             f"autoencoder's decoder, which rcg does not ship; RCGSampler.generate gives the latents")
+        spec = pixel.generator(cfg.generator)
+        tokenizer = load("tokenizer", cfg.tokenizer, device) if spec.inputs == "tokens" else None
+        encoder = load("encoder", cfg.encoder, device)
+        for part, rec in (("tokenizer", tokenizer), ("encoder", encoder)):
+            if rec is not None and fps.get(part) not in (None, rec.fingerprints["self"]):
+                raise ValueError(f"the {part} {getattr(cfg, part)} changed since {pixel_run} was trained")
+        rdm_rec = load("rdm", rdm, device) if rdm is not None else None
+        if rdm_rec is not None and rdm_rec.fingerprints.get("encoder") not in (None, fps.get("encoder")) \
+                and fps.get("encoder") is not None:
+            raise ValueError(f"the RDM {rdm} was trained on another encoder's representations than the pixel "
+                             f"generator {pixel_run}; train both on the same encoder")
+        self.setup(gen.module, cfg, tokenizer.module if tokenizer else None, encoder.module,
+                   rdm_rec.module if rdm_rec else None, rdm_rec.config if rdm_rec else None, device)
 
     def setup(self, model, cfg, tokenizer, encoder, rdm=None, rdm_cfg=None, device=None) -> "RCGSampler":
-        """Use already-loaded parts (e.g. converted official weights): the pixel generator ``model`` with
-        its PixelRun ``cfg`` (sampling defaults), tokenizer (None for DiT), encoder, and optionally an RDM with
+        """Use already-loaded parts (e.g. official weights): the pixel generator ``model`` with its PixelRun
+        ``cfg`` (sampling defaults), tokenizer (None for pixel generators), encoder, and optionally an RDM with
         its RDMRun ``rdm_cfg`` (None = the paper's DDIM 250 steps, eta 1)."""
         self.model, self.cfg, self.tokenizer, self.encoder = model, cfg, tokenizer, encoder
-        self.diffusion = None
-        if cfg.generator == "dit":
-            from .tree import to_dict
-            from .diffusion import GaussianDiffusion
-            self.diffusion = GaussianDiffusion(**to_dict(cfg.diffusion)).to(next(model.parameters()).device)
+        self.spec = pixel.generator(cfg.generator)
+        self.generate = self.spec.sampler(model, cfg)
         self.rdm, self.rdm_cfg = rdm, rdm_cfg
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         return self
@@ -112,19 +118,11 @@ class RCGSampler:
     @property
     def image_shape(self) -> tuple:
         """(channels, resolution) of the images this system makes and of the reference images it encodes
-        (encoder and generator are trained on the same crops): the tokenizer's for MAGE, the DiT's for DiT."""
-        c = self.cfg
-        if c.generator == "dit":
-            if getattr(c, "autoencoder", ""):
-                raise ValueError(f"this DiT works on {c.autoencoder} latents, not images; it has no image size")
-            return int(c.model.in_channels), int(c.model.input_size)
-        if self.tokenizer is None:
-            raise ValueError("a MAGE system needs its tokenizer to know its image size")
-        return int(self.tokenizer.cfg.in_channels), int(self.tokenizer.cfg.resolution)
+        (encoder and generator are trained on the same crops)."""
+        return self.spec.image_shape(self.cfg, self.tokenizer)
 
     def reps_from_rdm(self, seeds: Sequence[int], label: Optional[int] = None, steps=None, eta=None) -> torch.Tensor:
         """One RDM representation per (consecutive) seed; ``label`` for a class-conditional RDM."""
-        from .stages import draw_reps
         if self.rdm is None:
             raise ValueError("unconditional RCG sampling needs an RDM (--rdm RUN_DIR)")
         seeds = [int(s) for s in seeds]
@@ -141,25 +139,10 @@ class RCGSampler:
     @torch.no_grad()
     def images_from_reps(self, reps: Optional[torch.Tensor], seeds: Sequence[int], labels=None, steps=None,
                          temperature=None, guidance=None) -> torch.Tensor:
-        """Decode one image per seed conditioned on ``reps`` (or ``labels``); uint8 (B, C, H, W). For DiT,
-        ``steps`` are diffusion steps and ``temperature`` does not apply."""
-        c = self.cfg
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        if c.generator == "dit":
-            from .pixel.dit import dit_generate
-            from .precision import resolve_bf16
-            with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=resolve_bf16(c.sample_bf16, self.device)):
-                x = dit_generate(self.model, self.diffusion, gens, rep=reps if self.cond == "rep" else None,
-                                 labels=labels if self.cond == "class" else None, steps=steps or c.steps,
-                                 sampler=c.sampler, eta=c.eta, guidance=c.guidance if guidance is None else guidance)
-            return to_uint8((x + 1.0) / 2.0).cpu()
-        tokens = self.model.generate(rep=reps if self.cond == "rep" else None,
-                                     labels=labels if self.cond == "class" else None,
-                                     steps=steps or c.steps, temperature=c.temperature if temperature is None else temperature,
-                                     guidance=c.guidance if guidance is None else guidance, generators=gens,
-                                     batch_size=len(seeds))
-        return to_uint8(self.tokenizer.decode_ids(tokens)).cpu()
+        """Decode one image per seed conditioned on ``reps`` (or ``labels``); uint8 (B, C, H, W). ``steps``:
+        decoding steps (MAGE) or diffusion steps (DiT); settings left None are the run's."""
+        out = self.generate(reps, labels, per_sample(seeds), steps=steps, temperature=temperature, guidance=guidance)
+        return to_uint8(self.spec.to_unit(out, self.tokenizer)).cpu()
 
     def stream(self, num: int, seed: int = 0, batch_size: int = 64, label: Optional[int] = None,
                distributed: Optional[bool] = None, **kw) -> Iterator[torch.Tensor]:
@@ -168,7 +151,6 @@ class RCGSampler:
         Under several processes (torchrun; ``distributed=False`` turns it off) every process must iterate:
         batch k is made by process k % world_size, and rank 0 yields all batches in order (gathered), the
         other ranks yield nothing. The images are those of one process."""
-        from . import dist
         starts = list(range(0, num, batch_size))
         world = dist.world_size() if distributed is not False else 1
         if world == 1:
@@ -207,8 +189,6 @@ def load_image_files(paths: Sequence[str], channels: int, resolution: int) -> to
     """Image files -> uint8 (N, channels, resolution, resolution), decoded exactly as the same files in a
     training image folder (:func:`rcg.data.decode_image`: transparency onto white, EXIF orientation,
     bicubic shorter-side resize, center crop)."""
-    from PIL import Image
-    from .data import check_channels, check_resolution, decode_image
     check_channels(channels)
     check_resolution(resolution)
     if not paths:
@@ -222,48 +202,52 @@ def load_image_files(paths: Sequence[str], channels: int, resolution: int) -> to
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def load_sampler(pixel=None, rdm=None, device=None, preset=None, weights=None, mage=None) -> RCGSampler:
-    """Our runs (``pixel`` + ``rdm`` run directories) or a paper preset with the official files."""
-    if preset is not None:
-        from .paper import load_paper_system
-        if pixel is not None:
-            raise ValueError("give either --pixel (our run) or --preset (official weights), not both")
-        return load_paper_system(preset, weights, rdm=rdm, mage=mage, device=device)
-    if pixel is None:
-        raise ValueError("give --pixel RUN_DIR (and --rdm RUN_DIR), or --preset with --weights DIR")
-    return RCGSampler(pixel, rdm, device)
+@torch.no_grad()
+def encode_images(encoder: Encoder, images: torch.Tensor, batch_size: int = 500, features: bool = False,
+                  bf16: bool = False) -> torch.Tensor:
+    """Standardized representations (or backbone features) of uint8 images, in float32 on the CPU."""
+    encoder.eval()
+    dev = next(encoder.parameters()).device
+    out = []
+    ctx = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(dev)
+        with ctx:
+            out.append((encoder.features(x) if features else encoder.encode(x)).float().cpu())
+    return torch.cat(out)
 
 
-def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=None, label=None, device=None,
-                   preset=None, weights=None, mage=None, **kw) -> str:
-    """``rcg sample``: unconditional (RDM), class-conditional RDM (``label``), or variations of reference
-    images (each row: the reference, then ``num`` images conditioned on its representation)."""
-    from . import dist
-    s = load_sampler(pixel, rdm, device, preset, weights, mage)
-    if references and not dist.is_main():
-        return ""
-    if references:
-        refs = load_image_files(references, *s.image_shape)
-        reps = s.reps_from_images(refs)
-        rows = []
-        for i in range(len(refs)):
-            imgs = s.images_from_reps(reps[i:i + 1].expand(num, -1), list(range(seed, seed + num)), **kw)
-            rows.append(torch.cat([refs[i:i + 1], imgs]))
-        return write_images(torch.cat(rows), out, nrow=num + 1, scale=2)
-    if s.cond == "rep" and s.rdm is None:
-        raise ValueError("pass --rdm RUN_DIR (or --reference IMAGE) to sample from a representation-conditioned model")
-    batches = list(s.stream(num, seed=seed, batch_size=batch_size, label=label, **kw))   # split across processes
-    if not dist.is_main():
-        return ""
-    return write_images(torch.cat(batches), out, scale=2)
+@torch.no_grad()
+def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[float] = None, seed: int = 0,
+              label: Optional[int] = None, labels=None, batch_size: int = 1000, progress: bool = False) -> dict:
+    """DDIM samples of a loaded RDM (``cfg``: its RDMRun, or None for the paper's sampler settings):
+    {"reps" (num, D) float32 on the CPU, "labels" when class-conditional, "steps", "eta"}."""
 
-
-def interpolate_command(pixel, a, b, out, num=11, seed=0, device=None, **kw) -> str:
-    """``rcg interpolate``: a strip of ``num`` images from t * rep(a) + (1 - t) * rep(b), t from 1 to 0."""
-    if num < 2:
-        raise ValueError(f"--steps must be at least 2, got {num}")
-    s = RCGSampler(pixel, None, device)
-    if s.cond != "rep":
-        raise ValueError("interpolation needs a representation-conditioned pixel generator")
-    ims = load_image_files([a, b], *s.image_shape)
-    return write_images(s.interpolate(ims[0], ims[1], num, seed, **kw), out, nrow=num, scale=2)
+    dev = next(model.parameters()).device
+    dcfg = cfg.diffusion if cfg is not None else DiffusionConfig()
+    steps = steps or (cfg.sample_steps if cfg is not None else 250)
+    eta = (cfg.eta if cfg is not None else 1.0) if eta is None else eta
+    diffusion = GaussianDiffusion(**to_dict(dcfg)).to(dev)
+    ncls = model.cfg.num_classes
+    if ncls > 0 and label is None and labels is None:
+        raise ValueError(f"this RDM is class-conditional ({ncls} classes): pass --class N")
+    if ncls == 0 and (label is not None or labels is not None):
+        raise ValueError("this RDM is unconditional; --class needs a class-conditional RDM (train-rdm --class-cond)")
+    if label is not None and not 0 <= label < ncls:
+        raise ValueError(f"--class must be in [0, {ncls}), got {label}")
+    if labels is None and label is not None:
+        labels = torch.full((num,), label, dtype=torch.int64)
+    chunks = []
+    bar = tqdm(total=num, unit="rep", desc="sample-reps", disable=not progress)
+    for i in range(0, num, batch_size):
+        n = min(batch_size, num - i)
+        gens = per_sample(range(seed + i, seed + i + n))
+        x_T = randn_per_sample((n, model.cfg.in_channels), gens, device=dev)
+        y = labels[i:i + n].to(dev) if labels is not None else None
+        chunks.append(diffusion.ddim_sample(lambda x, t: model(x, t, y), x_T, steps, eta, generators=gens).float().cpu())
+        bar.update(n)
+    bar.close()
+    result = {"reps": torch.cat(chunks), "steps": torch.tensor(steps), "eta": torch.tensor(float(eta))}
+    if labels is not None:
+        result["labels"] = labels.clone()
+    return result

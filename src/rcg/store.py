@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from safetensors.torch import load as st_load_bytes
@@ -131,19 +131,21 @@ def check_writable(directory) -> Path:
     return d
 
 
-def prepare_run_dir(directory, config: dict) -> Tuple[Path, bool]:
+def prepare_run_dir(directory, config: dict, upgrade: Optional[Callable[[dict], dict]] = None) -> Tuple[Path, bool]:
     """Make (or reopen) a run directory for ``config``. Returns (path, resuming).
 
     A directory that already holds a run with a different config is refused, naming the keys. Fields added
     to the configs by a newer rcg since the run was made are taken at their current values (with a note).
     A config.json with nothing trained beside it (no state.pt, no weights: a start that failed before its
-    first checkpoint) binds nothing: the new config replaces it."""
+    first checkpoint) binds nothing: the new config replaces it. ``upgrade`` brings an older layout of the
+    stored config up to date before the comparison."""
     d = check_writable(directory)
     cfg_path = d / CONFIG
     if cfg_path.exists() and not (d / STATE).exists() and not (d / WEIGHTS).exists():
         cfg_path.unlink()
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
+        old = upgrade(old) if upgrade is not None else old
         keys = [k for k in diff(old, config, new_ok=True) if k not in RUNTIME_KEYS]
         if keys:
             raise CheckpointError(

@@ -1,8 +1,8 @@
 """One plain training loop shared by every stage, with RCG's EMA and the LR schedules.
 
 The loop is deterministic given the step: batch ``step`` takes its indices from a per-epoch
-permutation seeded by ``(seed, epoch)`` and its randomness (augmentations, diffusion noise) from a
-generator seeded by ``(seed, step)``. Resuming from ``state.pt`` at step s therefore continues exactly
+permutation and its randomness (augmentations, diffusion noise) from a generator of the step (the seed
+formulas of :mod:`rcg.rng`). Resuming from ``state.pt`` at step s therefore continues exactly
 as the uninterrupted run would have. Rerunning the same command resumes; a finished run is a no-op.
 
 Under ``torchrun`` (see :mod:`rcg.dist`) every process takes its contiguous slice of each global batch
@@ -13,10 +13,9 @@ its rows) trains the same weights with any number of processes, up to float summ
 """
 from __future__ import annotations
 
+import copy
 import errno
-import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -29,7 +28,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import dist
-from .rng import EpochBatches, step_generator  # noqa: F401
+from .rng import EpochBatches, module_seed, step_generator
 from .store import (METRICS, STATE, WEIGHTS, CheckpointError, _keep_previous, append_metrics, load_resume_state,
                     save_state, save_tensors)
 from .config import OptimConfig
@@ -44,27 +43,17 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Runtime:
-    """Process-wide options that change how fast, not what, is trained (so they are not in config.json);
-    ``rcg`` sets them from ``--tensorboard`` and ``--compile``."""
+    """Options that change how fast, not what, is trained (so they are not in config.json): ``rcg`` builds
+    one from ``--tensorboard`` and ``--compile`` and hands it to the stage."""
     tensorboard: bool = False       # also log the metrics to <run>/tensorboard (needs the tensorboard package)
     compile: Union[bool, str] = False   # torch.compile the model's blocks; a string names the backend
 
 
-RUNTIME = Runtime()
-
-
-def configure(**options) -> None:
-    """Set :data:`RUNTIME` fields, e.g. ``configure(compile=True)``."""
-    for k, v in options.items():
-        if not hasattr(RUNTIME, k):
-            raise KeyError(f"unknown runtime option {k!r}")
-        setattr(RUNTIME, k, v)
-
-
 class EMA:
-    """RCG's LitEma: shadow = shadow - (1 - d) * (shadow - param), d = min(decay, (1 + n) / (10 + n))."""
+    """RCG's LitEma: shadow = shadow - (1 - d) * (shadow - param), d = min(decay, (1 + n) / (10 + n)), over the
+    trained parameters of ``model`` (kept in float32)."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
@@ -79,12 +68,27 @@ class EMA:
             if k in self.shadow:
                 self.shadow[k].sub_((1 - d) * (self.shadow[k] - p.detach().float()))
 
-    def state_dict_of(self, model: nn.Module) -> Dict[str, torch.Tensor]:
-        """``model.state_dict()`` with the EMA values in place of the trained parameters."""
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow, "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict, model: nn.Module) -> None:
+        """Restore ``state`` (e.g. loaded on the CPU) onto the devices of ``model``'s parameters."""
+        where = {k: p.device for k, p in model.named_parameters()}
+        self.shadow = {k: v.to(where[k]) for k, v in state["shadow"].items()}
+        self.num_updates = int(state["num_updates"])
+
+    def averaged_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        """A copy of ``model.state_dict()`` with the averaged values in place of the trained parameters."""
         sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
         for k, v in self.shadow.items():
             sd[k] = v.to(sd[k].dtype)
         return sd
+
+    def averaged(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` holding the averaged weights (for evaluation or export; ``model`` is untouched)."""
+        twin = copy.deepcopy(model)
+        twin.load_state_dict(self.averaged_state_dict(model))
+        return twin
 
 
 def lr_at(step: int, steps_per_epoch: int, total_steps: int, o: OptimConfig) -> float:
@@ -100,108 +104,144 @@ def lr_at(step: int, steps_per_epoch: int, total_steps: int, o: OptimConfig) -> 
     raise ValueError(f"unknown schedule {o.schedule!r} (constant, cosine)")
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One step's batch as the loss sees it: ``index`` are the global batch's item indices (the order of
+    :class:`rcg.rng.EpochBatches`), ``rows`` this process's slice of them (all of them for one process)."""
+    step: int
+    index: torch.Tensor
+    rows: slice
+
+    @property
+    def size(self) -> int:
+        """Rows of the global batch."""
+        return len(self.index)
+
+    @property
+    def mine(self) -> torch.Tensor:
+        """This process's item indices."""
+        return self.index[self.rows]
+
+    def take(self, t: torch.Tensor) -> torch.Tensor:
+        """This process's rows of ``t``, a per-sample draw made for the whole global batch."""
+        return t[self.rows]
+
+
 @dataclass
 class Job:
     """What a stage hands to :func:`fit`.
 
-    loss_fn(step, generator) -> (loss, metrics), or with ``sharded=True`` loss_fn(step, generator, part):
-    ``part`` is the slice of the step's global batch (``images_per_step`` rows, in the order of e.g.
-    ``EpochBatches(step)``) this process computes (``slice(0, images_per_step)`` for one process). A sharded
-    loss is the mean over its rows and draws per-sample randomness for the whole global batch from
-    ``generator``, keeping its rows, so that every split sees the same per-sample randomness. An unsharded
-    job under several processes computes the whole batch on each (same result, no speed-up).
-    export() -> weights for checkpoint.safetensors (called with the EMA weights loaded when there is an
-    EMA); evaluate(step) -> metrics (optional, rank 0 only).
+    ``loss(batch, generator) -> (loss, metrics)``: the mean loss over this process's rows of the step's global
+    batch (:class:`Batch`); per-sample randomness is drawn for the whole global batch from ``generator`` and
+    sliced with ``batch.take``, so that the same weights are trained with any number of processes.
+    ``export``: the prefix, in ``model.state_dict()``, of the module whose weights go to checkpoint.safetensors
+    (the EMA-averaged ones when there is an EMA); ``""`` is the whole model. ``evaluate(step) -> metrics``
+    (optional, rank 0 only) every ``eval_every`` steps.
     """
     model: nn.Module
-    loss_fn: Callable
-    steps_per_epoch: int
+    loss: Callable[[Batch, torch.Generator], tuple]
+    batches: EpochBatches
     total_steps: int
-    images_per_step: int
-    export: Callable[[], Dict[str, torch.Tensor]]
+    export: str = ""
     evaluate: Optional[Callable[[int], dict]] = None
     eval_every: int = 0
     metadata: Optional[Dict[str, str]] = None
     desc: str = "train"
-    sharded: bool = False
 
 
-def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True,
-        tensorboard: Optional[bool] = None, compile: Union[bool, str, None] = None) -> dict:
-    """Train ``job.model`` to ``job.total_steps``; returns the last logged metrics. ``tensorboard`` and
-    ``compile`` default to :data:`RUNTIME`."""
-    dist.init()
-    run_dir, model = Path(run_dir), job.model
-    world, main = dist.world_size(), dist.is_main()
-    tensorboard = RUNTIME.tensorboard if tensorboard is None else tensorboard
-    compile = RUNTIME.compile if compile is None else compile
-    params = [p for p in model.parameters() if p.requires_grad]
-    dev = params[0].device
+def steps_for(epochs: float, batches: EpochBatches) -> int:
+    """Training steps of ``epochs`` epochs (at least one)."""
+    return max(1, int(round(epochs * batches.steps_per_epoch)))
+
+
+def _optimizer(params: List[nn.Parameter], o: OptimConfig) -> torch.optim.Optimizer:
     if o.wd_exclude_1d:
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     else:
         groups = [{"params": params, "weight_decay": o.weight_decay}]
-    opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+
+
+def _resume(run_dir: Path, model, opt, ema, dev, total: int) -> tuple:
+    """(step, rotate) after loading the resume state of ``run_dir`` into the model, optimizer and EMA."""
+    st, rotate = load_resume_state(run_dir, verbose=dist.is_main())
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    if ema is not None:
+        ema.load_state_dict({"shadow": st["ema"], "num_updates": st["ema_updates"]}, model)
+    torch.set_rng_state(st["rng"])
+    if dev.type == "cuda" and "cuda_rng" in st:
+        torch.cuda.set_rng_state(st["cuda_rng"], dev)
+    if dist.is_main():
+        print(f"resuming {run_dir} from step {int(st['step'])}/{total}")
+    return int(st["step"]), rotate
+
+
+def _checkpoint(run_dir: Path, job: Job, opt, ema, dev, at: int, rotate: bool, saved: Optional[int]) -> None:
+    """state.pt (everything to resume) and checkpoint.safetensors (the exported weights), atomically."""
+    model = job.model
+    state = {"step": at, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()}
+    if dev.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(dev)
+    if ema is not None:
+        state.update(ema=ema.shadow, ema_updates=ema.num_updates)
+    weights = ema.averaged_state_dict(model) if ema is not None else model.state_dict()
+    weights = {k[len(job.export):]: v for k, v in weights.items() if k.startswith(job.export)}
+    try:
+        if rotate:
+            _keep_previous(run_dir)
+        save_state(run_dir / STATE, state)
+        save_tensors(run_dir / WEIGHTS, weights, {**(job.metadata or {}), "step": at})
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the last good checkpoint (step {saved}) is kept" if saved is not None else "nothing was saved"
+            raise CheckpointError(f"no space left in {run_dir} while writing the checkpoint of step {at}; {kept}. "
+                                  f"Free some space and rerun the same command to resume.") from e
+        raise
+
+
+def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True,
+        runtime: Optional[Runtime] = None) -> dict:
+    """Train ``job.model`` to ``job.total_steps``; returns the last logged metrics."""
+    dist.init()
+    run_dir, model, runtime = Path(run_dir), job.model, runtime or Runtime()
+    world, main = dist.world_size(), dist.is_main()
+    params = [p for p in model.parameters() if p.requires_grad]
+    dev = params[0].device
+    opt = _optimizer(params, o)
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
-    loss_fn = _process_loss(job, world)
+    n = job.batches.batch_size
+    if n % world:
+        raise ValueError(f"the global batch ({n}) must be divisible by the number of processes ({world}); "
+                         f"change optim.batch_size or --nproc_per_node")
+    rows, spe = dist.part(n), job.batches.steps_per_epoch
     step, last, rotate = 0, {}, True
     if resuming:
-        st, rotate = load_resume_state(run_dir, verbose=main)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        if ema is not None:
-            where = {k: p.device for k, p in model.named_parameters()}     # state.pt is loaded on the CPU
-            ema.shadow = {k: v.to(where[k]) for k, v in st["ema"].items()}
-            ema.num_updates = int(st["ema_updates"])
-        step = int(st["step"])
-        torch.set_rng_state(st["rng"])
-        if dev.type == "cuda" and "cuda_rng" in st:
-            torch.cuda.set_rng_state(st["cuda_rng"], dev)
-        if main:
-            print(f"resuming {run_dir} from step {step}/{job.total_steps}")
+        step, rotate = _resume(run_dir, model, opt, ema, dev, job.total_steps)
     _agree_on_step(step, dev)
     saved = step if resuming else None
-    tb = _main_only(lambda: _before_training(run_dir, model, ema, tensorboard), dev) \
+    tb = _main_only(lambda: _before_training(run_dir, model, ema, runtime.tensorboard), dev) \
         if step < job.total_steps else None
-
-    def checkpoint(at: int) -> None:
-        state = {"step": at, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()}
-        if dev.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(dev)
-        if ema is not None:
-            state.update(ema=ema.shadow, ema_updates=ema.num_updates)
-        try:
-            if rotate:
-                _keep_previous(run_dir)
-            save_state(run_dir / STATE, state)
-            save_tensors(run_dir / WEIGHTS, _exported(model, ema, job.export), {**(job.metadata or {}), "step": at})
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                kept = f"the last good checkpoint (step {saved}) is kept" if saved is not None else "nothing was saved"
-                raise CheckpointError(f"no space left in {run_dir} while writing the checkpoint of step {at}; {kept}. "
-                                      f"Free some space and rerun the same command to resume.") from e
-            raise
-
-    if compile:
-        _compile(model, compile)
+    if runtime.compile:
+        _compile(model, runtime.compile)
     bf16 = resolve_bf16(o.bf16, dev)
     if main and step < job.total_steps:
         print(f"{job.desc}: precision {describe_precision(o.bf16, dev)}")
     autocast = bf16_autocast(dev, bf16)
-    bar = tqdm(total=job.total_steps * job.images_per_step, initial=step * job.images_per_step, unit="img",
-               unit_scale=True, desc=job.desc, disable=not (progress and main), dynamic_ncols=True, smoothing=0.05,
+    bar = tqdm(total=job.total_steps * n, initial=step * n, unit="img", unit_scale=True, desc=job.desc,
+               disable=not (progress and main), dynamic_ncols=True, smoothing=0.05,
                mininterval=0.5 if sys.stderr.isatty() else 30)
     t0, seen = time.time(), 0
     model.train()
     while step < job.total_steps:
-        lr = lr_at(step, job.steps_per_epoch, job.total_steps, o)
+        lr = lr_at(step, spe, job.total_steps, o)
         for g in opt.param_groups:
             g["lr"] = lr
         if world > 1:   # module-internal randomness (dropout): per process and step, so resume stays exact
-            torch.manual_seed((o.seed + 1) * 1_000_003 + step * 4099 + dist.rank())
+            torch.manual_seed(module_seed(o.seed, step, dist.rank()))
         with autocast:
-            loss, metrics = loss_fn(step, step_generator(o.seed, step))
+            loss, metrics = job.loss(Batch(step, job.batches(step), rows), step_generator(o.seed, step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         loss = _average_grads(params, loss.detach()) if world > 1 else loss.detach()
@@ -218,43 +258,28 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
         if ema is not None:
             ema.update(model)
         step += 1
-        seen += job.images_per_step
-        bar.update(job.images_per_step)
+        seen += n
+        bar.update(n)
         if step % o.log_every == 0 or step == job.total_steps:
             vals = _logged_values({"loss": loss, **metrics}, dev)
-            last = {"step": step, "epoch": round(step / job.steps_per_epoch, 3), "loss": vals.pop("loss"), "lr": lr,
+            last = {"step": step, "epoch": round(step / spe, 3), "loss": vals.pop("loss"), "lr": lr,
                     "img_per_s": round(seen / (time.time() - t0), 1), "precision": precision_name(bf16), **vals}
             if main:
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
                 append_metrics(run_dir / METRICS, last)
-                if tb is not None:
-                    for k, v in last.items():
-                        if k not in ("step", "precision"):
-                            tb.add_scalar(f"{job.desc}/{k}", v, step)
+                for k, v in last.items() if tb is not None else ():
+                    if k not in ("step", "precision"):
+                        tb.add_scalar(f"{job.desc}/{k}", v, step)
         if job.evaluate is not None and job.eval_every and step % job.eval_every == 0 and step < job.total_steps:
             _main_only(lambda: append_metrics(run_dir / METRICS, {"step": step, **job.evaluate(step)}), dev)
             model.train()
         if step % o.ckpt_every == 0 or step == job.total_steps:
-            _main_only(lambda: checkpoint(step), dev)
+            _main_only(lambda: _checkpoint(run_dir, job, opt, ema, dev, step, rotate, saved), dev)
             saved, rotate = step, True
     bar.close()
     if tb is not None:
         tb.close()
     return last
-
-
-def _process_loss(job: Job, world: int) -> Callable:
-    """loss_fn(step, gen) for this process: its slice of the global batch when the job is sharded."""
-    if not job.sharded:
-        if world > 1 and dist.is_main():
-            print(f"note: {job.desc} does not shard its batches; each of the {world} processes computes all of them")
-        return job.loss_fn
-    n = job.images_per_step
-    if n % world:
-        raise ValueError(f"the global batch ({n}) must be divisible by the number of processes ({world}); "
-                         f"change optim.batch_size or --nproc_per_node")
-    part = dist.part(n)
-    return lambda step, gen: job.loss_fn(step, gen, part)
 
 
 def _before_training(run_dir: Path, model: nn.Module, ema, tensorboard: bool):
@@ -359,16 +384,3 @@ def _compile(model: nn.Module, how: Union[bool, str]) -> None:
                     blocks.append(b)
     for b in blocks or [model]:
         b.compile(backend=backend)
-
-
-def _exported(model: nn.Module, ema: Optional[EMA], export: Callable) -> Dict[str, torch.Tensor]:
-    if ema is None:
-        return export()
-    raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(ema.state_dict_of(model))
-    try:
-        return {k: v.detach().clone() for k, v in export().items()}
-    finally:
-        model.load_state_dict(raw)
-
-

@@ -15,17 +15,18 @@ eps 1e-6; attention logits and softmax in float32; exact GELU). Parameter names 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..guidance import guided
-from ..rng import uniform
+from ..diffusion import GaussianDiffusion
+from ..guidance import guided_pass
+from ..layers import Attention, Mlp, sincos_pos_embed, timestep_embedding
+from ..precision import resolve_bf16
+from ..rng import randn_per_sample, uniform
+from ..tree import to_dict
 
 
 @dataclass(frozen=True)
@@ -79,27 +80,6 @@ def dit_config(name: str, **overrides) -> DiTConfig:
     return replace(DIT_PRESETS[name], **overrides)
 
 
-def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
-    """The MAE / DiT fixed 2-D table (grid*grid, dim), row-major tokens: the first half of the channels encodes
-    the column index, the second half the row index; each half is [sin(pos w), cos(pos w)] with
-    ``w_k = 10000^(-k / (dim/4))``, computed in float64 and returned as float32."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
-    idx = torch.arange(grid, dtype=torch.float64)
-    cols, rows = idx.repeat(grid), idx.repeat_interleave(grid)
-
-    half = [pos[:, None] * omega[None] for pos in (cols, rows)]
-    return torch.cat([half[0].sin(), half[0].cos(), half[1].sin(), half[1].cos()], 1).float()
-
-
-def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """GLIDE / DiT frequency embedding [cos(t f), sin(t f)], ``f_k = exp(-ln(max_period) k / (dim/2))``, float32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half).to(t.device)
-    args = t[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
-    return torch.cat([emb, torch.zeros_like(emb[:, :1])], -1) if dim % 2 else emb
-
-
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
@@ -134,31 +114,6 @@ class LabelEmbedder(nn.Module):
     def __init__(self, num_classes: int, dim: int, with_null: bool):
         super().__init__()
         self.embedding_table = nn.Embedding(num_classes + int(with_null), dim)
-
-
-class Attention(nn.Module):
-    """Self-attention with qkv bias; logits and softmax in float32 (also under autocast), as the official code."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).float()
-        with torch.autocast(x.device.type, enabled=False):
-            o = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(o.transpose(1, 2).reshape(B, N, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))           # exact GELU, as RCG's DiT (not the tanh approximation)
 
 
 class DiTBlock(nn.Module):
@@ -240,6 +195,8 @@ class DiT(nn.Module):
         temb = self.t_embedder(t)
         null = None if null is None else null.to(temb.device).reshape(B).bool()
         if c.cond == "none":
+            if null is not None and bool(null.any()):
+                raise ValueError("an unconditional DiT (cond='none') has no null condition (no guidance)")
             return temb
         if c.cond == "class":
             if labels is None or labels.shape != (B,):
@@ -287,67 +244,6 @@ class DiT(nn.Module):
             h = block(h, cond)
         return self.unpatchify(self.final_layer(h, cond))
 
-    def guided_forward(self, x: torch.Tensor, t: torch.Tensor, rep: Optional[torch.Tensor] = None,
-                       tau: float = 0.0, official_first3: bool = False,
-                       labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Classifier-free guided output (B, out_channels, H, W), one batched pass over [cond; uncond] with the
-        null condition (``null_rep`` or the null class) as the unconditional branch.
-
-        Default (ours, DESIGN.md): ``eps = cond + tau (cond - uncond)`` on all ``in_channels`` eps channels; the
-        learned-variance channels are the conditional ones; ``tau = 0`` is one plain conditional pass.
-        ``official_first3=True`` (parity option) is the official ``forward_with_cfg`` with scale ``s = 1 + tau``:
-        ``uncond + s (cond - uncond)`` on the first 3 output channels only (a DiT legacy quirk); every other
-        channel (the 4th eps channel, the variance channels) is the unguided conditional output. The official
-        call returns [g; g] over the doubled batch, whose second half's unguided channels are the
-        unconditional outputs (``forward(..., null=all)``); this returns the first half."""
-        B = x.shape[0]
-        if not official_first3 and tau == 0:
-            return self.forward(x, t, rep, labels)
-        if self.cfg.cond == "none":
-            raise ValueError("an unconditional DiT (cond='none') has no guidance: use tau=0")
-        null = torch.arange(2 * B, device=x.device) >= B
-        both = self.forward(torch.cat([x, x]), torch.cat([t, t]), None if rep is None else torch.cat([rep, rep]),
-                            None if labels is None else torch.cat([labels, labels]), null=null)
-        cond, uncond = both[:B], both[B:]
-        if official_first3:                          # s = 1 + tau, the official formula and operation order
-            return torch.cat([uncond[:, :3] + (1.0 + tau) * (cond[:, :3] - uncond[:, :3]), cond[:, 3:]], 1)
-        C = self.cfg.in_channels
-        return torch.cat([guided(cond[:, :C], uncond[:, :C], tau), cond[:, C:]], 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# converted official checkpoints (rcg convert) -> (DiT, DiTRun)
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DiTRun:
-    """What ``rcg convert`` writes for a DiT file: the network plus the official sampling recipe (1000-step linear
-    schedule 1e-4 -> 0.02, eps prediction with learned sigma, ancestral sampling; guidance tau = cfg - 1)."""
-    generator: str = "dit"
-    encoder: str = ""                # MoCo v3 run / file that made the representations (not inside DiT files)
-    autoencoder: str = "stabilityai/sd-vae-ft-ema"   # latents x latent_scale; "" = pixel space
-    latent_scale: float = 0.18215
-    model: DiTConfig = DiTConfig()
-    num_steps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    steps: int = 250                 # sampling steps (official --num-sampling-steps)
-    guidance: float = 0.0            # tau (official --cfg 1.0 = off)
-    official_first3: bool = True     # guidance on the first 3 channels, as the official forward_with_cfg
-
-
-def dit_from_converted(run_dir, device=None) -> Tuple[DiT, DiTRun]:
-    """A directory written by ``rcg.official.convert`` for a DiT file -> (DiT in eval mode, DiTRun)."""
-    from ..store import WEIGHTS, load_tensors, read_config
-    from ..tree import from_dict
-    raw = read_config(run_dir)
-    if raw.get("generator") != "dit":
-        raise ValueError(f"{run_dir} is not a converted DiT run (generator {raw.get('generator')!r})")
-    cfg = from_dict(DiTRun, raw)
-    model = DiT(cfg.model)
-    tensors, _ = load_tensors(Path(run_dir) / WEIGHTS)
-    model.load_state_dict(tensors)
-    return model.eval().to(device or "cpu"), cfg
-
 
 # ----------------------------------------------------------------------------------------------
 # sampling (rcg.diffusion does the diffusion; this wires the network's guidance into it)
@@ -362,14 +258,14 @@ def dit_generate(model: DiT, diffusion, generators, rep: Optional[torch.Tensor] 
     ``sampler="ddpm"``: ancestral sampling on ``diffusion.respaced(steps)`` with the learned variance;
     ``"ddim"``: :meth:`rcg.diffusion.GaussianDiffusion.ddim_sample` (eps channels only; the last step's
     predicted x0 is returned, without the official sampler's leftover noise). ``guidance`` is tau
-    (DiT's scale 1 + tau) on the eps channels. ``clip_denoised`` clips the predicted x0 to [-1, 1] (pixel space)."""
-    from ..rng import randn_per_sample
+    (DiT's scale 1 + tau) on the eps channels, by :func:`rcg.guidance.guided_pass` (``official_first3``: the
+    official first-3-channels form). ``clip_denoised`` clips the predicted x0 to [-1, 1] (pixel space)."""
     c = model.cfg
     dev = next(model.parameters()).device
     x_T = randn_per_sample((len(generators), c.in_channels, c.input_size, c.input_size), generators, device=dev)
 
     def fn(x, t):
-        return model.guided_forward(x, t, rep, tau=guidance, labels=labels, official_first3=official_first3).float()
+        return guided_pass(model, (x, t, rep, labels), guidance, c.in_channels, official_first3).float()
     if sampler == "ddpm":
         return diffusion.respaced(steps).ddpm_sample(fn, x_T, generators, clip_denoised=clip_denoised)
     if sampler == "ddim":
@@ -381,8 +277,6 @@ def dit_generate(model: DiT, diffusion, generators, rep: Optional[torch.Tensor] 
 # registry entry (rcg.pixel.GENERATORS["dit"])
 # ----------------------------------------------------------------------------------------------
 def _diffusion(run, device):
-    from ..diffusion import GaussianDiffusion
-    from ..tree import to_dict
     return GaussianDiffusion(**to_dict(run.diffusion)).to(device)
 
 
@@ -424,7 +318,6 @@ def trainer(model: DiT, run):
 def sampler(model: DiT, run):
     """sample(rep, labels, generators, steps, temperature, guidance) -> (B, C, H, W) in [-1, 1] (latents for a
     DiT on an autoencoder's latents); ``temperature`` does not apply; unset settings are the run's."""
-    from ..precision import resolve_bf16
     dev = next(model.parameters()).device
     diffusion = _diffusion(run, dev)
     cond = model.cfg.cond

@@ -10,7 +10,7 @@ LayerNorm) by the condition: ``latent_prior_proj(rep)`` (``cond="rep"``, RCG), `
 no guidance). Training (:meth:`MAGE.loss`) masks a truncated-normal fraction of the tokens (one ratio per
 batch), drops ``drop_ratio`` of them from the encoder MAE-style, fills every masked position of the decoder
 input with the decoder-embedded slot-0 vector, and scores the masked positions with label-smoothed CE over the
-codebook. Generation (:meth:`MAGE.generate`) is the official ``gen_image`` parallel decoding with a cosine
+codebook. Generation (:func:`mage_generate`) is the official ``gen_image`` parallel decoding with a cosine
 schedule, annealed Gumbel re-masking and the linear guidance schedule. Parameter names follow the official
 ``models_mage.py`` (its ``fake_latent`` is our ``null_rep``; unused official parameters are not created).
 """
@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..guidance import guided, linear_tau
+from ..guidance import guided_pass, linear_tau
+from ..layers import Attention, Mlp
 from ..rng import uniform
 
 
@@ -112,33 +113,6 @@ def cosine_mask_len(num_tokens: int, step: int, steps: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Modules (official names)
 # ----------------------------------------------------------------------------------------------
-class Attention(nn.Module):
-    """Multi-head self-attention; logits and softmax in float32 (also under autocast), as the official code."""
-
-    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float):
-        super().__init__()
-        self.num_heads, self.attn_drop = num_heads, attn_drop
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).float()
-        with torch.autocast(x.device.type, enabled=False):
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, N, C)))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float):
-        super().__init__()
-        self.fc1, self.fc2, self.drop = nn.Linear(dim, hidden), nn.Linear(hidden, dim), nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
-
-
 class Block(nn.Module):
     """Pre-LN transformer block (LayerNorm eps 1e-6, qkv bias, exact GELU, dropout, no drop-path)."""
 
@@ -342,59 +316,57 @@ class MAGE(nn.Module):
         acc = (logits.detach().argmax(-1) == target).float().mean()
         return loss, {"mask_ratio": torch.tensor(ratio), "acc": acc}
 
-    # ---- generation --------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, rep: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None, steps: int = 20,
-                 temperature: float = 6.0, guidance: float = 0.0,
-                 generators: Optional[Sequence[torch.Generator]] = None, batch_size: Optional[int] = None,
-                 return_history: bool = False):
-        """Official ``gen_image`` parallel decoding -> tokens (B, num_tokens) in [0, codebook_size).
 
-        Starts all-masked; step k samples every unknown token from Categorical(logits) (guided logits
-        ``cond + tau_k (cond - uncond)``, ``tau_k = guidance (k+1)/steps``, uncond = ``null_rep``; no uncond
-        pass when guidance = 0), keeps known tokens, then re-masks the ``mask_len`` least confident
-        (confidence = log p(sampled) + temperature (1 - r) Gumbel, known tokens +inf), ``mask_len =
-        floor(L cos(pi/2 r))`` clamped to [1, #unknown - 1], r = (k+1)/steps. Returns the last step's sampled
-        ids (complete). ``generators``: one per sample, for batch-size-independent results (else the global
-        RNG). ``return_history``: also return (steps, B, L) ids after each step (re-masked; the last entry is
-        the result). Call in eval mode. Batch size from rep / labels / generators / ``batch_size``."""
-        c = self.cfg
-        B = next((int(x.shape[0]) for x in (rep, labels) if x is not None), None)
-        B = B if B is not None else (len(generators) if generators is not None else batch_size)
-        if B is None:
-            raise ValueError("cannot tell the batch size: pass rep, labels, generators or batch_size")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if guidance and c.cond == "class":
-            raise ValueError("a class-conditional MAGE has no unconditional branch: use guidance=0")
-        if c.cond == "rep" and rep is None:
-            raise ValueError("cond='rep': pass rep (B, rep_dim) (e.g. sampled by the RDM)")
-        dev = next((x.device for x in (rep, labels) if x is not None), self.decoder_pos_embed_learned.device)
-        L, C = c.num_tokens, c.codebook_size
-        ids = torch.full((B, L), c.mask_id, dtype=torch.long, device=dev)
-        uncond = bool(guidance) and c.cond == "rep"
-        history = []
-        for k in range(steps):
-            unknown = ids == c.mask_id
-            if uncond:
-                null = torch.arange(2 * B, device=dev) >= B
-                both = self.logits(ids.repeat(2, 1), rep.repeat(2, 1), null=null).float()
-                lg = guided(both[:B], both[B:], linear_tau(guidance, k, steps))
-            else:
-                lg = self.logits(ids, rep, labels).float()
-            sampled = (lg + gumbel(uniform((B, L, C), generators, dev))).argmax(-1)   # Categorical
-            sampled = torch.where(unknown, sampled, ids)
-            r = (k + 1) / steps
-            mask_len = (unknown.sum(1) - 1).clamp(max=cosine_mask_len(L, k, steps)).clamp(min=1)
-            conf = lg.log_softmax(-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
-            conf = conf + temperature * (1.0 - r) * gumbel(uniform((B, L), generators, dev))
-            conf = conf.masked_fill(~unknown, float("inf"))
-            order = conf.argsort(1)
-            remask = torch.zeros_like(unknown).scatter(1, order, torch.arange(L, device=dev) < mask_len[:, None])
-            ids = torch.where(remask, c.mask_id, sampled)
-            if return_history:
-                history.append(sampled if k == steps - 1 else ids)
-        return (sampled, torch.stack(history)) if return_history else sampled
+# ----------------------------------------------------------------------------------------------
+# generation
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                  steps: int = 20, temperature: float = 6.0, guidance: float = 0.0,
+                  generators: Optional[Sequence[torch.Generator]] = None, batch_size: Optional[int] = None,
+                  return_history: bool = False):
+    """Official ``gen_image`` parallel decoding -> tokens (B, num_tokens) in [0, codebook_size).
+
+    Starts all-masked; step k samples every unknown token from Categorical(logits) (guided logits
+    ``cond + tau_k (cond - uncond)``, ``tau_k = guidance (k+1)/steps``, uncond = ``null_rep``, by
+    :func:`rcg.guidance.guided_pass`; no uncond pass when guidance = 0), keeps known tokens, then re-masks the
+    ``mask_len`` least confident (confidence = log p(sampled) + temperature (1 - r) Gumbel, known tokens +inf),
+    ``mask_len = floor(L cos(pi/2 r))`` clamped to [1, #unknown - 1], r = (k+1)/steps. Returns the last step's
+    sampled ids (complete). ``generators``: one per sample, for batch-size-independent results (else the global
+    RNG). ``return_history``: also return (steps, B, L) ids after each step (re-masked; the last entry is
+    the result). Call in eval mode. Batch size from rep / labels / generators / ``batch_size``."""
+    c = model.cfg
+    B = next((int(x.shape[0]) for x in (rep, labels) if x is not None), None)
+    B = B if B is not None else (len(generators) if generators is not None else batch_size)
+    if B is None:
+        raise ValueError("cannot tell the batch size: pass rep, labels, generators or batch_size")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if guidance and c.cond == "class":
+        raise ValueError("a class-conditional MAGE has no unconditional branch: use guidance=0")
+    if c.cond == "rep" and rep is None:
+        raise ValueError("cond='rep': pass rep (B, rep_dim) (e.g. sampled by the RDM)")
+    dev = next((x.device for x in (rep, labels) if x is not None), model.decoder_pos_embed_learned.device)
+    L, C = c.num_tokens, c.codebook_size
+    ids = torch.full((B, L), c.mask_id, dtype=torch.long, device=dev)
+    history = []
+    for k in range(steps):
+        unknown = ids == c.mask_id
+        tau = linear_tau(guidance, k, steps) if guidance and c.cond == "rep" else 0.0
+        lg = guided_pass(lambda *a, null: model.logits(*a, null=null).float(), (ids, rep, labels), tau)
+        sampled = (lg + gumbel(uniform((B, L, C), generators, dev))).argmax(-1)   # Categorical
+        sampled = torch.where(unknown, sampled, ids)
+        r = (k + 1) / steps
+        mask_len = (unknown.sum(1) - 1).clamp(max=cosine_mask_len(L, k, steps)).clamp(min=1)
+        conf = lg.log_softmax(-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        conf = conf + temperature * (1.0 - r) * gumbel(uniform((B, L), generators, dev))
+        conf = conf.masked_fill(~unknown, float("inf"))
+        order = conf.argsort(1)
+        remask = torch.zeros_like(unknown).scatter(1, order, torch.arange(L, device=dev) < mask_len[:, None])
+        ids = torch.where(remask, c.mask_id, sampled)
+        if return_history:
+            history.append(sampled if k == steps - 1 else ids)
+    return (sampled, torch.stack(history)) if return_history else sampled
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,10 +399,9 @@ def sampler(model: MAGE, run):
     cond = model.cfg.cond
 
     def sample(rep, labels, generators, steps=None, temperature=None, guidance=None):
-        return model.generate(rep=rep if cond == "rep" else None, labels=labels if cond == "class" else None,
-                              steps=steps or run.steps, temperature=run.temperature if temperature is None else temperature,
-                              guidance=run.guidance if guidance is None else guidance, generators=generators,
-                              batch_size=len(generators))
+        return mage_generate(model, rep if cond == "rep" else None, labels if cond == "class" else None,
+                             steps or run.steps, run.temperature if temperature is None else temperature,
+                             run.guidance if guidance is None else guidance, generators, len(generators))
     return sample
 
 

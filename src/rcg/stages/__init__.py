@@ -1,8 +1,22 @@
-"""The functions behind the CLI verbs (layer 4), one module per verb on one shared skeleton."""
-from .core import (cache_reps, demo, draw_reps, encode_images, export_run, load_encoder, load_pixel, load_rdm,
-                   load_reps, load_tokenizer, rep_fd, rep_fd_check, run_eval, sample_reps, setup_torch, train_encoder, train_pixel,
-                   train_rdm, train_tokenizer)
-from .fit import fit_folder
+"""The functions behind the CLI verbs (layer 4): one module per verb, every training verb on the skeleton of
+:mod:`rcg.stages.common`.
 
-__all__ = ["cache_reps", "demo", "fit_folder", "rep_fd", "run_eval", "sample_reps", "train_encoder", "train_pixel",
-           "train_rdm", "train_tokenizer"]
+    encoder    train-encoder          tokenizer  train-tokenizer      eval     eval
+    reps       cache-reps, sample-reps, rep-fd  pixel  train-pixel    evalnet  train-evalnet
+    rdm        train-rdm              sample     sample, interpolate  fit      fit
+    demo       demo
+"""
+from .demo import demo
+from .encoder import train_encoder
+from .eval import run_eval
+from .evalnet import train_evalnet
+from .fit import fit_folder
+from .pixel import train_pixel
+from .rdm import rep_fd_check, train_rdm
+from .reps import cache_reps, rep_fd, sample_reps
+from .sample import interpolate_command, load_sampler, sample_command
+from .tokenizer import train_tokenizer
+
+__all__ = ["cache_reps", "demo", "fit_folder", "interpolate_command", "load_sampler", "rep_fd", "rep_fd_check",
+           "run_eval", "sample_command", "sample_reps", "train_encoder", "train_evalnet", "train_pixel", "train_rdm",
+           "train_tokenizer"]

@@ -27,6 +27,20 @@ from ..data import DataError, ImageSet, load_image_folder, save_image_set, scan_
 from ..encoders import EncoderConfig
 from ..pixel.dit import DIT_PRESETS
 from ..tokenizer import VQConfig
+from .. import dist
+from ..config import DataConfig as D
+from ..data import load_image_tensors
+from ..encoders import fingerprint
+from ..evaluate import fd_between
+from ..loaders import load, load_reps
+from ..precision import describe
+from ..sample import RCGSampler, encode_images, write_images
+from .encoder import train_encoder
+from .eval import run_eval
+from .pixel import train_pixel
+from .rdm import train_rdm
+from .reps import cache_reps
+from .tokenizer import train_tokenizer
 
 FIT_REQUEST = "fit.json"
 RESOLUTIONS = (32, 64, 128, 256)
@@ -234,7 +248,6 @@ def decode_once(p: FitPlan, run: Path, progress: bool = True) -> tuple:
            "labels": p.request["labels"], "holdout": p.request["holdout"]}
     if all(f.is_file() for f in files.values()) and \
             all(json.loads(tensor_file_meta(f).get("fit", "{}")) == key for f in files.values()):
-        from ..data import load_image_tensors
         return tuple(load_image_tensors(files[s], p.resolution, p.channels) for s in ("train", "test"))
     out = []
     for split in ("train", "test"):
@@ -257,8 +270,6 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
                overrides: Optional[dict] = None, dry_run: bool = False) -> dict:
     """Train a whole RCG system on the images under ``data_dir`` into ``out`` (see the module docstring).
     ``overrides`` maps a stage (encoder, tokenizer, rdm, pixel) to ``--set`` style strings."""
-    from .. import stages as S
-    from ..precision import describe
     p = plan(data_dir, out, preset, resolution, channels, labels, encoder, generator, inception_weights)
     pre = FIT_PRESETS[preset]
     print(f"rcg fit: {p.request['files']} files in {p.request['data_dir']} -> {p.channels}x{p.resolution}px "
@@ -269,7 +280,7 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
         return {"request": p.request}
     run = Path(out).expanduser()
     _check_request(run, p.request)
-    dev = S.setup_torch(device)
+    dev = dist.setup(device)
     print(f"precision: {describe(None, dev)} (auto; set per stage with --set STAGE.optim.bf16=...)")
     times_path = run / "stage_times.json"
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
@@ -307,14 +318,14 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
         stage("encoder", f"using {encoder}", lambda: None)
     else:
         summary["encoder"] = stage("encoder", f"MoCo v3 on the images ({seen('encoder', len(train)):,} images seen) -> {enc_dir}",
-                                   lambda: finished("encoder") or S.train_encoder(cfgs["encoder"], enc_dir, device, progress))
+                                   lambda: finished("encoder") or train_encoder(cfgs["encoder"], enc_dir, device, progress))
     tok_dir = None
     if generator == "mage":
         tok_dir = str(run / "tokenizer")
         summary["tokenizer"] = stage(
             "tokenizer", f"VQ tokenizer, {cfgs['tokenizer'].model.resolution // 2 ** (len(cfgs['tokenizer'].model.ch_mult) - 1)}"
                          f"^2 tokens ({seen('tokenizer', len(train)):,} images seen) -> {tok_dir}",
-            lambda: finished("tokenizer") or S.train_tokenizer(cfgs["tokenizer"], tok_dir, device, progress))
+            lambda: finished("tokenizer") or train_tokenizer(cfgs["tokenizer"], tok_dir, device, progress))
     cache = run / "cache.safetensors"
     summary["cache"] = stage("cache", f"representations{' and tokens' if tok_dir else ' and crops'} of {pre.views} "
                                       f"view(s) of every training image -> {cache}",
@@ -322,11 +333,11 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
     rdm_cfg = replace(cfgs["rdm"], cache=str(cache), encoder=enc_dir)
     summary["rdm"] = stage("rdm", f"representation diffusion "
                                   f"({seen('rdm', len(train) * pre.views) // cfgs['rdm'].optim.batch_size:,} steps) -> {run / 'rdm'}",
-                           lambda: finished("rdm") or S.train_rdm(rdm_cfg, str(run / "rdm"), device, progress))
+                           lambda: finished("rdm") or train_rdm(rdm_cfg, str(run / "rdm"), device, progress))
     pix_cfg = replace(cfgs["pixel"], cache=str(cache), encoder=enc_dir, tokenizer=tok_dir or "")
     summary["pixel"] = stage("pixel", f"{generator.upper()} on representations ({seen('pixel', len(train) * pre.views):,} images seen) -> "
                                       f"{run / 'pixel'}",
-                             lambda: finished("pixel") or S.train_pixel(pix_cfg, str(run / "pixel"), device, progress))
+                             lambda: finished("pixel") or train_pixel(pix_cfg, str(run / "pixel"), device, progress))
     summary.update(stage("outputs", "samples, variations of held-out images, interpolation, representation FD",
                          lambda: outputs(run, test, pre, inception_weights, device, progress)))
     summary["stage_wall_s"] = times
@@ -339,11 +350,9 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
 
 
 def _cache(enc_dir, cache: Path, tok_dir, train: ImageSet, p: FitPlan, pre: FitPreset, device, progress) -> dict:
-    from ..encoders import fingerprint
-    from .core import cache_reps, load_encoder
     if cache.is_file():
         meta = tensor_file_meta(cache)                  # the header only
-        if meta.get("encoder_fingerprint") == fingerprint(load_encoder(enc_dir)) and int(meta.get("views", 0)) == pre.views:
+        if meta.get("encoder_fingerprint") == load("encoder", enc_dir).fingerprints["self"] and int(meta.get("views", 0)) == pre.views:
             print(f"  {cache} is up to date")
             return meta
     over = ["data.dataset=tensors", f"data.path={Path(cache).parent / 'data' / 'train.safetensors'}",
@@ -354,9 +363,6 @@ def _cache(enc_dir, cache: Path, tok_dir, train: ImageSet, p: FitPlan, pre: FitP
 
 def outputs(run: Path, test: ImageSet, pre: FitPreset, inception_weights, device, progress) -> dict:
     """RUN/samples.png, references.png, interpolation.png and the representation FD of generated images."""
-    from ..evaluate import fd_between
-    from ..sample import RCGSampler, write_images
-    from .core import encode_images, load_reps
     s = RCGSampler(str(run / "pixel"), str(run / "rdm"), device)
     scale = max(1, 96 // test.images.shape[-1])
     files = {"samples": write_images(torch.cat(list(s.stream(64, seed=0, batch_size=64))), run / "samples.png",
@@ -385,8 +391,6 @@ def outputs(run: Path, test: ImageSet, pre: FitPreset, inception_weights, device
     print(f"  representation FD of {n} generated images vs the training images: {fd_gen:.4f}; "
           f"{n} held-out real images: {fd_held:.4f} (ratio {res['generated_rep_fd_ratio']:.2f})")
     if inception_weights:
-        from ..config import DataConfig as D
-        from .core import run_eval
         ref = D("tensors", path=str(run / "data" / "train.safetensors"), resolution=test.images.shape[-1],
                 channels=test.images.shape[1])
         res["fid"] = run_eval(pixel=str(run / "pixel"), rdm=str(run / "rdm"), num=pre.eval_images * 10,

@@ -1,0 +1,123 @@
+"""One loader for every trained part (layer 3): ``load(kind, source, device)``.
+
+``source`` is one of our run directories (``config.json`` + ``checkpoint.safetensors``, written by the stage of
+that kind or by ``rcg convert``) or an official checkpoint file (read by :mod:`rcg.official`, never
+executed). Every kind comes back as one :class:`Loaded` record: the module (eval mode, frozen), the run config
+(None for an official file that carries none), fingerprints, and metadata.
+
+    kind        run directory of            official file
+    encoder     train-encoder               MoCo v3 .pth.tar
+    tokenizer   train-tokenizer             MAGE's VQGAN .ckpt (256 px)
+    rdm         train-rdm                   RCG's RDM .pth (EMA weights)
+    pixel       train-pixel (any generator) MAGE .pth (no config: sample it through a paper preset)
+    evalnet     train-evalnet               -
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from . import official, pixel
+from .config import EncoderRun, EvalNetRun, PixelRun, RDMRun, TokenizerRun
+from .encoders import Encoder, fingerprint
+from .evalnet import EvalCNN
+from .evaluate import EvalNet
+from .rdm import RDM
+from .store import WEIGHTS, CheckpointError, _digest, load_tensors, read_config
+from .tokenizer import TOKENIZER_KIND, VQModel
+from .tree import from_dict
+
+REPS_KIND = "rcg-reps"       # the kind in the metadata of a representation file (cache-reps, sample-reps)
+FINGERPRINTS = ("encoder_fingerprint", "tokenizer_fingerprint")   # what a run was trained on (config.json)
+
+
+@dataclass
+class Loaded:
+    """A loaded part. ``fingerprints``: ``self`` (of this module) and, where known, ``encoder`` / ``tokenizer``
+    (of the parts it was trained with). ``meta``: ``source``, ``official`` and what the reader reports."""
+    module: Any
+    config: Any
+    fingerprints: Dict[str, Optional[str]] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def _official(kind: str, src: Path):
+    """(module, config, info) of an official file."""
+    if kind == "encoder":
+        enc, info = official.mocov3_from_official(src)
+        return enc, None, info
+    if kind == "tokenizer":
+        vq, info = official.vqgan_from_official(src)
+        return vq, None, info
+    if kind == "rdm":
+        model, info = official.rdm_from_official(src, ema=True)
+        return model, None, info
+    if kind == "pixel":
+        model, info = official.mage_from_official(src)
+        return model, None, info
+    raise CheckpointError(f"{src} is a file, but a {kind} is loaded from an rcg run directory")
+
+
+def _run_dir(kind: str, src: Path):
+    """(module, config, trained-on fingerprints, weights metadata) of one of our run directories."""
+    raw = read_config(src)
+    trained_on = {k.split("_")[0]: raw.pop(k, None) for k in FINGERPRINTS}
+    tensors, meta = load_tensors(src / WEIGHTS)
+    if kind == "encoder":
+        cfg = from_dict(EncoderRun, raw)
+        module = Encoder(cfg.encoder)
+    elif kind == "tokenizer":
+        cfg = from_dict(TokenizerRun, raw)
+        if meta.get("kind", TOKENIZER_KIND) != TOKENIZER_KIND:
+            raise CheckpointError(f"{src} holds a {meta.get('kind')!r} checkpoint, not a tokenizer")
+        module = VQModel(cfg.model)
+    elif kind == "rdm":
+        cfg = from_dict(RDMRun, raw)
+        module = RDM(cfg.model)
+    elif kind == "pixel":
+        cfg = from_dict(PixelRun, raw)
+        module = pixel.generator(cfg.generator).network(cfg.model)
+    elif kind == "evalnet":
+        cfg = from_dict(EvalNetRun, raw)
+        module = EvalCNN(cfg.model)
+    else:
+        raise ValueError(f"unknown kind {kind!r} (kinds: encoder, tokenizer, rdm, pixel, evalnet)")
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{src / WEIGHTS} does not fit the {kind} described by its config.json ({e})") from e
+    return module, cfg, trained_on, {**meta, "sha256": meta.get("sha256") or _digest(tensors)}
+
+
+def load(kind: str, source, device=None) -> Loaded:
+    """The ``kind`` part at ``source`` on ``device`` (default: the CPU), in eval mode with frozen weights."""
+    src = Path(source)
+    if src.is_file():
+        module, cfg, info = _official(kind, src)
+        rec = Loaded(module, cfg, {}, {"source": str(src), "official": True, **info})
+    else:
+        module, cfg, trained_on, meta = _run_dir(kind, src)
+        rec = Loaded(module, cfg, trained_on, {"source": str(src), "official": False, **meta})
+    if kind == "evalnet":       # a feature network for rcg.evaluate, named by its weights' checksum
+        names = json.loads(rec.meta["class_names"]) if rec.meta.get("class_names") else None
+        rec.module = EvalNet(module.requires_grad_(False), rec.meta["sha256"], device, class_names=names)
+        return rec
+    rec.module = module.requires_grad_(False).eval().to(device or "cpu")
+    rec.fingerprints["self"] = fingerprint(rec.module) if kind in ("encoder", "tokenizer") else None
+    return rec
+
+
+def load_reps(path, expect_fingerprint: Optional[str] = None, encoder_name: str = ""):
+    """(tensors, metadata) of a representation file; refuses one made by another encoder."""
+    tensors, meta = load_tensors(path)
+    if "reps" not in tensors:
+        raise CheckpointError(f"{path} holds no 'reps' tensor; make it with rcg cache-reps or rcg sample-reps")
+    if expect_fingerprint is not None and meta.get("encoder_fingerprint") != expect_fingerprint:
+        raise CheckpointError(
+            f"{path} was made by another encoder (fingerprint {meta.get('encoder_fingerprint')}, "
+            f"from {meta.get('encoder', '?')}) than {encoder_name} (fingerprint {expect_fingerprint}). "
+            f"Rebuild it: rcg cache-reps --encoder {encoder_name} --out {path}")
+    return tensors, meta
+

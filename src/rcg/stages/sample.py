@@ -1,0 +1,54 @@
+"""``rcg sample`` (unconditional, class-conditional RDM, or variations of reference images) and ``rcg
+interpolate``, from our runs or the paper's released systems."""
+from __future__ import annotations
+
+import torch
+
+from .. import dist
+from ..paper import load_paper_system
+from ..sample import RCGSampler, load_image_files, write_images
+
+
+def load_sampler(pixel=None, rdm=None, device=None, preset=None, weights=None, mage=None) -> RCGSampler:
+    """Our runs (``pixel`` + ``rdm`` run directories) or a paper preset with the official files."""
+    if preset is not None:
+        if pixel is not None:
+            raise ValueError("give either --pixel (our run) or --preset (official weights), not both")
+        return load_paper_system(preset, weights, rdm=rdm, mage=mage, device=device)
+    if pixel is None:
+        raise ValueError("give --pixel RUN_DIR (and --rdm RUN_DIR), or --preset with --weights DIR")
+    return RCGSampler(pixel, rdm, device)
+
+
+def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=None, label=None, device=None,
+                   preset=None, weights=None, mage=None, **kw) -> str:
+    """``rcg sample``: unconditional (RDM), class-conditional RDM (``label``), or variations of reference
+    images (each row: the reference, then ``num`` images conditioned on its representation)."""
+    s = load_sampler(pixel, rdm, device, preset, weights, mage)
+    if references and not dist.is_main():
+        return ""
+    if references:
+        refs = load_image_files(references, *s.image_shape)
+        reps = s.reps_from_images(refs)
+        rows = []
+        for i in range(len(refs)):
+            imgs = s.images_from_reps(reps[i:i + 1].expand(num, -1), list(range(seed, seed + num)), **kw)
+            rows.append(torch.cat([refs[i:i + 1], imgs]))
+        return write_images(torch.cat(rows), out, nrow=num + 1, scale=2)
+    if s.cond == "rep" and s.rdm is None:
+        raise ValueError("pass --rdm RUN_DIR (or --reference IMAGE) to sample from a representation-conditioned model")
+    batches = list(s.stream(num, seed=seed, batch_size=batch_size, label=label, **kw))   # split across processes
+    if not dist.is_main():
+        return ""
+    return write_images(torch.cat(batches), out, scale=2)
+
+
+def interpolate_command(pixel, a, b, out, num=11, seed=0, device=None, **kw) -> str:
+    """``rcg interpolate``: a strip of ``num`` images from t * rep(a) + (1 - t) * rep(b), t from 1 to 0."""
+    if num < 2:
+        raise ValueError(f"--num must be at least 2, got {num}")
+    s = RCGSampler(pixel, None, device)
+    if s.cond != "rep":
+        raise ValueError("interpolation needs a representation-conditioned pixel generator")
+    ims = load_image_files([a, b], *s.image_shape)
+    return write_images(s.interpolate(ims[0], ims[1], num, seed, **kw), out, nrow=num, scale=2)
