@@ -327,7 +327,7 @@ def _io(path):
 
 @pytest.mark.parametrize("path", _fixture_cases())
 def test_info_and_convert_fixture(path, tmp_path):
-    from rcg.stages import load_encoder, load_pixel, load_rdm, load_tokenizer
+    from rcg.loaders import load
     io, meta = _io(path)
     cfg = meta.get("config", {})
     kind = path.name.split("_")[0]
@@ -354,7 +354,8 @@ def test_info_and_convert_fixture(path, tmp_path):
         with torch.no_grad():
             assert_close("out_ema", model(io["x"], io["t"], io["rep"]), io["out_ema"], 1e-5)
         assert convert(path, out, **heads)["runs"] == res["runs"]
-        loaded, run2, _ = load_pixel(out)                          # load_pixel dispatches to the converted DiT
+        rec = load("pixel", out)                                   # our pixel runs' loader reads the converted DiT
+        loaded, run2 = rec.module, rec.config
         assert run2 == run and torch.equal(loaded.final_layer.linear.weight, model.final_layer.linear.weight)
         if run.autoencoder:                                        # latent DiT: the VAE is not shipped, say so
             from rcg.sample import RCGSampler
@@ -366,26 +367,27 @@ def test_info_and_convert_fixture(path, tmp_path):
     with torch.no_grad():
         if kind == "rdm":
             direct, dinfo = rdm_from_official(path)
-            model, rcfg, fp = load_rdm(out)
+            rec = load("rdm", out)
+            model, rcfg, fp = rec.module, rec.config, rec.fingerprints["encoder"]
             assert info["ema"] == dinfo["ema"] and info["class_conditional"] == (model.cfg.num_classes > 0)
             assert info["params"] == _n(model) and model.cfg == direct.cfg
             assert (rcfg.sample_steps, rcfg.eta, rcfg.diffusion.beta_start, rcfg.diffusion.beta_end) == \
                 (250, 1.0, 0.0015, 0.0195)
             assert fp == fingerprint(mocov3_from_official(path)[0])
-            assert fp == fingerprint(load_encoder(rcfg.encoder))       # the official file, read as an encoder
+            assert fp == fingerprint(load("encoder", rcfg.encoder).module)   # the official file, read as an encoder
             y = io.get("labels") if model.cfg.num_classes else None
             assert torch.equal(model(io["x"], io["t"], y), direct(io["x"], io["t"], y))
             if "out_ema" in io:
                 assert_close("out_ema", model(io["x"], io["t"], y), io["out_ema"], 1e-5)
         elif kind == "mocov3":
-            enc = load_encoder(out)
+            enc = load("encoder", out).module
             direct, _ = mocov3_from_official(path)
             assert info["momentum_encoder"] and info["predictor"] and info["params"] == _n(enc)
             rep = enc.encode(io["images_uint8"])
             assert torch.equal(rep, direct.encode(io["images_uint8"]))
             assert_close("rep", rep, io["rep"], 2e-4)
         elif kind == "vqgan":
-            vq = load_tokenizer(out)
+            vq = load("tokenizer", out).module
             direct, _ = vqgan_from_official(path, resolution=32)
             assert vq.cfg == direct.cfg and vq.token_grid == 16
             assert torch.equal(vq.encode(io["images"])[1], io["ids"])
@@ -393,7 +395,9 @@ def test_info_and_convert_fixture(path, tmp_path):
             assert_close("decoded_from_ids_dec", vq.decode_ids(io["ids_dec"]), io["decoded_from_ids_dec"], 1e-4)
         else:
             from rcg.sample import RCGSampler
-            model, pcfg, fps = load_pixel(out)
+            rec = load("pixel", out)
+            model, pcfg = rec.module, rec.config
+            fps = {f"{k}_fingerprint": rec.fingerprints[k] for k in ("encoder", "tokenizer")}
             direct, dinfo = mage_from_official(path, **heads)
             used = _n(model)
             assert info["params"] == used and info["official_trainable_params"] > used
@@ -404,7 +408,7 @@ def test_info_and_convert_fixture(path, tmp_path):
             assert_close("logits_sel_cond", sel, io["logits_sel_cond"], 2e-4)
             assert pcfg.steps == dinfo["args"]["num_iter"] and pcfg.temperature == dinfo["args"]["temp"]
             parts = split_mage_checkpoint(safe_load(path))
-            tok, enc = load_tokenizer(pcfg.tokenizer), load_encoder(pcfg.encoder)
+            tok, enc = load("tokenizer", pcfg.tokenizer).module, load("encoder", pcfg.encoder).module
             assert torch.equal(tok.quantize.embedding.weight, parts["vqgan"]["quantize.embedding.weight"])
             assert torch.equal(enc.head[0].weight, parts["pretrained_encoder"]["head.0.weight"])
             assert fps == {"encoder_fingerprint": fingerprint(enc), "tokenizer_fingerprint": fingerprint(tok)}
@@ -441,14 +445,13 @@ class _Exploit:
 
 
 def _entry_points(tmp_path):
-    from rcg import stages
+    from rcg.loaders import load
     from rcg.paper import load_paper_system
     return {
         "checkpoint_info": checkpoint_info,
         "convert": lambda p: convert(p, tmp_path / "out"),
         "load_paper_system": lambda p: load_paper_system("imagenet-rcg-mage-b", rdm=p, mage=p, device="cpu"),
-        "load_rdm": stages.load_rdm, "load_encoder": stages.load_encoder, "load_tokenizer": stages.load_tokenizer,
-        "load_pixel": stages.load_pixel,
+        **{f"load_{kind}": (lambda p, kind=kind: load(kind, p)) for kind in ("rdm", "encoder", "tokenizer", "pixel")},
     }
 
 

@@ -59,10 +59,6 @@ class PaperPreset:
     fid_is_guided: Tuple[float, float] = (0.0, 0.0)   # paper, tau = ``guidance``
     note: str = ""
 
-    @property
-    def files(self) -> Dict[str, Tuple[str, ...]]:
-        return {"rdm": self.rdm_files, "mage": self.mage_files}
-
 
 def _names(stem: str) -> Tuple[str, ...]:
     """The official name and its underscore spelling."""
@@ -109,7 +105,7 @@ def find_weights(preset: str, weights_dir=None, *, rdm=None, mage=None) -> Dict[
     p = _preset(preset)
     given = {"rdm": rdm, "mage": mage}
     out: Dict[str, Path] = {}
-    for role, names in p.files.items():
+    for role, names in (("rdm", p.rdm_files), ("mage", p.mage_files)):
         if given[role] is not None:
             path = Path(given[role])
             if not path.is_file():

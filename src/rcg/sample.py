@@ -80,8 +80,9 @@ class RCGSampler:
         if cfg is None:
             raise ValueError("sampling from an official MAGE file needs the paper presets (rcg sample --preset)")
         if cfg.autoencoder:
-            raise ValueError(f"{pixel_run} is a DiT on {cfg.autoencoder} latents: its images come from that "
-                             f"autoencoder's decoder, which rcg does not ship; RCGSampler.generate gives the latents")
+            raise ValueError(f"{pixel_run} is a DiT on latents: its images come from the SD VAE decoder "
+                             f"({cfg.autoencoder}), which rcg does not ship; load it with rcg.loaders.load('pixel', "
+                             f"...) and sample the latents with rcg.pixel.generator('dit').sampler")
         spec = pixel.generator(cfg.generator)
         tokenizer = load("tokenizer", cfg.tokenizer, device) if spec.inputs == "tokens" else None
         encoder = load("encoder", cfg.encoder, device)

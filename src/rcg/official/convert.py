@@ -97,13 +97,9 @@ def _mage(ckpt, out: Path, write, num_heads=None, decoder_num_heads=None, **_):
         fps[f"{sub}_fingerprint"] = fingerprint(m)
         runs[sub] = str(out.resolve() / sub)
     preset = matching_mage_preset(model.cfg)
-    args = _args_dict(ckpt) or {}
-    if preset is not None:
-        p = PIXEL_PRESETS[preset]
-        sampling = dict(steps=p.steps, temperature=p.temperature, guidance=p.guidance)
-    else:
-        sampling = {k: conv(args[a]) for a, k, conv in (("num_iter", "steps", int), ("temp", "temperature", float),
-                                                        ("cfg", "guidance", float)) if args.get(a) is not None}
+    p = PIXEL_PRESETS.get(preset)               # the paper preset's sampling defaults, else the file's args
+    sampling = dict(steps=p.steps, temperature=p.temperature, guidance=p.guidance) if p else \
+        {k: (int if k == "steps" else float)(v) for k, v in mi["sampling"].items() if v is not None}
     cfg = PixelRun(generator="mage", encoder=runs.get("encoder", ""), tokenizer=runs.get("tokenizer", ""),
                    model=model.cfg, optim=PIXEL_PRESETS[preset or "mage-b"].optim, **sampling)
     write(out, {**to_dict(cfg), **{k: fps.get(k) for k in ("encoder_fingerprint", "tokenizer_fingerprint")}}, model,

@@ -79,12 +79,8 @@ def mage_from_official(path_or_dict: PathOrDict, num_heads: Optional[int] = None
     arch = args.get("model") if isinstance(args.get("model"), str) else None
     heads, heads_src = _mage_heads(D, False, arch, num_heads)
     dheads, dheads_src = _mage_heads(Dd, True, arch, decoder_num_heads)
-    if "latent_prior_proj.weight" in own:
-        cond, num_classes = "rep", 0
-    elif "class_emb.weight" in own:
-        cond, num_classes = "class", own["class_emb.weight"].shape[0]
-    else:
-        cond, num_classes = "none", 0
+    cond = "rep" if "latent_prior_proj.weight" in own else "class" if "class_emb.weight" in own else "none"
+    num_classes = own["class_emb.weight"].shape[0] if cond == "class" else 0
     if args.get("use_rep") is not None and bool(args["use_rep"]) != (cond == "rep"):
         raise CheckpointFormatError(f"{what}: args.use_rep={args['use_rep']} but the weights say cond={cond!r}")
     rep_dim = own["fake_latent"].shape[1] if "fake_latent" in own else 256
@@ -98,23 +94,19 @@ def mage_from_official(path_or_dict: PathOrDict, num_heads: Optional[int] = None
                      mlp_ratio=_shape(own, "blocks.0.mlp.fc1.weight", what)[0] / D, rep_dim=rep_dim, cond=cond,
                      num_classes=num_classes, rep_drop_prob=float(args.get("rep_drop_prob") or 0.0), **ratios,
                      drop_ratio=ratios.get("mask_ratio_min", 0.5))
-    ours, dropped = {}, []
-    for k, v in own.items():
-        if k in _MAGE_UNUSED or k.startswith(_MAGE_UNUSED_PREFIXES) or (k == "fake_latent" and cond == "class"):
-            dropped.append(k)
-        else:
-            ours["null_rep" if k == "fake_latent" else k] = v
+    dropped = sorted(k for k in own if k in _MAGE_UNUSED or k.startswith(_MAGE_UNUSED_PREFIXES)
+                     or (k == "fake_latent" and cond == "class"))
+    ours = {("null_rep" if k == "fake_latent" else k): v for k, v in own.items() if k not in dropped}
     if cond == "none":        # slot 0 = LayerNorm(word[slot-0 id] + pos[0]) as a constant projection
-        ln = torch.nn.functional.layer_norm(
+        ours["latent_prior_proj.weight"] = torch.zeros(D, rep_dim)
+        ours["latent_prior_proj.bias"] = torch.nn.functional.layer_norm(
             own["token_emb.word_embeddings.weight"][cfg.cond_id] + own["token_emb.position_embeddings.weight"][0],
             (D,), own["token_emb.LayerNorm.weight"], own["token_emb.LayerNorm.bias"], eps=1e-6)
-        ours["latent_prior_proj.weight"] = torch.zeros(D, rep_dim)
-        ours["latent_prior_proj.bias"] = ln
     model = MAGE(cfg)
     _load_strict(model, ours, what)
     info: Dict[str, Any] = {
         "kind": "mage", "config": asdict(cfg), "num_heads_from": heads_src, "decoder_num_heads_from": dheads_src,
-        "ema": used_ema, "epoch": ckpt.get("epoch"), "dropped": sorted(dropped),
+        "ema": used_ema, "epoch": ckpt.get("epoch"), "dropped": dropped,
         "has_vqgan": "vqgan" in parts, "has_encoder": "pretrained_encoder" in parts, "args": args or None,
         "sampling": {ours_k: args[k] for k, ours_k in (("temp", "temperature"), ("num_iter", "steps"),
                                                        ("cfg", "guidance")) if k in args}}

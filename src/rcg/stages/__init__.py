@@ -6,7 +6,7 @@
     rdm        train-rdm              sample     sample, interpolate  fit      fit
     demo       demo
 """
-from .demo import demo
+from .demo import demo, export_run
 from .encoder import train_encoder
 from .eval import run_eval
 from .evalnet import train_evalnet
@@ -17,6 +17,6 @@ from .reps import cache_reps, rep_fd, sample_reps
 from .sample import interpolate_command, load_sampler, sample_command
 from .tokenizer import train_tokenizer
 
-__all__ = ["cache_reps", "demo", "fit_folder", "interpolate_command", "load_sampler", "rep_fd", "rep_fd_check",
+__all__ = ["cache_reps", "demo", "export_run", "fit_folder", "interpolate_command", "load_sampler", "rep_fd", "rep_fd_check",
            "run_eval", "sample_command", "sample_reps", "train_encoder", "train_evalnet", "train_pixel", "train_rdm",
            "train_tokenizer"]
