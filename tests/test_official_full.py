@@ -357,6 +357,20 @@ def test_info_and_convert_fixture(path, tmp_path):
         rec = load("pixel", out)                                   # our pixel runs' loader reads the converted DiT
         loaded, run2 = rec.module, rec.config
         assert run2 == run and torch.equal(loaded.final_layer.linear.weight, model.final_layer.linear.weight)
+        # ... and samples through the generator registry like our DiT runs (latents, for a latent DiT)
+        from rcg.diffusion import GaussianDiffusion
+        from rcg.pixel import generator
+        from rcg.pixel.dit import dit_generate
+        from rcg.rng import per_sample
+        rep = io["rep"][:2]
+        got = generator(run2.generator).sampler(loaded, run2)(rep, None, per_sample([3, 4]), steps=3)
+        c = model.cfg
+        assert got.shape == (2, c.in_channels, c.input_size, c.input_size) and torch.isfinite(got).all()
+        diffusion = GaussianDiffusion(num_steps=run.diffusion.num_steps, beta_start=1e-4, beta_end=0.02,
+                                      parameterization="eps", schedule="linear", learn_sigma=c.learn_sigma)
+        want = dit_generate(model, diffusion, per_sample([3, 4]), rep=rep, steps=3, sampler="ddpm",
+                            guidance=run.guidance, clip_denoised=not run.autoencoder, official_first3=True)
+        assert torch.equal(got, want)
         if run.autoencoder:                                        # latent DiT: the VAE is not shipped, say so
             from rcg.sample import RCGSampler
             with pytest.raises(ValueError, match="SD VAE"):

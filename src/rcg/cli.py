@@ -117,11 +117,11 @@ def _training(sub, verb: str, help: str, fn, presets: dict, default: str, sectio
 
 
 def _train_pixel(a) -> int:
-    a.preset = a.preset or ("fmnist-dit" if a.generator == "dit" else "fmnist-mage")
+    a.preset = a.preset or GENERATORS[a.generator or "mage"].preset
     if a.generator and a.generator != P.PIXEL_PRESETS[a.preset].generator:
-        dits = ", ".join(k for k, v in P.PIXEL_PRESETS.items() if v.generator == "dit")
+        theirs = ", ".join(k for k, v in P.PIXEL_PRESETS.items() if v.generator == a.generator)
         raise ValueError(f"--generator {a.generator} but preset {a.preset} is a "
-                         f"{P.PIXEL_PRESETS[a.preset].generator} preset (DiT presets: {dits})")
+                         f"{P.PIXEL_PRESETS[a.preset].generator} preset ({a.generator} presets: {theirs})")
     return _train(a, train_pixel, P.PIXEL_PRESETS, (), [f"cache={a.cache}", f"encoder={a.encoder}"]
                   + [f"tokenizer={a.tokenizer}"] * bool(a.tokenizer) + [f"model.cond={a.cond}"] * bool(a.cond))
 
@@ -321,7 +321,7 @@ def _add_systems(sub) -> None:
     p.add_argument("--labels", action="store_true", help="sub-folder names are class labels (kNN monitor)")
     p.add_argument("--encoder", help="reuse this encoder (a train-encoder run directory or an official MoCo v3 "
                                      ".pth.tar) instead of training one")
-    p.add_argument("--generator", default="mage", choices=["mage", "dit"])
+    p.add_argument("--generator", default="mage", choices=list(GENERATORS))
     p.add_argument("--inception-weights", help="also report Inception FID (local pt_inception-2015-12-05 file)")
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                    help="override a stage's config, e.g. --set pixel.optim.lr=1e-3 (repeatable)")

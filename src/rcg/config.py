@@ -157,10 +157,11 @@ class PixelRun:
         """A config dict of an older rcg in today's layout: before the registry, a PixelRun carried both a MAGE
         config (``model``) and a DiT config (``dit``); a converted official DiT had its own schema."""
         d = dict(d)
-        if "dit" in d:
-            dit = d.pop("dit")
-            if d.get("generator") == "dit":
-                d["model"] = dit
+        gen = d.get("generator", "mage")
+        if gen in d and gen != "model":          # the old layout kept a generator's config under its name
+            d["model"] = d.pop(gen)
+        for name in pixel.GENERATORS:
+            d.pop(name, None)
         return d
 
     @classmethod

@@ -23,6 +23,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:                                   # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
 from .images import DataError, decode_all, decode_image, heldout_mask, list_image_files, scan_image_folder  # noqa
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -58,11 +63,15 @@ def check_channels(channels) -> None:
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
 
 
-def _check_options(resolution, channels, limit) -> None:
+def _check_options(resolution, channels, limit, split=None, splits=(), what="") -> None:
+    """The loaders' common options; ``split`` is checked against ``splits`` when these are given."""
     check_resolution(resolution)
     check_channels(channels)
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
         raise DataError(f"limit must be an integer >= 0 (0 = all images), got {limit!r}")
+    if splits and split not in splits:
+        choices = ", ".join(map(repr, splits[:-1])) + f" or {splits[-1]!r}"
+        raise DataError(f"{what} split must be {choices}, got {split!r}")
 
 
 def _check_memory(n: int, channels: int, resolution: int, what: str) -> None:
@@ -90,13 +99,11 @@ def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
     scale = resolution / min(h, w)
     nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
     top, left = (nh - resolution) // 2, (nw - resolution) // 2
-    out = torch.empty((n, c, resolution, resolution), dtype=torch.uint8)
-    for i in range(0, n, _CHUNK):
-        x = F.interpolate(images[i:i + _CHUNK].float(), size=(nh, nw), mode="bilinear",
-                          align_corners=False, antialias=True)
-        x = x[:, :, top:top + resolution, left:left + resolution]
-        out[i:i + _CHUNK] = x.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+
+    def resize(x):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        return x[:, :, top:top + resolution, left:left + resolution]
+    return _map_chunks(images, (n, c, resolution, resolution), resize)
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -111,10 +118,15 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 3:
         return images.repeat(1, 3, 1, 1)
     weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    out = torch.empty((images.shape[0], 1, *images.shape[2:]), dtype=torch.uint8)
+    return _map_chunks(images, (images.shape[0], 1, *images.shape[2:]),
+                       lambda x: (x * weights).sum(dim=1, keepdim=True))
+
+
+def _map_chunks(images: torch.Tensor, shape: tuple, fn) -> torch.Tensor:
+    """``fn`` of float copies of ``_CHUNK`` images at a time, rounded back into a uint8 tensor of ``shape``."""
+    out = torch.empty(shape, dtype=torch.uint8)
     for i in range(0, images.shape[0], _CHUNK):
-        y = (images[i:i + _CHUNK].float() * weights).sum(dim=1, keepdim=True)
-        out[i:i + _CHUNK] = y.round_().clamp_(0, 255).to(torch.uint8)
+        out[i:i + _CHUNK] = fn(images[i:i + _CHUNK].float()).round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
@@ -123,6 +135,18 @@ def _finish(images: torch.Tensor, resolution: int, channels: int) -> torch.Tenso
     if channels < images.shape[1]:
         return resize_images(convert_channels(images, channels), resolution)
     return convert_channels(resize_images(images, resolution), channels)
+
+
+def _labelled_set(images: np.ndarray, labels: np.ndarray, resolution: int, channels: int, limit: int, what: str,
+                  **fields) -> ImageSet:
+    """An ImageSet of the first ``limit`` (0: all) uint8 (N, C, H, W) ``images`` and their labels, converted
+    to ``channels`` and ``resolution``."""
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    _check_memory(len(images), channels, resolution, what)
+    x = torch.from_numpy(np.require(images, requirements=["C_CONTIGUOUS", "WRITEABLE"]))   # copied if read-only
+    return ImageSet(images=_finish(x, resolution, channels), labels=torch.from_numpy(labels.astype(np.int64)),
+                    **fields)
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -149,21 +173,12 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims.tolist())
 
 
-def _fmnist_file(root: Path, name: str) -> Optional[Path]:
-    for candidate in (root / (name + ".gz"), root / name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def load_fashion_mnist(root=None, split="train", resolution=28, channels=1, limit=0) -> ImageSet:
-    _check_options(resolution, channels, limit)
-    if split not in ("train", "test"):
-        raise DataError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
+    _check_options(resolution, channels, limit, split, ("train", "test"), "Fashion-MNIST")
     root = Path(FMNIST_DIR if root is None else root)
     prefix = "train" if split == "train" else "t10k"
     names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
-    files = [_fmnist_file(root, n) for n in names]
+    files = [next((f for f in (root / (n + ".gz"), root / n) if f.is_file()), None) for n in names]   # gzip first
     if None in files:
         missing = [n + ".gz" for n, f in zip(names, files) if f is None]
         where = "does not exist" if not root.is_dir() else f"lacks {', '.join(missing)}"
@@ -178,13 +193,8 @@ def load_fashion_mnist(root=None, split="train", resolution=28, channels=1, limi
                         f"labels; the files do not belong together")
     if labels.size and labels.max() >= len(FMNIST_CLASSES):
         raise DataError(f"{files[1]}: label {int(labels.max())} out of range 0..9; file is corrupt")
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    _check_memory(len(images), channels, resolution, f"Fashion-MNIST {split}")
-    x = torch.from_numpy(images.copy()).unsqueeze(1)
-    return ImageSet(images=_finish(x, resolution, channels),
-                    labels=torch.from_numpy(labels.astype(np.int64)),
-                    class_names=list(FMNIST_CLASSES), source=f"fmnist:{root} ({split})")
+    return _labelled_set(images[:, None], labels, resolution, channels, limit, f"Fashion-MNIST {split}",
+                         class_names=list(FMNIST_CLASSES), source=f"fmnist:{root} ({split})")
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -194,11 +204,9 @@ def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split
     """Every image under ``path`` (recursive). ``holdout`` > 0 splits the folder: ``split`` "train" is the
     images not held out, "test" / "val" the held-out ones (see :func:`heldout_mask`); with 0 every split is
     the whole folder."""
-    _check_options(resolution, channels, limit)
-    if split not in ("train", "test", "val"):
-        raise DataError(f"folder split must be 'train', 'test' or 'val', got {split!r}")
+    _check_options(resolution, channels, limit, split, ("train", "test", "val"), "folder")
     root, files = list_image_files(path)
-    class_names, targets = None, None
+    class_names, targets = None, [None] * len(files)
     if labels:
         loose = [p for p in files if p.parent == root]
         if loose:
@@ -212,11 +220,9 @@ def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split
     if holdout > 0:
         held = heldout_mask([p.relative_to(root).as_posix() for p in files], holdout)
         keep_split = held if split != "train" else ~held
-        files = [p for p, k in zip(files, keep_split) if k]
-        targets = [t for t, k in zip(targets, keep_split) if k] if targets is not None else None
+        files, targets = [p for p, k in zip(files, keep_split) if k], [t for t, k in zip(targets, keep_split) if k]
     if limit:
-        files = files[:limit]
-        targets = targets[:limit] if targets is not None else None
+        files, targets = files[:limit], targets[:limit]
     _check_memory(len(files), channels, resolution, f"image folder {root}")
 
     out = np.empty((len(files), resolution, resolution, channels), dtype=np.uint8)
@@ -236,7 +242,7 @@ def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split
         warnings.warn(f"skipped {len(skipped)} of {len(files)} files that could not be read as "
                       f"images ({detail})", stacklevel=2)
     images = torch.from_numpy(out[:len(keep)]).permute(0, 3, 1, 2).contiguous()
-    label_t = torch.tensor([targets[i] for i in keep], dtype=torch.int64) if targets is not None else None
+    label_t = torch.tensor([targets[i] for i in keep], dtype=torch.int64) if labels else None
     part = f" ({split}: {1 - holdout:.0%} of it)" if holdout > 0 and split == "train" else \
         (f" ({split}: the {holdout:.0%} held out)" if holdout > 0 else "")
     return ImageSet(images=images, labels=label_t, class_names=class_names, source=f"folder:{root}{part}")
@@ -244,15 +250,10 @@ def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
-def _allowed_globals() -> dict:
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:                                   # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-            ("numpy", "ndarray"): np.ndarray,
-            ("numpy", "dtype"): np.dtype}
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+                   ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+                   ("numpy", "ndarray"): np.ndarray,
+                   ("numpy", "dtype"): np.dtype}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -261,11 +262,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, path):
         super().__init__(file, encoding="bytes")
         self.path = path
-        self.allowed = _allowed_globals()
 
     def find_class(self, module, name):
-        if (module, name) in self.allowed:
-            return self.allowed[(module, name)]
+        if (module, name) in _PICKLE_GLOBALS:
+            return _PICKLE_GLOBALS[(module, name)]
         raise DataError(f"{self.path}: refused to load global {module}.{name} from the pickle; "
                         f"CIFAR-10 batches hold only dicts, lists and numpy arrays, so this file "
                         f"is not a genuine batch (it may be malicious)")
@@ -287,9 +287,7 @@ def _get(d, key: str):
 
 
 def load_cifar10(root, split="train", resolution=32, channels=3, limit=0) -> ImageSet:
-    _check_options(resolution, channels, limit)
-    if split not in ("train", "test"):
-        raise DataError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+    _check_options(resolution, channels, limit, split, ("train", "test"), "CIFAR-10")
     if root is None:
         raise DataError("CIFAR-10 needs a path: set data.path to the extracted cifar-10-batches-py folder")
     root = Path(root)
@@ -301,9 +299,9 @@ def load_cifar10(root, split="train", resolution=32, channels=3, limit=0) -> Ima
     if missing:
         raise DataError(f"CIFAR-10 {split} batches missing in {base}: {', '.join(missing)}; pass the folder "
                         f"extracted from cifar-10-python.tar.gz (data_batch_1..5, test_batch)")
-    xs, ys, count = [], [], 0
+    xs, ys = [], []
     for name in names:
-        if limit and count >= limit:
+        if limit and sum(map(len, ys)) >= limit:
             break
         d = _load_pickle(base / name)
         data, labels = _get(d, "data"), _get(d, "labels")
@@ -317,19 +315,13 @@ def load_cifar10(root, split="train", resolution=32, channels=3, limit=0) -> Ima
             raise DataError(f"{base / name}: labels out of range 0..9; the file is corrupt")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
-        count += len(data)
-    images, labels = np.concatenate(xs), np.concatenate(ys)
-    if limit:
-        images, labels = images[:limit], labels[:limit]
     class_names = list(CIFAR10_CLASSES)
     if (base / "batches.meta").is_file():
         names_meta = _get(_load_pickle(base / "batches.meta"), "label_names")
         if names_meta:
             class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names_meta]
-    _check_memory(len(images), channels, resolution, f"CIFAR-10 {split}")
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    return ImageSet(images=_finish(x, resolution, channels), labels=torch.from_numpy(labels),
-                    class_names=class_names, source=f"cifar10:{base} ({split})")
+    return _labelled_set(np.concatenate(xs), np.concatenate(ys), resolution, channels, limit, f"CIFAR-10 {split}",
+                         class_names=class_names, source=f"cifar10:{base} ({split})")
 
 
 # ----------------------------------------------------------------------------- decoded image files

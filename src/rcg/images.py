@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,17 +103,11 @@ def decode_all(files, resolution, channels, desc: str, progress: bool):
     there are many."""
     jobs = [(p, resolution, channels) for p in files]
     workers = min(8, os.cpu_count() or 1)
-    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress or len(files) <= PROGRESS_MIN_FILES)
-    if workers > 1 and len(jobs) > PROGRESS_MIN_FILES:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            for r in pool.map(_decode_or_error, jobs, chunksize=64):
-                bar.update(1)
-                yield r
-    else:
-        for j in jobs:
-            bar.update(1)
-            yield _decode_or_error(j)
-    bar.close()
+    many = len(jobs) > PROGRESS_MIN_FILES
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) if workers > 1 and many \
+            else nullcontext() as pool:
+        results = pool.map(_decode_or_error, jobs, chunksize=64) if pool else map(_decode_or_error, jobs)
+        yield from tqdm(results, total=len(jobs), desc=desc, unit="img", disable=not progress or not many)
 
 
 @dataclass

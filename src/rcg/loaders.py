@@ -25,7 +25,7 @@ from .encoders import Encoder, fingerprint
 from .evalnet import EvalCNN
 from .evaluate import EvalNet
 from .rdm import RDM
-from .store import WEIGHTS, CheckpointError, _digest, load_tensors, read_config
+from .store import WEIGHTS, CheckpointError, digest, load_tensors, read_config
 from .tokenizer import TOKENIZER_KIND, VQModel
 from .tree import from_dict
 
@@ -43,21 +43,13 @@ class Loaded:
     meta: Dict[str, Any] = field(default_factory=dict)
 
 
-def _official(kind: str, src: Path):
-    """(module, config, info) of an official file."""
-    if kind == "encoder":
-        enc, info = official.mocov3_from_official(src)
-        return enc, None, info
-    if kind == "tokenizer":
-        vq, info = official.vqgan_from_official(src)
-        return vq, None, info
-    if kind == "rdm":
-        model, info = official.rdm_from_official(src, ema=True)
-        return model, None, info
-    if kind == "pixel":
-        model, info = official.mage_from_official(src)
-        return model, None, info
-    raise CheckpointError(f"{src} is a file, but a {kind} is loaded from an rcg run directory")
+# readers of the official files, by kind (rcg.official); each returns (module, info)
+_OFFICIAL = {"encoder": official.mocov3_from_official, "tokenizer": official.vqgan_from_official,
+             "rdm": lambda src: official.rdm_from_official(src, ema=True), "pixel": official.mage_from_official}
+# our run directories, by kind: (config class, module built from the config)
+_RUNS = {"encoder": (EncoderRun, lambda c: Encoder(c.encoder)), "tokenizer": (TokenizerRun, lambda c: VQModel(c.model)),
+         "rdm": (RDMRun, lambda c: RDM(c.model)), "evalnet": (EvalNetRun, lambda c: EvalCNN(c.model)),
+         "pixel": (PixelRun, lambda c: pixel.generator(c.generator).network(c.model))}
 
 
 def _run_dir(kind: str, src: Path):
@@ -65,38 +57,28 @@ def _run_dir(kind: str, src: Path):
     raw = read_config(src)
     trained_on = {k.split("_")[0]: raw.pop(k, None) for k in FINGERPRINTS}
     tensors, meta = load_tensors(src / WEIGHTS)
-    if kind == "encoder":
-        cfg = from_dict(EncoderRun, raw)
-        module = Encoder(cfg.encoder)
-    elif kind == "tokenizer":
-        cfg = from_dict(TokenizerRun, raw)
-        if meta.get("kind", TOKENIZER_KIND) != TOKENIZER_KIND:
-            raise CheckpointError(f"{src} holds a {meta.get('kind')!r} checkpoint, not a tokenizer")
-        module = VQModel(cfg.model)
-    elif kind == "rdm":
-        cfg = from_dict(RDMRun, raw)
-        module = RDM(cfg.model)
-    elif kind == "pixel":
-        cfg = from_dict(PixelRun, raw)
-        module = pixel.generator(cfg.generator).network(cfg.model)
-    elif kind == "evalnet":
-        cfg = from_dict(EvalNetRun, raw)
-        module = EvalCNN(cfg.model)
-    else:
-        raise ValueError(f"unknown kind {kind!r} (kinds: encoder, tokenizer, rdm, pixel, evalnet)")
+    if kind == "tokenizer" and meta.get("kind", TOKENIZER_KIND) != TOKENIZER_KIND:
+        raise CheckpointError(f"{src} holds a {meta.get('kind')!r} checkpoint, not a tokenizer")
+    cls, make = _RUNS[kind]
+    cfg = from_dict(cls, raw)
+    module = make(cfg)
     try:
         module.load_state_dict(tensors)
     except RuntimeError as e:
         raise CheckpointError(f"{src / WEIGHTS} does not fit the {kind} described by its config.json ({e})") from e
-    return module, cfg, trained_on, {**meta, "sha256": meta.get("sha256") or _digest(tensors)}
+    return module, cfg, trained_on, {**meta, "sha256": meta.get("sha256") or digest(tensors)}
 
 
 def load(kind: str, source, device=None) -> Loaded:
     """The ``kind`` part at ``source`` on ``device`` (default: the CPU), in eval mode with frozen weights."""
+    if kind not in _RUNS:
+        raise ValueError(f"unknown kind {kind!r} (kinds: {', '.join(_RUNS)})")
     src = Path(source)
     if src.is_file():
-        module, cfg, info = _official(kind, src)
-        rec = Loaded(module, cfg, {}, {"source": str(src), "official": True, **info})
+        if kind not in _OFFICIAL:
+            raise CheckpointError(f"{src} is a file, but a {kind} is loaded from an rcg run directory")
+        module, info = _OFFICIAL[kind](src)
+        rec = Loaded(module, None, {}, {"source": str(src), "official": True, **info})
     else:
         module, cfg, trained_on, meta = _run_dir(kind, src)
         rec = Loaded(module, cfg, trained_on, {"source": str(src), "official": False, **meta})

@@ -68,7 +68,7 @@ def save_tensors(path, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict
     """Atomic safetensors write; a sha256 of the tensor bytes goes into the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = dict(metadata or {})
-    meta["sha256"] = _digest(tensors)
+    meta["sha256"] = digest(tensors)
     atomic_write(path, st_save_bytes(tensors, metadata={k: str(v) for k, v in meta.items()}))
 
 
@@ -85,12 +85,12 @@ def load_tensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises several types for corrupt headers
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated") from e
-    if "sha256" in meta and meta["sha256"] != _digest(tensors):
+    if "sha256" in meta and meta["sha256"] != digest(tensors):
         raise CheckpointError(f"{path} is corrupt: its checksum does not match its contents")
     return tensors, meta
 
 
-def _digest(tensors: Dict[str, torch.Tensor]) -> str:
+def digest(tensors: Dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(tensors):
         t = tensors[k]
@@ -192,7 +192,7 @@ def load_resume_state(run_dir, verbose: bool = True):
                           f"Delete {run_dir / STATE} to restart this run from scratch.")
 
 
-def _keep_previous(run_dir: Path) -> None:
+def keep_previous(run_dir: Path) -> None:
     """state.pt -> state.prev.pt (a hard link, else a copy, renamed into place); state.pt stays where it is,
     so there is a resumable state at every instant."""
     cur = run_dir / STATE

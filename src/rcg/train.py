@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import dist
 from .rng import EpochBatches, module_seed, step_generator
-from .store import (METRICS, STATE, WEIGHTS, CheckpointError, _keep_previous, append_metrics, load_resume_state,
+from .store import (METRICS, STATE, WEIGHTS, CheckpointError, keep_previous, append_metrics, load_resume_state,
                     save_state, save_tensors)
 from .config import OptimConfig
 from .precision import autocast as bf16_autocast
@@ -190,7 +190,7 @@ def _checkpoint(run_dir: Path, job: Job, opt, ema, dev, at: int, rotate: bool, s
     weights = {k[len(job.export):]: v for k, v in weights.items() if k.startswith(job.export)}
     try:
         if rotate:
-            _keep_previous(run_dir)
+            keep_previous(run_dir)
         save_state(run_dir / STATE, state)
         save_tensors(run_dir / WEIGHTS, weights, {**(job.metadata or {}), "step": at})
     except OSError as e:

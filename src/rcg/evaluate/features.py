@@ -128,6 +128,11 @@ class StreamingStats:
             raise EvalError(f"need at least {n} samples for these statistics, got {self.n}")
 
 
+def _batched(images: torch.Tensor, batch_size: int, forward) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``forward`` (images -> (features, logits)) over slices of ``batch_size`` images, outputs concatenated."""
+    outs = [forward(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return torch.cat([f for f, _ in outs]), torch.cat([lg for _, lg in outs])
+
 
 class EvalNet(FeatureNet):
     """An :class:`rcg.evalnet.EvalCNN` as a :class:`FeatureNet` (metrics ``*_dom``): penultimate features and
@@ -155,13 +160,10 @@ class EvalNet(FeatureNet):
 
     @torch.no_grad()
     def features_and_logits(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        images = self.prepare(images)
-        feats, logits = [], []
-        for i in range(0, len(images), self.batch_size):
-            f, lg = self.model.forward_features(images[i:i + self.batch_size].to(self.device))
-            feats.append(f.float())
-            logits.append(lg.float())
-        return torch.cat(feats), torch.cat(logits)
+        def forward(x):
+            f, lg = self.model.forward_features(x.to(self.device))
+            return f.float(), lg.float()
+        return _batched(self.prepare(images), self.batch_size, forward)
 
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         logits = self.logits(images).cpu()
@@ -231,13 +233,7 @@ class InceptionV3(FeatureNet):
 
     @torch.no_grad()
     def features_and_logits(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        check_images(images)
-        feats, logits = [], []
-        for i in range(0, len(images), self.batch_size):
-            x = images[i:i + self.batch_size].to(self.device, non_blocking=True)
-            if x.shape[1] == 1:
-                x = x.repeat(1, 3, 1, 1)
-            f, lg = self.model(x)
-            feats.append(f)
-            logits.append(lg)
-        return torch.cat(feats), torch.cat(logits)
+        def forward(x):
+            x = x.to(self.device, non_blocking=True)
+            return self.model(x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x)
+        return _batched(check_images(images), self.batch_size, forward)

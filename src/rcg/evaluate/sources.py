@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -59,13 +60,12 @@ class ImageFolderSource:
                 size, mode = im.size, im.mode
         except Exception as e:
             raise EvalError(f"cannot read {files[0]} as an image ({type(e).__name__}: {e})") from e
-        if resolution is None:
+        self._native = resolution is None
+        if self._native:
             if size[0] != size[1]:
                 raise EvalError(f"{files[0]} is {size[0]}x{size[1]}, not square; pass a resolution to resize and "
                                 f"centre-crop the images")
-            resolution, self._native = size[0], True
-        else:
-            self._native = False
+            resolution = size[0]
         check_resolution(resolution)
         if channels is None:
             channels = 1 if mode in GRAY_MODES else 3
@@ -125,25 +125,14 @@ class NpzSource:
         if not path.is_file():
             raise FileNotFoundError(f"sample file {path} does not exist")
         self.path, self.batch_size = path, _check_batch_size(batch_size)
-        self.key = None
-        if path.suffix == ".npy":
-            shape, dtype = self._npy_header_from(path.open("rb"))
-        else:
-            try:
-                with zipfile.ZipFile(path) as zf:
-                    names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
-                    if key is None:
-                        key = "arr_0" if "arr_0" in names else (names[0] if len(names) == 1 else None)
-                        if key is None:
-                            raise EvalError(f"{path} holds {', '.join(names) or 'no arrays'}; images are read from "
-                                            f"'arr_0' (or the only array): name the key")
-                    if key not in names:
-                        raise EvalError(f"{path} has no array {key!r} (it has: {', '.join(names)})")
-                    with zf.open(key + ".npy") as f:
-                        shape, dtype = self._npy_header_from(f)
-            except zipfile.BadZipFile as e:
-                raise EvalError(f"{path} is not an npz file ({e})") from e
-            self.key = key
+        try:
+            self.key = None if path.suffix == ".npy" else self._npz_key(key)
+            with self._open() as f:
+                shape, fortran, dtype = _read_npy_header(f)
+        except zipfile.BadZipFile as e:
+            raise EvalError(f"{path} is not an npz file ({e})") from e
+        if fortran and len(shape) > 1:
+            raise EvalError("Fortran-ordered image arrays are not supported; save with np.ascontiguousarray")
         if dtype != np.uint8:
             raise EvalError(f"{path}: images must be uint8 (0..255), found {dtype}; convert them "
                             f"(e.g. (x * 255).round().clip(0, 255).astype(np.uint8) for floats in [0, 1])")
@@ -153,22 +142,31 @@ class NpzSource:
         if self.num_images == 0:
             raise EvalError(f"{path} holds no images")
 
-    @staticmethod
-    def _npy_header_from(f):
-        with f:
-            shape, fortran, dtype = _read_npy_header(f)
-        if fortran and len(shape) > 1:
-            raise EvalError("Fortran-ordered image arrays are not supported; save with np.ascontiguousarray")
-        return shape, dtype
+    def _npz_key(self, key: Optional[str]) -> str:
+        with zipfile.ZipFile(self.path) as zf:
+            names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        if key is None:
+            key = "arr_0" if "arr_0" in names else (names[0] if len(names) == 1 else None)
+            if key is None:
+                raise EvalError(f"{self.path} holds {', '.join(names) or 'no arrays'}; images are read from "
+                                f"'arr_0' (or the only array): name the key")
+        if key not in names:
+            raise EvalError(f"{self.path} has no array {key!r} (it has: {', '.join(names)})")
+        return key
+
+    @contextmanager
+    def _open(self):
+        """The array's .npy stream: the file itself, or the key's member of the npz."""
+        if self.key is None:
+            with self.path.open("rb") as f:
+                yield f
+        else:
+            with zipfile.ZipFile(self.path) as zf, zf.open(self.key + ".npy") as f:
+                yield f
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         item = int(np.prod(self.shape[1:]))
-        if self.key is None:
-            f = self.path.open("rb")
-        else:
-            zf = zipfile.ZipFile(self.path)
-            f = zf.open(self.key + ".npy")
-        try:
+        with self._open() as f:
             _read_npy_header(f)
             for i in range(0, self.num_images, self.batch_size):
                 n = min(self.batch_size, self.num_images - i)
@@ -177,10 +175,6 @@ class NpzSource:
                     raise EvalError(f"{self.path}: truncated array (ended at image {i + len(raw) // item})")
                 a = np.frombuffer(bytearray(raw), dtype=np.uint8).reshape((n,) + self.shape[1:])
                 yield _to_nchw(a, self.layout)
-        finally:
-            f.close()
-            if self.key is not None:
-                zf.close()
 
 
 iterate_tensor, iterate_image_folder, iterate_npz = TensorSource, ImageFolderSource, NpzSource

@@ -7,8 +7,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from ..pixel.dit import DiT, DiTConfig, sincos_pos_embed
-from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _heads, _indices, _load_strict, _shape,
-                   _weights)
+from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _heads, _indices, _load_strict, _not_a,
+                   _shape, _weights)
 
 # official DiT_models sizes: name -> (hidden, heads); every official DiT has these widths
 _DIT_SIZES = {"S": (384, 6), "B": (768, 12), "L": (1024, 16), "XL": (1152, 16)}
@@ -32,8 +32,7 @@ def dit_from_official(path_or_dict: PathOrDict, ema: bool = True,
     sd = ckpt["model_ema"] if used_ema else _weights(ckpt)
     what = "DiT checkpoint"
     if not isinstance(sd, Mapping) or "x_embedder.proj.weight" not in sd:
-        found = sorted(sd)[:8] if isinstance(sd, Mapping) else type(sd).__name__
-        raise CheckpointFormatError(f"not an RCG DiT checkpoint: no 'x_embedder.proj.weight' (found e.g. {found})")
+        raise _not_a("an RCG DiT checkpoint", "'x_embedder.proj.weight'", sd)
     hidden, in_ch, patch, patch_w = _shape(sd, "x_embedder.proj.weight", what)
     n_tok = _shape(sd, "pos_embed", what)[1]
     grid = int(round(n_tok ** 0.5))

@@ -27,7 +27,6 @@ def safe_load(path) -> dict:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not os.path.isfile(path):
         raise CheckpointFormatError(f"{path} is not a file; pass the checkpoint file itself")
-    err = None
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -44,13 +43,12 @@ def safe_load(path) -> dict:
         err = f"UnpicklingError: {reason.strip()[:200]}"
     except Exception as e:   # zip/EOF/magic-number errors of a truncated, corrupt or foreign file
         err = f"{type(e).__name__}: {str(e)[:300]}"
-    if err is not None:
-        raise CheckpointFormatError(
-            f"could not read {path} as a torch checkpoint ({err}). The file may be truncated or corrupt "
-            f"(compare its size / sha256 with the source) or not a torch.save file.")
-    if not isinstance(obj, dict):
-        raise CheckpointFormatError(f"{path} holds a {type(obj).__name__}, expected a checkpoint dict")
-    return obj
+    else:
+        if not isinstance(obj, dict):
+            raise CheckpointFormatError(f"{path} holds a {type(obj).__name__}, expected a checkpoint dict")
+        return obj
+    raise CheckpointFormatError(f"could not read {path} as a torch checkpoint ({err}). The file may be truncated or "
+                                f"corrupt (compare its size / sha256 with the source) or not a torch.save file.")
 
 
 def _checkpoint(path_or_dict: PathOrDict) -> Mapping[str, Any]:
@@ -73,10 +71,25 @@ def _load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: 
         raise CheckpointFormatError(f"{what}: weights do not fit the inferred architecture: {e}") from None
 
 
+def _found(sd) -> str:
+    """A few of the keys a state dict has (or what it is instead), for error messages."""
+    return str(sorted(sd)[:8]) if isinstance(sd, Mapping) else f"a {type(sd).__name__}"
+
+
+def _not_a(what: str, need: str, sd) -> CheckpointFormatError:
+    """The error for a file that is not ``what``: it has no ``need``."""
+    return CheckpointFormatError(f"not {what}: no {need} (found e.g. {_found(sd)})")
+
+
 def _shape(sd: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Size:
     if key not in sd:
-        raise CheckpointFormatError(f"{what}: missing key {key!r} (found e.g. {sorted(sd)[:8]})")
+        raise CheckpointFormatError(f"{what}: missing key {key!r} (found e.g. {_found(sd)})")
     return sd[key].shape
+
+
+def _strip(sd: Mapping[str, Any], prefix: str) -> dict:
+    """The entries of ``sd`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def _weights(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -102,13 +115,13 @@ def _heads(width: int, given: Optional[int], named, table: dict, head_dim: int, 
     raise CheckpointFormatError(f"cannot infer the heads of a {width}-wide {what}; pass {flag}")
 
 
-def _with_heads(loader, ckpt, strict_heads: bool, **heads):
-    """``loader(ckpt, **heads) + (True,)``; without ``strict_heads`` a width whose heads cannot be inferred is built
-    with 1 head (heads do not change the parameters) and reported as unknown: ``+ (False,)``."""
+def _with_heads(loader, ckpt, **heads):
+    """``loader(ckpt, **heads) + (True,)``; a width whose heads cannot be inferred is built with 1 head (heads do
+    not change the parameters) and reported as unknown: ``+ (False,)``."""
     try:
         return loader(ckpt, **heads) + (True,)
     except CheckpointFormatError as e:
-        if strict_heads or "heads" not in str(e):
+        if "heads" not in str(e):
             raise
         return loader(ckpt, **{k: v or 1 for k, v in heads.items()}) + (False,)
 

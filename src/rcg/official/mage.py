@@ -8,8 +8,8 @@ import torch
 
 from ..pixel.mage import MAGE, MAGE_PRESETS, MAGEConfig
 from ..tokenizer import VQConfig, VQModel
-from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _heads, _indices, _load_strict, _shape,
-                   _weights)
+from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _heads, _indices, _load_strict, _not_a,
+                   _shape, _strip, _weights)
 from .mocov3 import mocov3_from_state_dict
 from .rdm import rdm_from_official
 
@@ -65,8 +65,7 @@ def mage_from_official(path_or_dict: PathOrDict, num_heads: Optional[int] = None
     own = split_mage_checkpoint(ckpt["model_ema"] if used_ema else sd).get("mage", {})
     what = "MAGE checkpoint"
     if "token_emb.word_embeddings.weight" not in own or "decoder_pos_embed_learned" not in own:
-        raise CheckpointFormatError(f"not an RCG MAGE checkpoint: no token_emb / decoder weights under 'model' "
-                                    f"(found e.g. {sorted(own)[:8]})")
+        raise _not_a("an RCG MAGE checkpoint", "token_emb / decoder weights under 'model'", own)
     vocab, D = _shape(own, "token_emb.word_embeddings.weight", what)
     num_tokens = _shape(own, "token_emb.position_embeddings.weight", what)[0] - 1
     Dd = _shape(own, "decoder_embed.weight", what)[0]
@@ -128,15 +127,13 @@ def vqgan_from_official(path_or_dict: PathOrDict, resolution: int = 256,
     Only the JAX-converted MaskGIT variant exists here: attention blocks or quant_conv are refused."""
     ckpt = _checkpoint(path_or_dict)
     sd = ckpt.get("state_dict", ckpt.get("model", ckpt))
-    if not isinstance(sd, Mapping):
-        raise CheckpointFormatError(f"not a VQGAN checkpoint: 'state_dict' is a {type(sd).__name__}")
-    prefix = next((p for p in _VQ_PREFIXES if p + "quantize.embedding.weight" in sd), None)
+    prefix = next((p for p in _VQ_PREFIXES if p + "quantize.embedding.weight" in sd), None) \
+        if isinstance(sd, Mapping) else None
     if prefix is None:
-        raise CheckpointFormatError(f"not a VQGAN checkpoint: no '*quantize.embedding.weight' "
-                                    f"(found e.g. {sorted(sd)[:8]})")
-    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        raise _not_a("a VQGAN checkpoint", "'*quantize.embedding.weight'", sd)
+    sd = _strip(sd, prefix)
     dropped = sorted(k for k in sd if k.startswith("loss."))     # taming training files: LPIPS / discriminator
-    sd = {k: v for k, v in sd.items() if not k.startswith("loss.")}
+    sd = {k: v for k, v in sd.items() if k not in dropped}
     what = "VQGAN checkpoint"
     extra = sorted(k for k in sd if ".attn" in k or k.startswith(("quant_conv.", "post_quant_conv.")))
     if extra:
@@ -144,8 +141,7 @@ def vqgan_from_official(path_or_dict: PathOrDict, resolution: int = 256,
                                     f"JAX-converted MaskGIT VQGAN that MAGE uses; not supported")
     ch, in_channels = _shape(sd, "encoder.conv_in.weight", what)[:2]
     # levels: encoder.down.i / decoder.up.i (with num_res_blocks 0 only the decoder's upsample convs exist)
-    found = _indices(sd, _LEVEL)
-    levels = list(range(max(found) + 1 if found else 1))
+    levels = range(max(_indices(sd, _LEVEL), default=0) + 1)
     num_res_blocks = len(_indices(sd, r"encoder\.down\.0\.block\.(\d+)\."))
     widths = [_shape(sd, f"encoder.down.{i}.block.0.conv1.weight", what)[0] if num_res_blocks
               else _shape(sd, "encoder.mid.block_1.conv1.weight", what)[0] for i in levels]
@@ -164,19 +160,15 @@ def vqgan_from_official(path_or_dict: PathOrDict, resolution: int = 256,
             "token_grid": model.token_grid}
     return model.eval(), info
 
-def _vq_downsampling(sd: Mapping[str, Any]) -> int:
-    """2 ** (levels - 1) of a VQModel state dict (prefix stripped), from its encoder.down.i / decoder.up.i keys."""
-    levels = _indices(sd, _LEVEL)
-    return 2 ** max(levels) if levels else 1
-
 
 def _mage_submodels(ckpt, mage_cfg) -> Dict[str, Tuple[torch.nn.Module, dict]]:
     """The VQGAN and MoCo encoder inside an official MAGE file, built as our modules."""
     parts = split_mage_checkpoint(ckpt)
     out: Dict[str, Tuple[torch.nn.Module, dict]] = {}
-    if "vqgan" in parts:
+    if "vqgan" in parts:        # resolution = token grid x 2 ** (the VQGAN's levels - 1)
         grid = int(round(mage_cfg.num_tokens ** 0.5))
-        out["vqgan"] = vqgan_from_official(parts["vqgan"], resolution=grid * _vq_downsampling(parts["vqgan"]))
+        levels = _indices(parts["vqgan"], _LEVEL)
+        out["vqgan"] = vqgan_from_official(parts["vqgan"], resolution=grid * 2 ** max(levels, default=0))
     if "pretrained_encoder" in parts:
         args = _args_dict(ckpt) or {}
         arch = args.get("pretrained_enc_arch")
@@ -207,8 +199,7 @@ def paper_parts(mage_file: PathOrDict, rdm_file: PathOrDict) -> Dict[str, Any]:
     del ckpt, subs
     rckpt = _checkpoint(rdm_file)
     out["rdm"], out["rdm_info"] = rdm_from_official(rckpt, ema=True)
-    renc = {k.partition(".")[2]: v for k, v in _weights(rckpt).items()
-            if k.startswith("pretrained_encoder.") and k.partition(".")[2] in keys}
+    renc = {k: v for k, v in _strip(_weights(rckpt), "pretrained_encoder.").items() if k in keys}
     both = [k for k in keys if k in renc and k in ref]
     out["rdm_encoder"] = None if not renc else {
         "shapes": [tuple(renc[k].shape) for k in both], "mage_shapes": [tuple(ref[k].shape) for k in both],

@@ -7,11 +7,12 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from ..encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
-from .load import CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _heads, _indices, _load_strict, _shape
+from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _heads, _indices, _load_strict, _not_a,
+                   _shape, _strip)
 
 # Exact renames of a naming bug in one released MoCo v3 checkpoint (as RCG's load_pretrained_moco does).
-_LEGACY_RENAMES = (("blocks.13.norm13.", "blocks.13.norm1."), ("blocks.13.mlp.fc13.", "blocks.13.mlp.fc1."),
-                   ("blocks.14.norm14.", "blocks.14.norm2."), ("blocks.14.mlp.fc14.", "blocks.14.mlp.fc2."))
+_LEGACY_RENAMES = {"blocks.13.norm13.": "blocks.13.norm1.", "blocks.13.mlp.fc13.": "blocks.13.mlp.fc1.",
+                   "blocks.14.norm14.": "blocks.14.norm2.", "blocks.14.mlp.fc14.": "blocks.14.mlp.fc2."}
 # MoCo v3 / RCG arch names -> heads (moco-v3 vits.py: ViT-S has 12 heads, not DeiT's 6)
 _ARCH_HEADS = {"vit_small": (384, 12), "vit_base": (768, 12), "vit_large": (1024, 16), "vit_huge": (1280, 16)}
 
@@ -29,13 +30,10 @@ def mocov3_from_state_dict(sd: Mapping[str, torch.Tensor], prefix: str = "", num
     ``norm``, ``head.*``), optionally under ``prefix`` -> (Encoder in eval mode, info)."""
     vit: Dict[str, torch.Tensor] = {}
     renamed = 0
-    for k, v in sd.items():
-        if not k.startswith(prefix):
-            continue
-        k = k[len(prefix):]
-        for old, new in _LEGACY_RENAMES:
-            if k.startswith(old):
-                k, renamed = new + k[len(old):], renamed + 1
+    for k, v in _strip(sd, prefix).items():
+        old = next((o for o in _LEGACY_RENAMES if k.startswith(o)), None)
+        if old:
+            k, renamed = _LEGACY_RENAMES[old] + k[len(old):], renamed + 1
         vit[k] = v
     what = "MoCo v3 ViT"
     if "patch_embed.proj.weight" not in vit and any(k.startswith("patch_embed.proj.0.") for k in vit):
@@ -70,13 +68,10 @@ def mocov3_from_official(path_or_dict: PathOrDict, num_heads: Optional[int] = No
     is the Encoder's: /255, ImageNet normalisation, then bicubic resize to the ViT's input size."""
     ckpt = _checkpoint(path_or_dict)
     sd = ckpt.get("state_dict", ckpt.get("model", ckpt))
-    if not isinstance(sd, Mapping):
-        raise CheckpointFormatError(f"not a MoCo v3 checkpoint: 'state_dict' is a {type(sd).__name__}")
     prefix = next((p for p in ("module.base_encoder.", "base_encoder.", "pretrained_encoder.", "module.", "")
-                   if any(k.startswith(p + "patch_embed.") for k in sd)), None)
+                   if any(k.startswith(p + "patch_embed.") for k in sd)), None) if isinstance(sd, Mapping) else None
     if prefix is None:
-        raise CheckpointFormatError(f"not a MoCo v3 ViT checkpoint: no '*patch_embed.*' weights "
-                                    f"(found e.g. {sorted(sd)[:8]})")
+        raise _not_a("a MoCo v3 ViT checkpoint", "'*patch_embed.*' weights", sd)
     args = _args_dict(ckpt) or {}
     arch = ckpt.get("arch") or args.get("pretrained_enc_arch") or args.get("arch")
     enc, info = mocov3_from_state_dict(sd, prefix, num_heads=num_heads, arch=arch if isinstance(arch, str) else None)

@@ -8,7 +8,8 @@ import torch
 
 from ..diffusion import GaussianDiffusion
 from ..rdm import RDM, RDMConfig
-from .load import CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _indices, _load_strict, _shape
+from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _indices, _load_strict, _not_a, _shape,
+                   _strip)
 
 _NET = "model.diffusion_model."
 
@@ -19,8 +20,7 @@ def rdm_from_official(path_or_dict: PathOrDict, ema: bool = True) -> Tuple[RDM, 
     ckpt = _checkpoint(path_or_dict)
     sd = ckpt.get("model", ckpt.get("state_dict", ckpt))
     if not isinstance(sd, Mapping) or not any(k.startswith(_NET) for k in sd):
-        found = sorted(sd)[:8] if isinstance(sd, Mapping) else type(sd).__name__
-        raise CheckpointFormatError(f"not an RCG RDM checkpoint: no '{_NET}*' weights under 'model' (found {found})")
+        raise _not_a("an RCG RDM checkpoint", f"'{_NET}*' weights under 'model'", sd)
     what = "RDM checkpoint"
     model_channels, in_channels = _shape(sd, _NET + "input_proj.weight", what)
     time_embed_dim = _shape(sd, _NET + "time_embed.0.weight", what)[0]
@@ -45,24 +45,21 @@ def rdm_from_official(path_or_dict: PathOrDict, ema: bool = True) -> Tuple[RDM, 
                     num_res_blocks=len(blocks), num_classes=num_classes, class_embed_dim=class_dim,
                     bottleneck_channels=0 if bottleneck == model_channels else bottleneck)
     model = RDM(cfg)
-    ours = {"net." + k[len(_NET):]: v for k, v in sd.items() if k.startswith(_NET)}
+    ours = {"net." + k: v for k, v in _strip(sd, _NET).items()}
     if num_classes:
         ours["class_embed.weight"] = emb
     _load_strict(model, ours, what)
 
     # LitEma shadows: "model_ema." + ("diffusion_model." + name).replace(".", "")
-    used_ema = False
-    if ema:
-        shadows = {k[len("model_ema."):]: v for k, v in sd.items() if k.startswith("model_ema.")}
-        names = [n for n, _ in model.net.named_parameters()]
-        if any(k not in ("decay", "num_updates") for k in shadows):
-            missing = [n for n in names if ("diffusion_model." + n).replace(".", "") not in shadows]
-            if missing:
-                raise CheckpointFormatError(f"{what}: EMA shadows missing for {missing[:5]} "
-                                            f"(pass ema=False to load the raw weights)")
-            ema_sd = {n: shadows[("diffusion_model." + n).replace(".", "")] for n in names}
-            _load_strict(model.net, ema_sd, what + " (EMA)")
-            used_ema = True
+    shadows = _strip(sd, "model_ema.")
+    used_ema = ema and any(k not in ("decay", "num_updates") for k in shadows)
+    if used_ema:
+        names = {n: ("diffusion_model." + n).replace(".", "") for n, _ in model.net.named_parameters()}
+        missing = [n for n, s in names.items() if s not in shadows]
+        if missing:
+            raise CheckpointFormatError(f"{what}: EMA shadows missing for {missing[:5]} "
+                                        f"(pass ema=False to load the raw weights)")
+        _load_strict(model.net, {n: shadows[s] for n, s in names.items()}, what + " (EMA)")
     info: Dict[str, Any] = {"kind": "rdm", "config": asdict(cfg), "ema": used_ema, "epoch": ckpt.get("epoch")}
     if "model_ema.decay" in sd:
         info["ema_decay"] = float(sd["model_ema.decay"])

@@ -40,14 +40,15 @@ class Generator:
     sampler: Callable
     to_unit: Callable
     image_shape: Callable
+    preset: str                  # its CPU-sized train-pixel preset (rcg.presets.PIXEL_PRESETS)
     about: str = ""
 
 
 GENERATORS: Dict[str, Generator] = {
     "mage": Generator("mage", MAGEConfig, MAGE, "tokens", mage.sized, mage.trainer, mage.sampler, mage.to_unit,
-                      mage.image_shape, "MAGE: masked generative transformer on VQ tokens (the paper's)"),
+                      mage.image_shape, "fmnist-mage", "MAGE: masked generative transformer on VQ tokens (the paper's)"),
     "dit": Generator("dit", DiTConfig, DiT, "images", dit.sized, dit.trainer, dit.sampler, dit.to_unit,
-                     dit.image_shape, "DiT: diffusion transformer on pixels (or latents of a converted DiT)"),
+                     dit.image_shape, "fmnist-dit", "DiT: diffusion transformer on pixels (or latents of a converted DiT)"),
 }
 
 

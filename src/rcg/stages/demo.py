@@ -14,13 +14,14 @@ from .. import dist
 from ..data import load_dataset
 from ..precision import describe, native_bf16
 from ..presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS
-from ..sample import RCGSampler, write_images
+from ..sample import RCGSampler
 from ..store import WEIGHTS, load_tensors, save_tensors
 from ..tree import apply_overrides, override
 from .encoder import train_encoder
 from .pixel import train_pixel
 from .rdm import train_rdm
 from .reps import cache_reps
+from .sample import showcase
 from .tokenizer import train_tokenizer
 
 
@@ -128,19 +129,9 @@ def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encode
     stage("pixel")
     print("[6/6] sampling")
     s = RCGSampler(str(out / "pixel"), str(out / "rdm"), device)
-    grid = torch.cat(list(s.stream(64, seed=0, batch_size=64)))
-    files = {"samples": write_images(grid, out / "samples.png", nrow=8, scale=3)}
     test = load_dataset(replace_data(enc_cfg.eval_data, over.get("data", {})))
     idx = _one_per_class(test.labels, 6) if test.labels is not None else list(range(6))
-    refs = test.images[idx]
-    rows = []
-    for i in range(len(refs)):
-        rows.append(torch.cat([refs[i:i + 1], s.images_from_reps(s.reps_from_images(refs[i:i + 1]).expand(7, -1),
-                                                                 list(range(100, 107)))]))
-    files["references"] = write_images(torch.cat(rows), out / "references.png", nrow=8, scale=3)
-    strip = s.interpolate(refs[0], refs[1], num=11, seed=7)
-    files["interpolation"] = write_images(torch.cat([refs[0:1], strip, refs[1:2]]), out / "interpolation.png",
-                                          nrow=13, scale=3)
+    files = showcase(s, test.images[idx], out, scale=3)
     stage("sample")
     summary.update(files=files, stage_wall_s=times, wall_s=round(time.time() - t0, 1),
                    encoder_source=encoder)

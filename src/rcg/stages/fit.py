@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -27,19 +27,20 @@ from ..data import DataError, ImageSet, load_image_folder, save_image_set, scan_
 from ..encoders import EncoderConfig
 from ..pixel.dit import DIT_PRESETS
 from ..tokenizer import VQConfig
-from .. import dist
+from .. import dist, pixel
 from ..config import DataConfig as D
 from ..data import load_image_tensors
 from ..encoders import fingerprint
 from ..evaluate import fd_between
 from ..loaders import load, load_reps
 from ..precision import describe
-from ..sample import RCGSampler, encode_images, write_images
+from ..sample import RCGSampler, encode_images
 from .encoder import train_encoder
 from .eval import run_eval
 from .pixel import train_pixel
 from .rdm import train_rdm
 from .reps import cache_reps
+from .sample import showcase
 from .tokenizer import train_tokenizer
 
 FIT_REQUEST = "fit.json"
@@ -53,8 +54,7 @@ class FitPreset:
     encoder: EncoderRun
     tokenizer: TokenizerRun
     rdm: RDMRun
-    mage: PixelRun
-    dit: PixelRun
+    pixel: Dict[str, PixelRun]   # a train-pixel template per generator of the registry
     encoder_images: int
     tokenizer_images: int
     rdm_steps: int
@@ -82,8 +82,7 @@ _QUICK = FitPreset(
                            optim=OptimConfig(batch_size=16, lr=4e-3, schedule="cosine", min_lr=1e-4, bf16=None,
                                              log_every=100, ckpt_every=500)),
     rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], sample_steps=100, fd_samples=1000),
-    mage=PIXEL_PRESETS["fmnist-mage"],
-    dit=PIXEL_PRESETS["fmnist-dit"],
+    pixel={"mage": PIXEL_PRESETS["fmnist-mage"], "dit": PIXEL_PRESETS["fmnist-dit"]},
     # (clip art, 7.7k images, 32 px: the RDM's rep FD / floor is 63.7 after 400 steps, 1.60 after 1000, 1.12 after 1500)
     encoder_images=30_000, tokenizer_images=30_000, rdm_steps=1500, pixel_images=50_000, tokenizer_ch=16,
     note="a preview for a CPU: about 15 minutes on 2 cores without native bf16, up to 10k images at 32 px",
@@ -96,12 +95,12 @@ _STANDARD = FitPreset(
                                                       num_groups=16),
                       optim=replace(_QUICK.tokenizer.optim, batch_size=64, lr=2e-3)),
     rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], fd_samples=5000),
-    mage=replace(PIXEL_PRESETS["fmnist-mage"], model=replace(PIXEL_PRESETS["fmnist-mage"].model, embed_dim=384,
-                                                             depth=8, num_heads=8, decoder_embed_dim=256,
-                                                             decoder_depth=4, decoder_num_heads=8),
-                 optim=replace(PIXEL_PRESETS["fmnist-mage"].optim, batch_size=256, lr=1e-3)),
-    dit=replace(PIXEL_PRESETS["fmnist-dit"], model=replace(DIT_PRESETS["dit-fmnist"], hidden_size=384, depth=12,
-                                                           num_heads=6)),
+    pixel={"mage": replace(PIXEL_PRESETS["fmnist-mage"],
+                           model=replace(PIXEL_PRESETS["fmnist-mage"].model, embed_dim=384, depth=8, num_heads=8,
+                                         decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
+                           optim=replace(PIXEL_PRESETS["fmnist-mage"].optim, batch_size=256, lr=1e-3)),
+           "dit": replace(PIXEL_PRESETS["fmnist-dit"],
+                          model=replace(DIT_PRESETS["dit-fmnist"], hidden_size=384, depth=12, num_heads=6))},
     encoder_images=5_000_000, tokenizer_images=2_000_000, rdm_steps=40_000, pixel_images=10_000_000, views=4,
     tokenizer_ch=64, eval_images=5000,
     note="for one GPU (a few hours; sized, not yet timed on a GPU)",
@@ -154,8 +153,7 @@ def plan(data_dir, out, preset: str = "quick", resolution: Optional[int] = None,
     """Check the request (paths, image sizes, channels) without writing anything, and resolve it."""
     if preset not in FIT_PRESETS:
         raise ValueError(f"unknown fit preset {preset!r} (choices: {', '.join(FIT_PRESETS)})")
-    if generator not in ("mage", "dit"):
-        raise ValueError(f"--generator must be mage or dit, got {generator!r}")
+    pixel.generator(generator)                    # a clear error for a name the registry does not know
     if channels not in (None, 1, 3):
         raise ValueError(f"--channels must be 1 or 3, got {channels}")
     if encoder is not None and not Path(encoder).exists():
@@ -214,8 +212,8 @@ def stage_configs(p: FitPlan, run: Path, n_train: int, mean, std, overrides: dic
     rdm = replace(pre.rdm, optim=replace(bs(pre.rdm.optim, rows)))
     rdm = replace(rdm, optim=replace(rdm.optim, epochs=_epochs(pre.rdm_steps * rdm.optim.batch_size, rows),
                                      warmup_epochs=round(0.02 * pre.rdm_steps * rdm.optim.batch_size / rows, 4)))
-    pix = pre.dit if p.request["generator"] == "dit" else pre.mage
-    if p.request["generator"] == "dit":
+    pix = pre.pixel[p.request["generator"]]
+    if hasattr(pix.model, "patch_size"):          # patch generators: patches of 1/8 of the image side
         pix = replace(pix, model=replace(pix.model, patch_size=max(2, r // 8)))
     pix = replace(pix, optim=replace(bs(pix.optim, rows)))
     pix = replace(pix, optim=replace(pix.optim, epochs=_epochs(pre.pixel_images, rows),
@@ -286,7 +284,8 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
     summary = {"request": p.request, "preset": preset}
     over = overrides or {}
-    total_stages = 7 if generator == "mage" else 6
+    tokens = pixel.generator(generator).inputs == "tokens"      # a tokenizer to train first
+    total_stages = 7 if tokens else 6
     counter = iter(range(1, total_stages + 1))
 
     def stage(name, what, fn):
@@ -320,7 +319,7 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
         summary["encoder"] = stage("encoder", f"MoCo v3 on the images ({seen('encoder', len(train)):,} images seen) -> {enc_dir}",
                                    lambda: finished("encoder") or train_encoder(cfgs["encoder"], enc_dir, device, progress))
     tok_dir = None
-    if generator == "mage":
+    if tokens:
         tok_dir = str(run / "tokenizer")
         summary["tokenizer"] = stage(
             "tokenizer", f"VQ tokenizer, {cfgs['tokenizer'].model.resolution // 2 ** (len(cfgs['tokenizer'].model.ch_mult) - 1)}"
@@ -364,17 +363,7 @@ def _cache(enc_dir, cache: Path, tok_dir, train: ImageSet, p: FitPlan, pre: FitP
 def outputs(run: Path, test: ImageSet, pre: FitPreset, inception_weights, device, progress) -> dict:
     """RUN/samples.png, references.png, interpolation.png and the representation FD of generated images."""
     s = RCGSampler(str(run / "pixel"), str(run / "rdm"), device)
-    scale = max(1, 96 // test.images.shape[-1])
-    files = {"samples": write_images(torch.cat(list(s.stream(64, seed=0, batch_size=64))), run / "samples.png",
-                                     nrow=8, scale=scale)}
-    refs = test.images[:6]
-    rows = [torch.cat([refs[i:i + 1], s.images_from_reps(s.reps_from_images(refs[i:i + 1]).expand(7, -1),
-                                                         list(range(100, 107)))]) for i in range(len(refs))]
-    files["references"] = write_images(torch.cat(rows), run / "references.png", nrow=8, scale=scale)
-    if len(test) >= 2:
-        strip = s.interpolate(test.images[0], test.images[1], num=9, seed=7)
-        files["interpolation"] = write_images(torch.cat([test.images[0:1], strip, test.images[1:2]]),
-                                              run / "interpolation.png", nrow=11, scale=scale)
+    files = showcase(s, test.images[:6], run, max(1, 96 // test.images.shape[-1]), strip=9)
     # representation FD of generated images vs the training images' (one view each), against the FD of as many
     # held-out real images: what a generator of new images from the same distribution scores
     n = min(pre.eval_images, len(test))

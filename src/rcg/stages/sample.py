@@ -2,6 +2,8 @@
 interpolate``, from our runs or the paper's released systems."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .. import dist
@@ -52,3 +54,20 @@ def interpolate_command(pixel, a, b, out, num=11, seed=0, device=None, **kw) -> 
         raise ValueError("interpolation needs a representation-conditioned pixel generator")
     ims = load_image_files([a, b], *s.image_shape)
     return write_images(s.interpolate(ims[0], ims[1], num, seed, **kw), out, nrow=num, scale=2)
+
+
+def showcase(s: RCGSampler, refs: torch.Tensor, out, scale: int, strip: int = 11) -> dict:
+    """The three pictures of a trained system in the folder ``out``: ``samples.png`` (64 samples, seeds 0-63),
+    ``references.png`` (each reference image, then 7 images from its representation) and, with two references
+    or more, ``interpolation.png`` (the first two references and ``strip`` images between them)."""
+    out = Path(out)
+    files = {"samples": write_images(torch.cat(list(s.stream(64, seed=0, batch_size=64))), out / "samples.png",
+                                     nrow=8, scale=scale)}
+    rows = [torch.cat([refs[i:i + 1], s.images_from_reps(s.reps_from_images(refs[i:i + 1]).expand(7, -1),
+                                                         list(range(100, 107)))]) for i in range(len(refs))]
+    files["references"] = write_images(torch.cat(rows), out / "references.png", nrow=8, scale=scale)
+    if len(refs) >= 2:
+        mix = s.interpolate(refs[0], refs[1], num=strip, seed=7)
+        files["interpolation"] = write_images(torch.cat([refs[0:1], mix, refs[1:2]]), out / "interpolation.png",
+                                              nrow=strip + 2, scale=scale)
+    return files
