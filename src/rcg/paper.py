@@ -36,7 +36,7 @@ from .pixel.mage import MAGE_PRESETS
 from .presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS
 from .sample import RCGSampler
 
-__all__ = ["PaperPreset", "PAPER_PRESETS", "describe", "find_weights", "load_paper_system"]
+__all__ = ["PaperPreset", "PAPER_PRESETS", "find_weights", "load_paper_system"]
 
 
 @dataclass(frozen=True)
@@ -103,14 +103,12 @@ def find_weights(preset: str, weights_dir=None, *, rdm=None, mage=None) -> Dict[
     otherwise each role's candidate names are looked up in ``weights_dir`` and ``weights_dir/final_ckpts``.
     A role with no file raises FileNotFoundError listing every name and folder tried."""
     p = _preset(preset)
-    given = {"rdm": rdm, "mage": mage}
     out: Dict[str, Path] = {}
-    for role, names in (("rdm", p.rdm_files), ("mage", p.mage_files)):
-        if given[role] is not None:
-            path = Path(given[role])
-            if not path.is_file():
-                raise FileNotFoundError(f"{role} checkpoint not found: {path}")
-            out[role] = path
+    for role, names, given in (("rdm", p.rdm_files, rdm), ("mage", p.mage_files, mage)):
+        if given is not None:
+            out[role] = Path(given)
+            if not out[role].is_file():
+                raise FileNotFoundError(f"{role} checkpoint not found: {out[role]}")
             continue
         if weights_dir is None:
             raise FileNotFoundError(f"preset {preset} needs the official {role.upper()} file ({names[0]}): pass a "
@@ -181,16 +179,4 @@ def load_paper_system(preset: str, weights_dir=None, *, rdm=None, mage=None, dev
                    steps=p.steps, temperature=p.temperature, guidance=p.guidance, optim=PIXEL_PRESETS[p.mage].optim)
     on = [m.requires_grad_(False).eval().to(dev) for m in (model, tokenizer, encoder, rdm_model)]
     return RCGSampler.from_parts(on[0], cfg, on[1], on[2], on[3], rdm_cfg, dev)
-
-
-def describe(preset: str) -> str:
-    """A few lines on a preset: files, settings, paper numbers (for ``--dry-run``)."""
-    p = _preset(preset)
-    return (f"{p.name}: {p.note}\n"
-            f"  files: RDM {' | '.join(p.rdm_files)}; MAGE {' | '.join(p.mage_files)} (or under final_ckpts/)\n"
-            f"  RDM: DDIM {p.rdm_steps} steps, eta {p.eta} (EMA weights)"
-            f"{', class-conditional' if p.class_cond else ''}\n"
-            f"  MAGE: {p.steps} steps, choice temperature {p.temperature}, guidance tau {p.guidance} (linear)\n"
-            f"  paper (50K samples, ADM reference statistics): FID/IS {p.fid_is[0]} / {p.fid_is[1]} at tau 0, "
-            f"{p.fid_is_guided[0]} / {p.fid_is_guided[1]} at tau {p.guidance}")
 

@@ -90,8 +90,8 @@ class RCGSampler:
             if rec is not None and fps.get(part) not in (None, rec.fingerprints["self"]):
                 raise ValueError(f"the {part} {getattr(cfg, part)} changed since {pixel_run} was trained")
         rdm_rec = load("rdm", rdm, device) if rdm is not None else None
-        if rdm_rec is not None and rdm_rec.fingerprints.get("encoder") not in (None, fps.get("encoder")) \
-                and fps.get("encoder") is not None:
+        made_by = (fps.get("encoder"), rdm_rec.fingerprints.get("encoder") if rdm_rec else None)
+        if None not in made_by and made_by[0] != made_by[1]:
             raise ValueError(f"the RDM {rdm} was trained on another encoder's representations than the pixel "
                              f"generator {pixel_run}; train both on the same encoder")
         self.setup(gen.module, cfg, tokenizer.module if tokenizer else None, encoder.module,

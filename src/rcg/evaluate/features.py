@@ -200,11 +200,9 @@ class InceptionV3(FeatureNet):
     metric_suffix = ""
 
     def __init__(self, weights_path, device=None, batch_size: int = 200):
-        if weights_path is None or str(weights_path) == "":
-            raise _missing("(no path given)")
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise _missing(path)
+        path = None if weights_path is None or str(weights_path) == "" else Path(weights_path).expanduser()
+        if path is None or not path.is_file():
+            raise _missing(path or "(no path given)")
         if batch_size < 1:
             raise EvalError(f"batch_size must be >= 1, got {batch_size}")
         try:       # refuse anything but plain tensors before torch-fidelity unpickles the file

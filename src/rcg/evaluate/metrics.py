@@ -138,11 +138,7 @@ def split_fd_floor(feats: torch.Tensor, size: int, image_index: Optional[torch.T
         raise EvalError(f"a split of the {n} representations by image left a half with {smallest} row: one image "
                         f"holds most of them; an FD floor needs at least 2 rows on each side")
     m = min(size, min(len(a) for a, _ in halves))
-    fds = []
-    for a, b in halves:
-        sub = a[torch.randperm(len(a), generator=g)[:m]]
-        fds.append(frechet_distance(*feature_stats(feats[sub]), *feature_stats(feats[b])))
-    fds = np.array(fds)
+    fds = np.array([fd_between(feats[a[torch.randperm(len(a), generator=g)[:m]]], feats[b]) for a, b in halves])
     heldout, reference = halves[0]
     dim = feats.shape[1] if feats.dim() > 1 else 1
     notes = []

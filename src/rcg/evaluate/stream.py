@@ -169,8 +169,8 @@ def _accumulate(batches: Iterable[torch.Tensor], net: FeatureNet, stats: Streami
     return stats
 
 
-def _as_reference(ref, what: str) -> Reference:
-    if isinstance(ref, Reference):
+def _as_reference(ref, what: str) -> Optional[Reference]:
+    if ref is None or isinstance(ref, Reference):
         return ref
     if isinstance(ref, torch.Tensor):
         return reference_from_features(ref, None, what)
@@ -197,16 +197,14 @@ def evaluate_stream(batches: Iterable[torch.Tensor], net: FeatureNet, reference=
                         f"got {type(net).__name__}")
     if (rep_encoder is None) != (rep_reference is None):
         raise EvalError("representation FD needs both rep_encoder and rep_reference")
-    ref = _as_reference(reference, "reference") if reference is not None else None
+    ref = _as_reference(reference, "reference")
     if ref is not None:
         _check_reference_net(ref, net, "the reference statistics")
-    rep_ref = _as_reference(rep_reference, "rep_reference") if rep_reference is not None else None
-    rep_fp = None
-    if rep_encoder is not None:
-        rep_fp = fingerprint(rep_encoder)
-        if rep_ref.feature_net_sha256 and rep_ref.feature_net_sha256 != rep_fp:
-            raise EvalError(f"the representation reference was made by encoder {rep_ref.feature_net_sha256}, "
-                            f"not by the given encoder ({rep_fp})")
+    rep_ref = _as_reference(rep_reference, "rep_reference")
+    rep_fp = fingerprint(rep_encoder) if rep_encoder is not None else None
+    if rep_fp is not None and rep_ref.feature_net_sha256 and rep_ref.feature_net_sha256 != rep_fp:
+        raise EvalError(f"the representation reference was made by encoder {rep_ref.feature_net_sha256}, "
+                        f"not by the given encoder ({rep_fp})")
     t0 = time.time()
     stats = StreamingStats(max_keep=max_keep)
     rep_stats = StreamingStats(max_keep=0, keep_logits=False) if rep_encoder is not None else None

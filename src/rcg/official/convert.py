@@ -86,25 +86,24 @@ def _dit(ckpt, out: Path, write, num_heads=None, **_):
 
 def _mage(ckpt, out: Path, write, num_heads=None, decoder_num_heads=None, **_):
     model, mi = mage_from_official(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
-    fps, runs, subs = {}, {}, _mage_submodels(ckpt, model.cfg)
-    for name, sub in (("pretrained_encoder", "encoder"), ("vqgan", "tokenizer")):
-        if name not in subs:
-            continue
-        m = subs[name][0]
-        write(out / sub, _encoder_run(m) if sub == "encoder" else _tokenizer_run(m), m,
-              {"kind": TOKENIZER_KIND, "submodel": name} if sub == "tokenizer" else {"submodel": name},
-              {"submodel": name})
-        fps[f"{sub}_fingerprint"] = fingerprint(m)
-        runs[sub] = str(out.resolve() / sub)
+    subs, runs = _mage_submodels(ckpt, model.cfg), {}
+    fps = dict.fromkeys(("encoder_fingerprint", "tokenizer_fingerprint"))
+    for name, sub, run, meta in (("pretrained_encoder", "encoder", _encoder_run, {}),
+                                 ("vqgan", "tokenizer", _tokenizer_run, {"kind": TOKENIZER_KIND})):
+        if name in subs:
+            m = subs[name][0]
+            write(out / sub, run(m), m, {**meta, "submodel": name}, {"submodel": name})
+            fps[f"{sub}_fingerprint"] = fingerprint(m)
+            runs[sub] = str(out.resolve() / sub)
     preset = matching_mage_preset(model.cfg)
     p = PIXEL_PRESETS.get(preset)               # the paper preset's sampling defaults, else the file's args
     sampling = dict(steps=p.steps, temperature=p.temperature, guidance=p.guidance) if p else \
         {k: (int if k == "steps" else float)(v) for k, v in mi["sampling"].items() if v is not None}
     cfg = PixelRun(generator="mage", encoder=runs.get("encoder", ""), tokenizer=runs.get("tokenizer", ""),
                    model=model.cfg, optim=PIXEL_PRESETS[preset or "mage-b"].optim, **sampling)
-    write(out, {**to_dict(cfg), **{k: fps.get(k) for k in ("encoder_fingerprint", "tokenizer_fingerprint")}}, model,
-          {"ema": mi["ema"]}, {"ema": mi["ema"], "num_heads_from": mi["num_heads_from"], "dropped": mi["dropped"],
-                               "decoder_num_heads_from": mi["decoder_num_heads_from"], "paper_preset": preset})
+    write(out, {**to_dict(cfg), **fps}, model, {"ema": mi["ema"]},
+          {"ema": mi["ema"], "num_heads_from": mi["num_heads_from"], "dropped": mi["dropped"],
+           "decoder_num_heads_from": mi["decoder_num_heads_from"], "paper_preset": preset})
     return {"pixel": str(out), **runs}, _nparams(model)
 
 

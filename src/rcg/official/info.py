@@ -19,6 +19,10 @@ KINDS = ("mocov3", "rdm", "mage", "vqgan", "dit")
 # fixed (requires_grad=False) tables and buffers among the official MAGE keys: not "trainable parameters"
 _MAGE_FIXED = ("pos_embed", "decoder_pos_embed", "token_emb.position_ids")
 _UNKNOWN = "unknown (not stored; pass num_heads)"
+# the official training / sampling arguments ``checkpoint_info`` reports
+_ARGS_SHOWN = ("model", "dit_model", "config", "pretrained_enc_arch", "epochs", "batch_size", "blr", "lr", "rdm_steps",
+               "eta", "temp", "num_iter", "cfg", "rep_drop_prob", "mask_ratio_mu", "rep_cond", "class_cond",
+               "num_sampling_steps")
 
 
 def _h(heads: int, known: bool) -> str:
@@ -63,20 +67,20 @@ def _vq_summary(vq: torch.nn.Module, vinfo: dict) -> dict:
                             f"{c.resolution} px", "dropped": vinfo.get("dropped", []), "config": to_dict(c)}
 
 
-def _dit_summary(ckpt: Mapping[str, Any], num_heads: Optional[int]) -> dict:
-    model, di, heads_known = _with_heads(dit_from_official, ckpt, False, num_heads=num_heads)
+_SUBMODEL_SUMMARIES = {"vqgan": _vq_summary, "pretrained_encoder": _encoder_summary}
+
+
+def _generator_summary(loader, ckpt, official_sd: Mapping[str, Any], fixed, **heads) -> tuple:
+    """(config, loader info, heads known, the fields MAGE and DiT files share; ``official_trainable_params``:
+    the tensors of ``official_sd`` but the ``fixed`` tables and buffers). The generator is counted and freed."""
+    model, gi, known = _with_heads(loader, ckpt, **heads)
     c = model.cfg
-    official = sum(v.numel() for k, v in _weights(ckpt).items() if torch.is_tensor(v) and k != "pos_embed")
-    cond = {"rep": f"representation-conditioned ({c.rep_dim}-d)", "class": f"{c.num_classes} classes",
-            "none": "unconditional"}[c.cond]
-    return {"params": _nparams(model), "official_trainable_params": official, "cond": c.cond,
-            "class_conditional": c.cond == "class" and c.num_classes > 1, "ema": di["ema"], "config": to_dict(c),
-            "dropped": di["dropped"], "dit_model": di["dit_model"], "sampling": di["sampling"],
-            "pos_embed_is_sincos": di["pos_embed_is_sincos"], "num_heads": c.num_heads if heads_known else None,
-            "num_heads_from": di["num_heads_from"] if heads_known else _UNKNOWN,
-            "architecture": f"DiT {c.hidden_size} wide, {c.depth} deep{_h(c.num_heads, heads_known)}, patch "
-                            f"{c.patch_size} on {c.input_size}x{c.input_size}x{c.in_channels}, {c.out_channels} out "
-                            f"({'learned sigma' if c.learn_sigma else 'eps only'}), {cond}"}
+    official = sum(v.numel() for k, v in official_sd.items() if torch.is_tensor(v) and k not in fixed)
+    return c, gi, known, {
+        "params": _nparams(model), "official_trainable_params": official, "cond": c.cond, "ema": gi["ema"],
+        "config": to_dict(c), "dropped": gi["dropped"], "sampling": gi["sampling"],
+        **{k: getattr(c, k) if known else None for k in heads},
+        "num_heads_from": gi["num_heads_from"] if known else _UNKNOWN}
 
 
 def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
@@ -91,6 +95,7 @@ def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
     decide is reported as ``num_heads: None`` (the counts do not depend on it)."""
     ckpt = _checkpoint(path_or_dict)
     kind = detect_kind(ckpt)
+    sd = _weights(ckpt)
     info: Dict[str, Any] = {"kind": kind, "supported": True, "epoch": ckpt.get("epoch")}
     if not isinstance(path_or_dict, Mapping):
         info.update(path=os.fspath(path_or_dict), bytes=os.path.getsize(path_or_dict))
@@ -106,46 +111,36 @@ def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
         info.update({k: ri[k] for k in ("ema_decay", "ema_num_updates") if k in ri})
         del model
         if ri["has_pretrained_encoder"]:
-            enc, ei = mocov3_from_official(ckpt)
-            info["submodels"] = {"pretrained_encoder": _encoder_summary(enc, ei)}
+            info["submodels"] = {"pretrained_encoder": _encoder_summary(*mocov3_from_official(ckpt))}
     elif kind == "mocov3":
         enc, ei = mocov3_from_official(ckpt, num_heads=num_heads)
-        sd = _weights(ckpt)
-        info.update(_encoder_summary(enc, ei), kind="mocov3", class_conditional=False, ema=False,
-                    arch=ei.get("arch"), prefix=ei["prefix"],
-                    momentum_encoder=any("momentum_encoder." in k for k in sd),
+        info.update(_encoder_summary(enc, ei), class_conditional=False, ema=False, arch=ei.get("arch"),
+                    prefix=ei["prefix"], momentum_encoder=any("momentum_encoder." in k for k in sd),
                     predictor=any(k.startswith(("module.predictor.", "predictor.")) for k in sd))
     elif kind == "mage":
-        model, mi, heads_known = _with_heads(mage_from_official, ckpt, False, num_heads=num_heads,
-                                            decoder_num_heads=decoder_num_heads)
-        c = model.cfg
-        own = split_mage_checkpoint(_weights(ckpt)).get("mage", {})
-        official = sum(v.numel() for k, v in own.items() if torch.is_tensor(v) and k not in _MAGE_FIXED)
-        info.update(params=_nparams(model), official_trainable_params=official, cond=c.cond,
-                    class_conditional=c.cond == "class", ema=mi["ema"], config=to_dict(c), dropped=mi["dropped"],
-                    paper_preset=matching_mage_preset(c), sampling=mi["sampling"],
-                    num_heads=c.num_heads if heads_known else None,
-                    decoder_num_heads=c.decoder_num_heads if heads_known else None,
-                    num_heads_from=mi["num_heads_from"] if heads_known else _UNKNOWN,
-                    architecture=f"MAGE encoder {c.embed_dim} x {c.depth}{_h(c.num_heads, heads_known)}, decoder "
-                                 f"{c.decoder_embed_dim} x {c.decoder_depth}{_h(c.decoder_num_heads, heads_known)}, "
+        c, mi, known, fields = _generator_summary(mage_from_official, ckpt, split_mage_checkpoint(sd).get("mage", {}),
+                                                  _MAGE_FIXED, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+        info.update(fields, class_conditional=c.cond == "class", paper_preset=matching_mage_preset(c),
+                    architecture=f"MAGE encoder {c.embed_dim} x {c.depth}{_h(c.num_heads, known)}, decoder "
+                                 f"{c.decoder_embed_dim} x {c.decoder_depth}{_h(c.decoder_num_heads, known)}, "
                                  f"{c.num_tokens} tokens of {c.codebook_size} codes, {c.cond}-conditioned")
-        del model
-        info["submodels"] = {}
-        for name, (m, si) in _mage_submodels(ckpt, c).items():
-            info["submodels"][name] = _vq_summary(m, si) if name == "vqgan" else _encoder_summary(m, si)
+        info["submodels"] = {n: _SUBMODEL_SUMMARIES[n](m, si) for n, (m, si) in _mage_submodels(ckpt, c).items()}
     elif kind == "vqgan":
         vq, vi = vqgan_from_official(ckpt)
-        info.update(_vq_summary(vq, vi), kind="vqgan", class_conditional=False, ema=False, prefix=vi["prefix"])
-        info["note"] = "resolution is not stored; 256 px assumed (pass resolution= to convert otherwise)"
+        info.update(_vq_summary(vq, vi), class_conditional=False, ema=False, prefix=vi["prefix"],
+                    note="resolution is not stored; 256 px assumed (pass resolution= to convert otherwise)")
     else:
-        info.update(_dit_summary(ckpt, num_heads))
+        c, di, known, fields = _generator_summary(dit_from_official, ckpt, sd, ("pos_embed",), num_heads=num_heads)
+        cond = {"rep": f"representation-conditioned ({c.rep_dim}-d)", "class": f"{c.num_classes} classes",
+                "none": "unconditional"}[c.cond]
+        info.update(fields, class_conditional=c.cond == "class" and c.num_classes > 1, dit_model=di["dit_model"],
+                    pos_embed_is_sincos=di["pos_embed_is_sincos"],
+                    architecture=f"DiT {c.hidden_size} wide, {c.depth} deep{_h(c.num_heads, known)}, patch "
+                                 f"{c.patch_size} on {c.input_size}x{c.input_size}x{c.in_channels}, "
+                                 f"{c.out_channels} out ({'learned sigma' if c.learn_sigma else 'eps only'}), {cond}")
     args = _args_dict(ckpt)
     if args:
-        keep = ("model", "dit_model", "config", "pretrained_enc_arch", "epochs", "batch_size", "blr", "lr",
-                "rdm_steps", "eta", "temp", "num_iter", "cfg", "rep_drop_prob", "mask_ratio_mu", "rep_cond",
-                "class_cond", "num_sampling_steps")
-        info["args"] = {k: args[k] for k in keep if k in args}
+        info["args"] = {k: args[k] for k in _ARGS_SHOWN if k in args}
     return info
 
 

@@ -71,19 +71,15 @@ def _load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: 
         raise CheckpointFormatError(f"{what}: weights do not fit the inferred architecture: {e}") from None
 
 
-def _found(sd) -> str:
-    """A few of the keys a state dict has (or what it is instead), for error messages."""
-    return str(sorted(sd)[:8]) if isinstance(sd, Mapping) else f"a {type(sd).__name__}"
-
-
 def _not_a(what: str, need: str, sd) -> CheckpointFormatError:
-    """The error for a file that is not ``what``: it has no ``need``."""
-    return CheckpointFormatError(f"not {what}: no {need} (found e.g. {_found(sd)})")
+    """The error for a file that is not ``what``: it has no ``need``; names a few of the keys it has instead."""
+    found = f"e.g. {sorted(sd)[:8]}" if isinstance(sd, Mapping) else f"a {type(sd).__name__}"
+    return CheckpointFormatError(f"not {what}: no {need} (found {found})")
 
 
 def _shape(sd: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Size:
     if key not in sd:
-        raise CheckpointFormatError(f"{what}: missing key {key!r} (found e.g. {_found(sd)})")
+        raise CheckpointFormatError(f"{what}: missing key {key!r} (found e.g. {sorted(sd)[:8]})")
     return sd[key].shape
 
 

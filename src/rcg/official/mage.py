@@ -127,13 +127,13 @@ def vqgan_from_official(path_or_dict: PathOrDict, resolution: int = 256,
     Only the JAX-converted MaskGIT variant exists here: attention blocks or quant_conv are refused."""
     ckpt = _checkpoint(path_or_dict)
     sd = ckpt.get("state_dict", ckpt.get("model", ckpt))
-    prefix = next((p for p in _VQ_PREFIXES if p + "quantize.embedding.weight" in sd), None) \
-        if isinstance(sd, Mapping) else None
+    prefix = (next((p for p in _VQ_PREFIXES if p + "quantize.embedding.weight" in sd), None)
+              if isinstance(sd, Mapping) else None)
     if prefix is None:
         raise _not_a("a VQGAN checkpoint", "'*quantize.embedding.weight'", sd)
     sd = _strip(sd, prefix)
     dropped = sorted(k for k in sd if k.startswith("loss."))     # taming training files: LPIPS / discriminator
-    sd = {k: v for k, v in sd.items() if k not in dropped}
+    sd = {k: v for k, v in sd.items() if not k.startswith("loss.")}
     what = "VQGAN checkpoint"
     extra = sorted(k for k in sd if ".attn" in k or k.startswith(("quant_conv.", "post_quant_conv.")))
     if extra:

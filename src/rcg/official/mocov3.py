@@ -68,8 +68,8 @@ def mocov3_from_official(path_or_dict: PathOrDict, num_heads: Optional[int] = No
     is the Encoder's: /255, ImageNet normalisation, then bicubic resize to the ViT's input size."""
     ckpt = _checkpoint(path_or_dict)
     sd = ckpt.get("state_dict", ckpt.get("model", ckpt))
-    prefix = next((p for p in ("module.base_encoder.", "base_encoder.", "pretrained_encoder.", "module.", "")
-                   if any(k.startswith(p + "patch_embed.") for k in sd)), None) if isinstance(sd, Mapping) else None
+    prefix = (next((p for p in ("module.base_encoder.", "base_encoder.", "pretrained_encoder.", "module.", "")
+                    if any(k.startswith(p + "patch_embed.") for k in sd)), None) if isinstance(sd, Mapping) else None)
     if prefix is None:
         raise _not_a("a MoCo v3 ViT checkpoint", "'*patch_embed.*' weights", sd)
     args = _args_dict(ckpt) or {}

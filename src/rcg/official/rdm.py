@@ -60,7 +60,9 @@ def rdm_from_official(path_or_dict: PathOrDict, ema: bool = True) -> Tuple[RDM, 
             raise CheckpointFormatError(f"{what}: EMA shadows missing for {missing[:5]} "
                                         f"(pass ema=False to load the raw weights)")
         _load_strict(model.net, {n: shadows[s] for n, s in names.items()}, what + " (EMA)")
-    info: Dict[str, Any] = {"kind": "rdm", "config": asdict(cfg), "ema": used_ema, "epoch": ckpt.get("epoch")}
+    info: Dict[str, Any] = {"kind": "rdm", "config": asdict(cfg), "ema": used_ema, "epoch": ckpt.get("epoch"),
+                            "has_pretrained_encoder": any(k.startswith("pretrained_encoder.") for k in sd),
+                            "args": _args_dict(ckpt)}
     if "model_ema.decay" in sd:
         info["ema_decay"] = float(sd["model_ema.decay"])
         info["ema_num_updates"] = int(sd.get("model_ema.num_updates", torch.tensor(-1)))
@@ -71,6 +73,4 @@ def rdm_from_official(path_or_dict: PathOrDict, ema: bool = True) -> Tuple[RDM, 
         ours_ac = GaussianDiffusion(**sched).alphas_cumprod
         info["diffusion"] = dict(sched, schedule_matches=bool("alphas_cumprod" in sd and torch.allclose(
             ours_ac, sd["alphas_cumprod"].float(), rtol=0, atol=1e-6)))
-    info["has_pretrained_encoder"] = any(k.startswith("pretrained_encoder.") for k in sd)
-    info["args"] = _args_dict(ckpt)
     return model.eval(), info
