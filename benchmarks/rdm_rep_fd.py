@@ -61,7 +61,7 @@ def main():
                                  "ratio": fd / floor["mean"], "date": date.today().isoformat()}) + "\n")
     for run in a.rdm:
         rec = load("rdm", run)
-        model, cfg, fp = rec.module, rec.config, rec.fingerprints.get("encoder")
+        model, cfg = rec.module, rec.config
         steps = a.steps or (cfg.sample_steps if cfg else 250)
         eta = a.eta if a.eta is not None else (cfg.eta if cfg else 1.0)
         fds, t0 = [], time.time()

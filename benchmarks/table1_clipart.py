@@ -36,7 +36,7 @@ from rcg.store import load_tensors, read_config
 from rcg.config import DataConfig, PixelRun
 from rcg.tree import from_dict
 from rcg.data import load_dataset
-from rcg.encoders import fingerprint
+from rcg.store import fingerprint
 from rcg.presets import EVALNET_PRESETS
 from rcg.stages.evalnet import train_evalnet
 from rcg.sample import RCGSampler

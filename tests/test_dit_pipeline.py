@@ -53,7 +53,7 @@ def test_dit_learns_and_its_run_loads(system):
     assert summary["generator"] == "dit" and summary["cond"] == "rep"
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])                     # eps MSE + VLB goes down
     rec = load("pixel", root / "dit")
-    model, cfg, fps = rec.module, rec.config, rec.fingerprints
+    cfg, fps = rec.config, rec.fingerprints
     assert cfg.generator == "dit" and cfg.model.in_channels == 1 and cfg.model.input_size == 16
     assert cfg.model.rep_dim == 16 and fps["encoder"]
 

@@ -6,15 +6,13 @@ import pytest
 import torch
 
 from helpers import make_fmnist
-from rcg.config import DataConfig, OptimConfig
-from rcg.tree import from_dict, to_dict
-from rcg.evaluate import evaluate_stream, inception_score, iterate_tensor, reference_stats
-from rcg.config import EvalNetRun
-from rcg.presets import EVALNET_PRESETS
-from rcg.loaders import load
-from rcg.stages.evalnet import override_data_path, real_floor, train_evalnet
+from rcg.config import DataConfig, EvalNetRun, OptimConfig
 from rcg.evalnet import EvalCNN, EvalNetConfig
-from rcg.evaluate import EvalNet
+from rcg.evaluate import EvalNet, evaluate_stream, inception_score, iterate_tensor, reference_stats
+from rcg.loaders import load
+from rcg.presets import EVALNET_PRESETS
+from rcg.stages.evalnet import train_evalnet
+from rcg.tree import from_dict, to_dict
 
 
 def tiny_run(data_dir, size=16, **optim):

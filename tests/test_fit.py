@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from rcg.cli import main
-from rcg.data import scan_image_folder
+from rcg.images import scan_image_folder
 from rcg.stages.fit import fit_folder, plan
 
 TINY = {

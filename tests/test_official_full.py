@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import assert_close, fixtures_dir, read_io
 
-from rcg.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig, fingerprint
+from rcg.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
+from rcg.store import fingerprint
 from rcg.official import (UnsafeCheckpointError, checkpoint_info, convert, format_info,
                           mage_from_official, mocov3_from_official, rdm_from_official, safe_load,
                           split_mage_checkpoint, vqgan_from_official)

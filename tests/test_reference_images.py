@@ -9,7 +9,8 @@ from PIL import Image
 
 from helpers import make_fmnist, tiny_encoder_run
 from rcg.cli import main
-from rcg.data import decode_image, load_image_folder, resize_images
+from rcg.data import load_image_folder, resize_images
+from rcg.images import decode_image
 from rcg.pixel import GENERATORS
 from rcg.sample import RCGSampler, load_image_files
 from rcg.stages import interpolate_command, sample_command

@@ -37,6 +37,24 @@ def test_ema_follows_litema_warmup():
     assert ema.averaged_state_dict(m)["weight"][0, 0].item() == pytest.approx(expected, rel=1e-6)
 
 
+
+def test_ema_state_round_trips_and_its_averaged_copy_leaves_the_model_alone():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = EMA(m, decay=0.9)
+    for _ in range(3):
+        with torch.no_grad():
+            m[0].weight.add_(1.0)
+        ema.update(m)
+    twin = ema.averaged(m)
+    assert torch.equal(twin[0].weight, ema.shadow["0.weight"]) and not torch.equal(twin[0].weight, m[0].weight)
+    assert torch.equal(twin[1].running_mean, m[1].running_mean)       # buffers are the model's own
+    other = EMA(m, decay=0.9)
+    other.load_state_dict(ema.state_dict(), m)
+    assert other.num_updates == 3 and all(torch.equal(other.shadow[k], v) for k, v in ema.shadow.items())
+    other.update(m), ema.update(m)
+    assert torch.equal(other.shadow["0.weight"], ema.shadow["0.weight"])     # the restored average goes on alike
+
 def test_epoch_batches_cover_each_epoch_once():
     b = EpochBatches(10, 3, seed=1)
     assert b.steps_per_epoch == 3

@@ -23,19 +23,13 @@ def crop_params(n: int, scale: Tuple[float, float], ratio: Tuple[float, float], 
     """Affine matrices (n, 2, 3) for random-resized crops (area fraction ``scale``, aspect ``ratio``)
     with horizontal flips, in ``affine_grid``'s normalized coordinates."""
     area = _uniform(n, scale[0], scale[1], gen)
-    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), gen)
-    r = torch.exp(log_r)
+    r = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), gen))      # log-uniform aspect
     w = torch.sqrt(area * r).clamp(max=1.0)
     h = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+    cx, cy = [(torch.rand(n, generator=gen) * 2 - 1) * (1 - side) for side in (w, h)]   # crop centres
     flip = torch.rand(n, generator=gen) < flip_p
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.where(flip, -w, w)
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = cy
-    return theta
+    zero = torch.zeros(n)
+    return torch.stack([torch.stack([torch.where(flip, -w, w), zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
 
 
 def resized_crop(x: torch.Tensor, out_size: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5,
@@ -100,9 +94,7 @@ def jitter_params(n: int, brightness: float, contrast: float, saturation: float,
         raise ValueError(f"jitter magnitudes must be >= 0 and hue <= 0.5, got brightness={brightness}, "
                          f"contrast={contrast}, saturation={saturation}, hue={hue}")
     apply = torch.rand(n, generator=gen) < p
-    fb = _uniform(n, max(0.0, 1 - brightness), 1 + brightness, gen)
-    fc = _uniform(n, max(0.0, 1 - contrast), 1 + contrast, gen)
-    fs = _uniform(n, max(0.0, 1 - saturation), 1 + saturation, gen)
+    fb, fc, fs = [_uniform(n, max(0.0, 1 - m), 1 + m, gen) for m in (brightness, contrast, saturation)]
     fh = _uniform(n, -hue, hue, gen)
     order = torch.rand(n, 4, generator=gen).argsort(dim=1)   # a uniform random permutation per image
     return JitterParams(apply, fb, fc, fs, fh, order)
@@ -116,8 +108,7 @@ def apply_jitter(x: torch.Tensor, params: JitterParams) -> torch.Tensor:
     f and ref does them (f = 1 for the hue op and for images not jittered); the hue shift runs only on the
     images whose op in that round is hue. Which images do what is known on the CPU (no nonzero() on the
     device), and all per-image values go to the device in two copies."""
-    b, c = x.shape[:2]
-    rgb = c == 3
+    b, rgb = x.shape[0], x.shape[1] == 3
     apply = params.apply
     if not apply.any():
         return x
@@ -163,24 +154,21 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
     w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 
+def _coin(x: torch.Tensor, p: float, gen: Optional[torch.Generator]) -> torch.Tensor:
+    """Per-image flags (B, 1, 1, 1) on x's device, True with probability p (drawn on the CPU)."""
+    return (torch.rand(x.shape[0], generator=gen) < p).to(x.device).view(-1, 1, 1, 1)
+
+
 def random_grayscale(x: torch.Tensor, p: float, gen: Optional[torch.Generator] = None) -> torch.Tensor:
-    if x.shape[1] == 1 or p <= 0:
-        return x
-    apply = (torch.rand(x.shape[0], generator=gen) < p).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(apply, _gray(x).expand_as(x), x)
+    return x if x.shape[1] == 1 or p <= 0 else torch.where(_coin(x, p, gen), _gray(x).expand_as(x), x)
 
 
 def solarize(x: torch.Tensor, p: float, gen: Optional[torch.Generator] = None) -> torch.Tensor:
-    if p <= 0:
-        return x
-    apply = (torch.rand(x.shape[0], generator=gen) < p).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(apply & (x >= 0.5), 1 - x, x)
+    return x if p <= 0 else torch.where(_coin(x, p, gen) & (x >= 0.5), 1 - x, x)
 
 
 def gaussian_blur(x: torch.Tensor, p: float, sigma=(0.1, 2.0), gen: Optional[torch.Generator] = None) -> torch.Tensor:

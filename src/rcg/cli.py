@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import nullcontext, redirect_stdout
 from dataclasses import is_dataclass
 
 from . import __version__, dist
@@ -20,10 +21,6 @@ from .stages import (cache_reps, demo, fit_folder, interpolate_command, rep_fd, 
                      train_encoder, train_evalnet, train_pixel, train_rdm, train_tokenizer)
 from .stages.fit import FIT_PRESETS
 from .train import Runtime
-
-BF16_HELP = ("bf16 autocast: --bf16 forces it, --no-bf16 turns it off; default: the preset's choice, which for the "
-             "CPU and GPU presets is auto: on where the hardware computes bf16 natively (CUDA GPUs with bf16, CPUs "
-             "with AVX-512 BF16 or AMX), fp32 elsewhere (e.g. AVX2-only CPUs, where bf16 is emulated and 5-17x slower)")
 
 
 def _json(obj) -> str:
@@ -55,19 +52,14 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = True, extra=()) -> list:
     """Explicit flags as ``section.key=value`` overrides, then ``extra``, then --set."""
-    out = []
-    for sec in data_sections:
-        for flag, key in (("data_kind", "dataset"), ("data_dir", "path"), ("resolution", "resolution"),
-                          ("channels", "channels"), ("limit", "limit"), ("labels", "labels")):
-            v = getattr(a, flag, None)
-            if sec == "eval_data" and flag == "data_dir" and getattr(a, "eval_dir", None):
-                v = a.eval_dir
-            if v is not None:
-                out.append(f"{sec}.{key}={v}")
-    for key in ("epochs", "batch_size", "lr", "seed", "bf16") if optim else ():
-        if getattr(a, key, None) is not None:
-            out.append(f"optim.{key}={getattr(a, key)}")
-    return out + list(extra) + list(a.set)
+    data = (("data_kind", "dataset"), ("data_dir", "path"), ("resolution", "resolution"), ("channels", "channels"),
+            ("limit", "limit"), ("labels", "labels"))
+    flags = [(sec, flag, key) for sec in data_sections for flag, key in data]
+    if "eval_data" in data_sections and getattr(a, "eval_dir", None):
+        flags.append(("eval_data", "eval_dir", "path"))       # after --data-dir's, so the held-out folder wins
+    flags += [("optim", key, key) for key in ("epochs", "batch_size", "lr", "seed", "bf16") if optim]
+    return ([f"{sec}.{key}={getattr(a, flag)}" for sec, flag, key in flags if getattr(a, flag, None) is not None]
+            + list(extra) + list(a.set))
 
 
 def _train(a, fn, presets: dict, sections=("data", "eval_data"), extra=()) -> int:
@@ -80,16 +72,25 @@ def _train(a, fn, presets: dict, sections=("data", "eval_data"), extra=()) -> in
     return 0
 
 
-def _call(ns, fn, show=None, /, **kw) -> int:
-    """Any other verb: print the request on --dry-run (a function taking ``dry_run`` does that itself), else call
-    ``fn(**kw)`` and print ``show(result)``."""
-    if ns.dry_run and "dry_run" not in kw:
-        print(_json({"verb": ns.verb, "call": ".".join(fn.__module__.split(".")[:2] + [fn.__name__]), "arguments": kw}))
+def _request(p: argparse.ArgumentParser, fn, names: str, show=None, **computed) -> None:
+    """Finish any other verb: call ``fn`` with the keyword arguments in ``names`` ("kw": flag --kw, "kw=dest": flag
+    dest, or ``computed[kw](flags)``), print ``show(result)`` (a flag may store another show); --dry-run prints the
+    request instead unless ``fn`` takes dry_run. --device / --no-progress exist where ``fn`` takes device / progress."""
+    names = [name.partition("=")[::2] for name in names.split()]
+    computed = {"progress": lambda a: not a.no_progress, **computed}
+    _basic(p, device=("device", "") in names, progress=("progress", "") in names)
+
+    def run(a: argparse.Namespace) -> int:
+        kw = {k: computed[k](a) if k in computed else getattr(a, dest or k) for k, dest in names}
+        if a.dry_run and "dry_run" not in kw:
+            print(_json({"verb": a.verb, "call": ".".join(fn.__module__.split(".")[:2] + [fn.__name__]),
+                         "arguments": kw}))
+            return 0
+        res = fn(**kw)
+        if a.show is not None:
+            print(a.show(res))
         return 0
-    res = fn(**kw)
-    if show is not None:
-        print(show(res))
-    return 0
+    p.set_defaults(func=run, show=show)
 
 
 def _training(sub, verb: str, help: str, fn, presets: dict, default: str, sections=("data", "eval_data"),
@@ -103,11 +104,13 @@ def _training(sub, verb: str, help: str, fn, presets: dict, default: str, sectio
     if sections:
         _data_flags(p)
     g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help=BF16_HELP)
+    for flag, kind in (("--epochs", float), ("--batch-size", int), ("--lr", float), ("--seed", int)):
+        g.add_argument(flag, type=kind)
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction,
+                   help="bf16 autocast: --bf16 forces it, --no-bf16 turns it off; default: the preset's choice, which "
+                        "for the CPU and GPU presets is auto: on where the hardware computes bf16 natively (CUDA GPUs "
+                        "with bf16, CPUs with AVX-512 BF16 or AMX), fp32 elsewhere (e.g. AVX2-only CPUs, where bf16 "
+                        "is emulated and 5-17x slower)")
     g = p.add_argument_group("runtime (does not change the run's config)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model's blocks (slow start)")
     g.add_argument("--tensorboard", action="store_true",
@@ -140,12 +143,9 @@ def _add_reps(sub) -> None:
                         "bf16: about 3x faster on such a CPU; fp32 elsewhere)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override data.* fields")
-    _basic(p)
     _data_flags(p)
-    p.set_defaults(func=lambda a: _call(
-        a, cache_reps, encoder_src=a.encoder, out=a.out, views=a.views, data_overrides=_overrides(a, optim=False),
-        device=a.device, seed=a.seed, tokenizer=a.tokenizer, bf16=a.bf16, pixels=a.pixels,
-        progress=not a.no_progress))
+    _request(p, cache_reps, "encoder_src=encoder out views data_overrides device seed tokenizer bf16 pixels progress",
+             data_overrides=lambda a: _overrides(a, optim=False))
 
     p = _training(sub, "train-rdm", "representation diffusion model on a representation cache", train_rdm,
                   P.RDM_RUN_PRESETS, "fmnist-rdm", (), lambda a: [f"cache={a.cache}", f"encoder={a.encoder}"]
@@ -164,26 +164,21 @@ def _add_reps(sub) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="representation i uses seed + i (so --num N --seed N gives N new ones)")
     p.add_argument("--batch-size", type=int, default=1000)
-    _basic(p)
-    p.set_defaults(func=lambda a: _call(
-        a, sample_reps, rdm_src=a.rdm, out=a.out, num=a.num, steps=a.steps, eta=a.eta, seed=a.seed,
-        label=a.class_label, batch_size=a.batch_size, device=a.device, progress=not a.no_progress))
+    _request(p, sample_reps, "rdm_src=rdm out num steps eta seed label=class_label batch_size device progress")
 
     p = sub.add_parser("rep-fd", help="Fréchet distance between two representation files")
     p.add_argument("a")
     p.add_argument("b")
-    _basic(p, device=False, progress=False)
-    p.set_defaults(func=lambda a: _call(a, rep_fd, _json, a=a.a, b=a.b))
+    _request(p, rep_fd, "a b", _json)
 
 
-def _paper_flags(p) -> None:
-    p.add_argument("--preset", choices=sorted(PAPER_PRESETS),
-                   help="the paper's released system (official files in --weights; or --rdm/--mage FILE)")
-    p.add_argument("--weights", help="folder with the official RDM and MAGE .pth files (for --preset)")
-    p.add_argument("--mage", help="official MAGE .pth (for --preset, instead of finding it in --weights)")
-
-
-def _sampling(p: argparse.ArgumentParser) -> None:
+def _sampling(p: argparse.ArgumentParser, paper=None) -> None:
+    """The decoding flags; with ``paper`` (a parser or group), also the paper-system flags, there."""
+    if paper is not None:
+        paper.add_argument("--preset", choices=sorted(PAPER_PRESETS),
+                           help="the paper's released system (official files in --weights; or --rdm/--mage FILE)")
+        paper.add_argument("--weights", help="folder with the official RDM and MAGE .pth files (for --preset)")
+        paper.add_argument("--mage", help="official MAGE .pth (for --preset, instead of finding it in --weights)")
     g = p.add_argument_group("decoding (defaults: the pixel run's)")
     g.add_argument("--steps", type=int, help="decoding / sampling steps")
     g.add_argument("--temperature", type=float, help="choice temperature (annealed linearly to 0)")
@@ -206,19 +201,15 @@ def _add_generation(sub) -> None:
     p = sub.add_parser("sample", help="generate images: RDM -> representation -> pixel generator")
     p.add_argument("--pixel", help="train-pixel run directory (or use --preset with the official weights)")
     p.add_argument("--rdm", help="train-rdm run directory (needed unless --reference); official file with --preset")
-    _paper_flags(p)
     p.add_argument("--out", required=True, help="grid .png, .npz, or a folder of PNGs")
     p.add_argument("--num", type=int, default=64, help="images (per reference image with --reference)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--reference", nargs="+", help="condition on these images' representations (paper Fig. 6)")
     p.add_argument("--class", dest="class_label", type=int, help="class N, with a class-conditional RDM")
-    _sampling(p)
-    _basic(p, progress=False)
-    p.set_defaults(func=lambda a: _call(
-        a, sample_command, str, pixel=a.pixel, rdm=a.rdm, out=a.out, num=a.num, seed=a.seed,
-        batch_size=a.batch_size, references=a.reference, label=a.class_label, device=a.device, preset=a.preset,
-        weights=a.weights, mage=a.mage, steps=a.steps, temperature=a.temperature, guidance=a.guidance))
+    _sampling(p, paper=p)
+    _request(p, sample_command, "pixel rdm out num seed batch_size references=reference label=class_label device "
+                                "preset weights mage steps temperature guidance", str)
 
     p = sub.add_parser("interpolate", help="a strip of images from mixes of two images' representations")
     p.add_argument("a", help="first image file")
@@ -228,13 +219,8 @@ def _add_generation(sub) -> None:
     p.add_argument("--num", type=int, default=11, help="images in the strip, t = 1 ... 0 (default 11)")
     p.add_argument("--seed", type=int, default=0)
     _sampling(p)
-    _basic(p, progress=False)
-    p.set_defaults(func=lambda a: _call(
-        a, interpolate_command, str, pixel=a.pixel, a=a.a, b=a.b, out=a.out, num=a.num, seed=a.seed,
-        device=a.device, steps=a.steps, temperature=a.temperature, guidance=a.guidance))
+    _request(p, interpolate_command, "pixel a b out num seed device steps temperature guidance", str)
 
-
-def _add_eval(sub) -> None:
     _training(sub, "train-evalnet", "domain classifier whose features give fid_dom / is_dom", train_evalnet,
               P.EVALNET_PRESETS, "fmnist-evalnet")
     p = sub.add_parser("eval", help="FID / IS / precision-recall (and rep FD) of generated images")
@@ -242,11 +228,10 @@ def _add_eval(sub) -> None:
     g.add_argument("--npz", help="npz of uint8 images (arr_0: N,H,W,C)")
     g.add_argument("--folder", help="folder of images")
     g.add_argument("--pixel", help="train-pixel run: images are generated and streamed (with --rdm)")
-    _paper_flags(g)
     g.add_argument("--rdm", help="train-rdm run for --pixel")
     g.add_argument("--num", type=int, default=10000, help="generated images for --pixel (default 10000)")
     g.add_argument("--seed", type=int, default=0)
-    _sampling(p)
+    _sampling(p, paper=g)
     g = p.add_argument_group("feature network (one of)")
     g.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth (torch-fidelity's)")
     g.add_argument("--evalnet", help="rcg train-evalnet run directory (reports fid_dom / is_dom)")
@@ -261,36 +246,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--rep-reference", help="representation cache for the representation FD (with --pixel)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--json", help="also write the results here")
-    _basic(p)
-    p.set_defaults(func=lambda a: _call(
-        a, run_eval, _json, npz=a.npz, folder=a.folder, pixel=a.pixel, rdm=a.rdm, num=a.num, seed=a.seed,
-        preset=a.preset, weights=a.weights, mage=a.mage, guidance=a.guidance, temperature=a.temperature,
-        steps=a.steps, inception_weights=a.inception_weights, evalnet=a.evalnet, ref=a.ref,
-        ref_data=a.ref_data and C.DataConfig(a.ref_data, path=a.ref_dir, split=a.ref_split,
-                                             resolution=a.resolution or 28, channels=a.channels or 1, labels=False),
-        ref_cache=a.ref_cache, rep_reference=a.rep_reference, batch_size=a.batch_size, out_json=a.json,
-        device=a.device, progress=not a.no_progress))
-
-
-def _add_official(sub) -> None:
-    p = sub.add_parser("info", help="what an official (or our) checkpoint is: kind, architecture, parameters, EMA")
-    p.add_argument("file")
-    p.add_argument("--num-heads", type=int, help="attention heads (not stored in the weights) if not inferable")
-    p.add_argument("--decoder-num-heads", type=int)
-    p.add_argument("--json", action="store_true")
-    _basic(p, device=False, progress=False)
-    p.set_defaults(func=lambda a: _call(a, checkpoint_info, _json if a.json else format_info, path_or_dict=a.file,
-                                        num_heads=a.num_heads, decoder_num_heads=a.decoder_num_heads))
-
-    p = sub.add_parser("convert", help="official checkpoint -> our run directory (safetensors + config.json)")
-    p.add_argument("file")
-    p.add_argument("out")
-    p.add_argument("--num-heads", type=int)
-    p.add_argument("--decoder-num-heads", type=int)
-    p.add_argument("--resolution", type=int, help="image size of a VQGAN file (not stored in it; default 256)")
-    _basic(p, device=False, progress=False)
-    p.set_defaults(func=lambda a: _call(a, convert, _json, path_or_dict=a.file, out_dir=a.out, num_heads=a.num_heads,
-                                        decoder_num_heads=a.decoder_num_heads, resolution=a.resolution))
+    _request(p, run_eval, "npz folder pixel rdm num seed preset weights mage guidance temperature steps "
+                          "inception_weights evalnet ref ref_data ref_cache rep_reference batch_size out_json=json "
+                          "device progress", _json,
+             ref_data=lambda a: a.ref_data and C.DataConfig(a.ref_data, path=a.ref_dir, split=a.ref_split,
+                                                            resolution=a.resolution or 28, channels=a.channels or 1))
 
 
 def _stage_overrides(items: list) -> dict:
@@ -305,7 +265,22 @@ def _stage_overrides(items: list) -> dict:
     return over
 
 
-def _add_systems(sub) -> None:
+def _add_tools(sub) -> None:
+    p = sub.add_parser("info", help="what an official (or our) checkpoint is: kind, architecture, parameters, EMA")
+    p.add_argument("file")
+    p.add_argument("--num-heads", type=int, help="attention heads (not stored in the weights) if not inferable")
+    p.add_argument("--decoder-num-heads", type=int)
+    p.add_argument("--json", dest="show", action="store_const", const=_json)       # instead of format_info's text
+    _request(p, checkpoint_info, "path_or_dict=file num_heads decoder_num_heads", format_info)
+
+    p = sub.add_parser("convert", help="official checkpoint -> our run directory (safetensors + config.json)")
+    p.add_argument("file")
+    p.add_argument("out")
+    p.add_argument("--num-heads", type=int)
+    p.add_argument("--decoder-num-heads", type=int)
+    p.add_argument("--resolution", type=int, help="image size of a VQGAN file (not stored in it; default 256)")
+    _request(p, convert, "path_or_dict=file out_dir=out num_heads decoder_num_heads resolution", _json)
+
     p = sub.add_parser("fit", help="one command from a folder of images to a trained RCG system",
                        description="Train every stage on the images under FOLDER (recursive; unlabelled unless "
                                    "--labels) into RUN: RUN/samples.png, references.png, interpolation.png, "
@@ -325,26 +300,22 @@ def _add_systems(sub) -> None:
     p.add_argument("--inception-weights", help="also report Inception FID (local pt_inception-2015-12-05 file)")
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                    help="override a stage's config, e.g. --set pixel.optim.lr=1e-3 (repeatable)")
-    _basic(p)
-    p.set_defaults(func=lambda a: _call(
-        a, fit_folder, data_dir=a.folder, out=a.out, preset=a.preset, resolution=a.resolution, channels=a.channels,
-        labels=a.labels, encoder=a.encoder, generator=a.generator, inception_weights=a.inception_weights,
-        device=a.device, progress=not a.no_progress, overrides=_stage_overrides(a.set), dry_run=a.dry_run))
+    _request(p, fit_folder, "data_dir=folder out preset resolution channels labels encoder generator "
+                            "inception_weights device progress overrides dry_run",
+             overrides=lambda a: _stage_overrides(a.set))
 
     p = sub.add_parser("demo", help="every stage on Fashion-MNIST with CPU presets")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--encoder", help="use this encoder (run dir or official file) instead of the shipped one")
     p.add_argument("--train-encoder", action="store_true", help="train a new encoder first (about an hour on 2 cores)")
-    _basic(p)
-    p.set_defaults(func=lambda a: _call(a, demo, out=a.out, encoder=a.encoder, train_new_encoder=a.train_encoder,
-                                        device=a.device, progress=not a.no_progress))
+    _request(p, demo, "out encoder train_new_encoder=train_encoder device progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rcg", description="Representation-conditioned image generation (RCG).")
     ap.add_argument("--version", action="version", version=f"rcg {__version__}")
     sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_add_reps, _add_generation, _add_eval, _add_official, _add_systems):
+    for add in (_add_reps, _add_generation, _add_tools):
         add(sub)
     return ap
 
@@ -353,24 +324,18 @@ def main(argv=None) -> int:
     """Run one verb. Under ``torchrun`` every process runs it: they join one process group here, and only
     rank 0 prints to stdout (errors go to stderr from every rank)."""
     a = build_parser().parse_args(argv)
-    stdout, who = sys.stdout, ""
     try:
         dist.init()
-        if dist.world_size() > 1:
-            who = f" (rank {dist.rank()})"
-            if not dist.is_main():
-                sys.stdout = open(os.devnull, "w")
-        return a.func(a)
+        with open(os.devnull, "w") if not dist.is_main() else nullcontext(sys.stdout) as out, redirect_stdout(out):
+            return a.func(a)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except (ValueError, KeyError, RuntimeError, FileNotFoundError, OSError) as e:
+        who = f" (rank {dist.rank()})" if dist.world_size() > 1 else ""
         print(f"error{who}: {e}", file=sys.stderr)
         return 2
     finally:
-        if sys.stdout is not stdout:
-            sys.stdout.close()
-            sys.stdout = stdout
         dist.cleanup()
 
 

@@ -11,7 +11,7 @@ from typing import Any, Optional, Tuple
 
 from . import pixel
 from .augment import ViewSpec
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig
+from .encoders import EncoderConfig
 from .evalnet import EvalNetConfig
 from .rdm import RDMConfig
 from .tokenizer import VQConfig

@@ -28,7 +28,7 @@ try:
 except ImportError:                                   # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
-from .images import DataError, decode_all, decode_image, heldout_mask, list_image_files, scan_image_folder  # noqa
+from .images import DataError, decode_all, heldout_mask, list_image_files
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

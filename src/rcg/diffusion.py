@@ -79,6 +79,22 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(1)
 
 
+def _noise(x: torch.Tensor, generators: Optional[List[torch.Generator]]) -> torch.Tensor:
+    """N(0, 1) noise like ``x``, from ``generators`` (one per sample) or else the global RNG."""
+    if generators is not None:
+        return randn_per_sample(x.shape, generators, device=x.device, dtype=x.dtype)
+    return torch.randn(x.shape, device=x.device, dtype=x.dtype)
+
+
+def _steps(n: int, progress: bool, desc: str):
+    """The step indices n-1, ..., 0, under a tqdm progress bar if ``progress``."""
+    order = range(n - 1, -1, -1)
+    if not progress:
+        return order
+    from tqdm.auto import tqdm                  # a dependency, imported only when a bar is wanted
+    return tqdm(order, total=n, desc=desc)
+
+
 def _bcast(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] shaped (B, 1, ..., 1) to broadcast against ``like``, in like's dtype."""
     out = values.to(like.device)[t.to(like.device)]
@@ -99,11 +115,9 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"parameterization must be 'x0', 'eps' or 'v', got {parameterization!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
-        if betas is None:
-            betas = SCHEDULES[schedule](num_steps, beta_start, beta_end)
-        betas = torch.as_tensor(betas, dtype=torch.float64)
-        num_steps = len(betas)
-        self.num_steps = num_steps
+        betas = torch.as_tensor(SCHEDULES[schedule](num_steps, beta_start, beta_end) if betas is None else betas,
+                                dtype=torch.float64)
+        self.num_steps = num_steps = len(betas)
         self.parameterization, self.schedule, self.learn_sigma = parameterization, schedule, learn_sigma
         self.betas64 = betas                       # float64, for respacing
         ac = torch.cumprod(1.0 - betas, dim=0)
@@ -128,14 +142,11 @@ class GaussianDiffusion(nn.Module):
         """The same process on ``steps`` evenly spaced timesteps (:func:`space_timesteps`): betas recomputed
         from the kept ``alphas_cumprod`` so the marginals are unchanged; the model sees the original timesteps."""
         keep = space_timesteps(self.num_steps, steps)
-        ac = torch.cumprod(1.0 - self.betas64, dim=0)
-        new_betas, last = [], 1.0
-        for i in keep:
-            new_betas.append(1.0 - float(ac[i]) / last)
-            last = float(ac[i])
+        kept = torch.cumprod(1.0 - self.betas64, dim=0)[keep]
+        new_betas = 1.0 - kept / torch.cat([kept.new_ones(1), kept[:-1]])   # 1 - abar_i / abar_(previous kept)
         tmap = self.timestep_map.cpu()[torch.tensor(keep)]
         return GaussianDiffusion(parameterization=self.parameterization, schedule=self.schedule,
-                                 learn_sigma=self.learn_sigma, betas=torch.tensor(new_betas, dtype=torch.float64),
+                                 learn_sigma=self.learn_sigma, betas=new_betas,
                                  timestep_map=tmap.tolist()).to(self.betas.device)
 
     # ------------------------------------------------------------------ forward process and loss
@@ -203,19 +214,10 @@ class GaussianDiffusion(nn.Module):
         """Ancestral sampling over this diffusion's steps (use :meth:`respaced` for fewer); ``model_fn(x, t)``
         gets the original timestep numbers (``timestep_map``). Noise from ``generators`` (one per sample)."""
         x, dev = x_T, x_T.device
-        order = range(self.num_steps - 1, -1, -1)
-        if progress:
-            from tqdm.auto import tqdm
-            order = tqdm(order, total=self.num_steps, desc=f"DDPM {self.num_steps} steps")
-        for i in order:
+        for i in _steps(self.num_steps, progress, f"DDPM {self.num_steps} steps"):
             t = torch.full((x.shape[0],), i, dtype=torch.int64, device=dev)
             mean, log_var, _ = self.p_mean_variance(model_fn(x, self.timestep_map.to(dev)[t]), x, t, clip_denoised)
-            if i > 0:
-                z = (randn_per_sample(x.shape, generators, device=dev, dtype=x.dtype) if generators is not None
-                     else torch.randn(x.shape, device=dev, dtype=x.dtype))
-                x = mean + torch.exp(0.5 * log_var).to(x.dtype) * z
-            else:
-                x = mean
+            x = mean + torch.exp(0.5 * log_var).to(x.dtype) * _noise(x, generators) if i > 0 else mean
         return x
 
     def output_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -294,29 +296,18 @@ class GaussianDiffusion(nn.Module):
         sqrt_one_minus = torch.sqrt(1.0 - alphas)                     # float32, as the official buffer
         x, dev, f32 = x_T, x_T.device, torch.float32
         first = None
-        order = range(len(ts) - 1, -1, -1)
-        if progress:
-            try:
-                from tqdm.auto import tqdm
-                order = tqdm(order, total=len(ts), desc=f"DDIM {len(ts)} steps")
-            except ImportError:
-                pass
-        for i in order:
+        for i in _steps(len(ts), progress, f"DDIM {len(ts)} steps"):
             t = torch.full((x.shape[0],), int(ts[i]), dtype=torch.int64, device=dev)
             out = model_fn(x, t).to(x.dtype)
             if self.learn_sigma:
                 out = out[:, :x.shape[1]]
             eps = self.eps_from_output(x, t, out)
-            a_t = torch.tensor(float(alphas[i]), dtype=f32, device=dev)
-            a_prev = torch.tensor(float(alphas_prev[i]), dtype=f32, device=dev)
-            sigma = torch.tensor(float(sigmas[i]), dtype=f32, device=dev)
-            s1m = torch.tensor(float(sqrt_one_minus[i]), dtype=f32, device=dev)
+            a_t, a_prev, sigma, s1m = (torch.tensor(float(v[i]), dtype=f32, device=dev)
+                                       for v in (alphas, alphas_prev, sigmas, sqrt_one_minus))
             pred_x0 = (x - s1m * eps) / a_t.sqrt()
             x = a_prev.sqrt() * pred_x0 + (1.0 - a_prev - sigma ** 2).sqrt() * eps
             if eta > 0:
-                z = (randn_per_sample(x.shape, generators, device=dev, dtype=x.dtype) if generators is not None
-                     else torch.randn(x.shape, device=dev, dtype=x.dtype))
-                x = x + sigma * z
+                x = x + sigma * _noise(x, generators)
             if first is None:
                 first = (x, pred_x0)
         if final_x0:

@@ -10,7 +10,6 @@ ViT-S/B/L, with the fixed 2-D sin-cos position table).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import partial
 from typing import Tuple
@@ -182,15 +181,3 @@ class Encoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Standardized representation (B, rep_dim) in float32, the thing RCG conditions on."""
         return standardize(self(x).float())
-
-
-def fingerprint(module: nn.Module) -> str:
-    """A short sha256 of a module's state (names, shapes, dtypes and values): caches record it so
-    that a later stage can refuse representations made by another encoder."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]

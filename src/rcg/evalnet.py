@@ -11,12 +11,11 @@ linear to ``feature_dim``, BN, ReLU (the features), dropout, linear to the class
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ are those of the official checkpoints, which load by name."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -68,3 +69,34 @@ def sincos_pos_embed_moco(grid: int, dim: int, temperature: float = 10000.0) -> 
     first, then columns, in float32."""
     assert dim % 4 == 0, "embed_dim must be divisible by 4 for the 2-D sin-cos position table"
     return torch.cat([torch.zeros(1, dim), _sincos_2d(dim, grid, torch.float32, True, temperature)])[None]
+
+
+def class_condition(table: nn.Embedding, labels: Optional[torch.Tensor], null: Optional[torch.Tensor], B: int,
+                    null_class: Optional[int] = None) -> torch.Tensor:
+    """``table(labels)`` (B, dim) of a class-conditional network (MAGE's slot 0, DiT's class embedding); the
+    samples that ``null`` (B,) bool selects get row ``null_class`` (None: there is no null class, no guidance)."""
+    if labels is None or labels.shape != (B,):
+        got = None if labels is None else tuple(labels.shape)
+        raise ValueError(f"this network is class-conditional: pass labels ({B},), got {got}")
+    labels = labels.to(table.weight.device)
+    if null is not None and bool(null.any()):
+        if null_class is None:
+            raise ValueError("this class-conditional network has no null class (no guidance)")
+        labels = torch.where(null.to(labels.device), torch.full_like(labels, null_class), labels)
+    return table(labels)
+
+
+def rep_condition(proj: nn.Linear, null_rep: torch.Tensor, rep: Optional[torch.Tensor], null: Optional[torch.Tensor],
+                  B: int) -> torch.Tensor:
+    """``proj(rep)`` (B, out) of RCG's representation condition (MAGE's slot 0, DiT's rep embedding), with the
+    learned ``null_rep`` (1, rep_dim) for the samples that ``null`` (B,) bool selects, or for all with rep None."""
+    w = proj.weight
+    nul = null_rep.to(w.dtype).expand(B, -1)
+    if rep is None:
+        if null is not None and not bool(null.all()):
+            raise ValueError("rep is None but some samples are not selected as null")
+        return proj(nul)
+    if rep.shape != nul.shape:
+        raise ValueError(f"rep must be {tuple(nul.shape)}, got {tuple(rep.shape)}")
+    r = rep.to(device=w.device, dtype=w.dtype)
+    return proj(r if null is None else torch.where(null.to(w.device).view(B, 1), nul, r))

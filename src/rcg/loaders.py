@@ -21,16 +21,15 @@ from typing import Any, Dict, Optional
 
 from . import official, pixel
 from .config import EncoderRun, EvalNetRun, PixelRun, RDMRun, TokenizerRun
-from .encoders import Encoder, fingerprint
+from .encoders import Encoder
 from .evalnet import EvalCNN
 from .evaluate import EvalNet
 from .rdm import RDM
-from .store import WEIGHTS, CheckpointError, digest, load_tensors, read_config
+from .store import WEIGHTS, CheckpointError, digest, fingerprint, load_tensors, read_config
 from .tokenizer import TOKENIZER_KIND, VQModel
 from .tree import from_dict
 
 REPS_KIND = "rcg-reps"       # the kind in the metadata of a representation file (cache-reps, sample-reps)
-FINGERPRINTS = ("encoder_fingerprint", "tokenizer_fingerprint")   # what a run was trained on (config.json)
 
 
 @dataclass
@@ -55,7 +54,7 @@ _RUNS = {"encoder": (EncoderRun, lambda c: Encoder(c.encoder)), "tokenizer": (To
 def _run_dir(kind: str, src: Path):
     """(module, config, trained-on fingerprints, weights metadata) of one of our run directories."""
     raw = read_config(src)
-    trained_on = {k.split("_")[0]: raw.pop(k, None) for k in FINGERPRINTS}
+    trained_on = {k: raw.pop(f"{k}_fingerprint", None) for k in ("encoder", "tokenizer")}   # what it was trained on
     tensors, meta = load_tensors(src / WEIGHTS)
     if kind == "tokenizer" and meta.get("kind", TOKENIZER_KIND) != TOKENIZER_KIND:
         raise CheckpointError(f"{src} holds a {meta.get('kind')!r} checkpoint, not a tokenizer")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .augment import ViewSpec
-from .config import (DIT_DIFFUSION, DataConfig, DiffusionConfig, EncoderRun, EvalNetRun, KNNConfig, OptimConfig,
-                     PixelRun, RDMRun, TokenizerRun)
+from .config import (DataConfig, DiffusionConfig, EncoderRun, EvalNetRun, OptimConfig, PixelRun, RDMRun,
+                     TokenizerRun)
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig
 from .evalnet import EvalNetConfig
 from .pixel.dit import DIT_PRESETS

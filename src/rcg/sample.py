@@ -16,10 +16,12 @@ from tqdm.auto import tqdm
 
 from . import dist, pixel
 from .config import DiffusionConfig
-from .data import check_channels, check_resolution, decode_image
+from .data import check_channels, check_resolution
 from .diffusion import GaussianDiffusion
 from .encoders import Encoder
+from .images import decode_image
 from .loaders import load
+from .precision import autocast as bf16_autocast
 from .rng import per_sample, randn_per_sample
 from .tree import to_dict
 
@@ -210,10 +212,9 @@ def encode_images(encoder: Encoder, images: torch.Tensor, batch_size: int = 500,
     encoder.eval()
     dev = next(encoder.parameters()).device
     out = []
-    ctx = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(dev)
-        with ctx:
+        with bf16_autocast(dev, bf16):
             out.append((encoder.features(x) if features else encoder.encode(x)).float().cpu())
     return torch.cat(out)
 

@@ -90,14 +90,27 @@ def load_tensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     return tensors, meta
 
 
-def digest(tensors: Dict[str, torch.Tensor]) -> str:
+def _sha256(tensors: Dict[str, torch.Tensor], header) -> str:
+    """sha256 over the tensors in name order: ``header(name, tensor)``, then the tensor's raw bytes."""
     h = hashlib.sha256()
     for k in sorted(tensors):
-        t = tensors[k]
-        h.update(k.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(header(k, t))
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def digest(tensors: Dict[str, torch.Tensor]) -> str:
+    """The checksum :func:`save_tensors` writes into a file's metadata (name, dtype, shape and bytes of each)."""
+    return _sha256(tensors, lambda k, t: k.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """A short sha256 of a module's state: caches and runs record it, so that a later stage can refuse
+    representations made by another encoder. The hash of :func:`digest` with shape before dtype (the layout the
+    fingerprints recorded by earlier versions have)."""
+    return _sha256(module.state_dict(), lambda k, t: k.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())[:16]
 
 
 def save_state(path, state: dict) -> None:

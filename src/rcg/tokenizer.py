@@ -18,6 +18,7 @@ kept as a buffer (so it is saved with the resume state) and dead-code re-seeding
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -44,6 +45,11 @@ class VQConfig:
     legacy: bool = True          # VectorQuantizer2's default loss: beta weighs the codebook term, 1 the commitment
     num_groups: int = 32         # GroupNorm groups (official 32); small CPU configs may use fewer
 
+    @property
+    def downsampling(self) -> int:
+        """Image side / token-grid side: 2 ** (len(ch_mult) - 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
 
 def swish(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
@@ -66,43 +72,27 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(swish(self.norm1(x)))
         h = self.conv2(swish(self.norm2(h)))
-        if hasattr(self, "nin_shortcut"):
-            return self.nin_shortcut(h) + h
-        return x + h
+        return self.nin_shortcut(h) + h if hasattr(self, "nin_shortcut") else x + h
 
 
-class _Mid(nn.Module):
-    def __init__(self, c: int, groups: int):
-        super().__init__()
-        self.block_1 = ResnetBlock(c, c, groups)
-        self.block_2 = ResnetBlock(c, c, groups)
-
-    def forward(self, x):
-        return self.block_2(self.block_1(x))
+def _mid(c: int, groups: int) -> nn.Sequential:
+    """The middle of the encoder and decoder: ResnetBlocks ``block_1`` then ``block_2``."""
+    return nn.Sequential(OrderedDict(block_1=ResnetBlock(c, c, groups), block_2=ResnetBlock(c, c, groups)))
 
 
-class _Upsample(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+def _upsample(c: int) -> nn.Sequential:
+    """Nearest 2x, then the 3x3 ``conv``."""
+    return nn.Sequential(OrderedDict(resize=nn.Upsample(scale_factor=2.0, mode="nearest"),
+                                     conv=nn.Conv2d(c, c, 3, padding=1)))
 
 
-class _Level(nn.Module):
-    """One resolution level: ``block`` (ResnetBlocks) and, in the decoder, ``upsample``."""
-
-    def __init__(self, cin: int, cout: int, n: int, groups: int, upsample: bool = False):
-        super().__init__()
-        self.block = nn.ModuleList([ResnetBlock(cin if j == 0 else cout, cout, groups) for j in range(n)])
-        if upsample:
-            self.upsample = _Upsample(cout)
-
-    def forward(self, x):
-        for b in self.block:
-            x = b(x)
-        return self.upsample(x) if hasattr(self, "upsample") else x
+def _level(cin: int, cout: int, n: int, groups: int, upsample: bool = False) -> nn.Sequential:
+    """One resolution level: ``block`` (n ResnetBlocks) and, in the decoder, ``upsample``."""
+    level = nn.Sequential(OrderedDict(block=nn.Sequential(*[ResnetBlock(cin if j == 0 else cout, cout, groups)
+                                                            for j in range(n)])))
+    if upsample:
+        level.add_module("upsample", _upsample(cout))
+    return level
 
 
 class Encoder(nn.Module):
@@ -111,10 +101,10 @@ class Encoder(nn.Module):
         g = c.num_groups
         self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1, bias=False)
         mults = (1,) + tuple(c.ch_mult)
-        self.down = nn.ModuleList([_Level(c.ch * mults[i], c.ch * mults[i + 1], c.num_res_blocks, g)
+        self.down = nn.ModuleList([_level(c.ch * mults[i], c.ch * mults[i + 1], c.num_res_blocks, g)
                                    for i in range(len(c.ch_mult))])
         top = c.ch * c.ch_mult[-1]
-        self.mid = _Mid(top, g)
+        self.mid = _mid(top, g)
         self.norm_out = _norm(top, g)
         self.conv_out = nn.Conv2d(top, c.z_channels, 1)
 
@@ -133,9 +123,9 @@ class Decoder(nn.Module):
         g = c.num_groups
         top = c.ch * c.ch_mult[-1]
         self.conv_in = nn.Conv2d(c.z_channels, top, 3, padding=1)
-        self.mid = _Mid(top, g)
+        self.mid = _mid(top, g)
         ins = [c.ch * m for m in tuple(c.ch_mult[1:]) + (c.ch_mult[-1],)]   # level i gets level i+1's width
-        self.up = nn.ModuleList([_Level(ins[i], c.ch * c.ch_mult[i], c.num_res_blocks, g, upsample=i > 0)
+        self.up = nn.ModuleList([_level(ins[i], c.ch * c.ch_mult[i], c.num_res_blocks, g, upsample=i > 0)
                                  for i in range(len(c.ch_mult))])
         self.norm_out = _norm(c.ch * c.ch_mult[0], g)
         self.conv_out = nn.Conv2d(c.ch * c.ch_mult[0], c.out_channels, 3, padding=1)
@@ -186,7 +176,7 @@ class VQModel(nn.Module):
 
     def __init__(self, cfg: VQConfig = VQConfig()):
         super().__init__()
-        f = 2 ** (len(cfg.ch_mult) - 1)
+        f = cfg.downsampling
         if cfg.z_channels != cfg.embed_dim:
             raise ValueError(f"z_channels ({cfg.z_channels}) must equal embed_dim ({cfg.embed_dim}): "
                              f"this VQGAN has no quant_conv")
@@ -204,7 +194,7 @@ class VQModel(nn.Module):
     @property
     def token_grid(self) -> int:
         """h (= w) of the token grid for ``cfg.resolution``."""
-        return self.cfg.resolution // 2 ** (len(self.cfg.ch_mult) - 1)
+        return self.cfg.resolution // self.cfg.downsampling
 
     @staticmethod
     def _float(x: torch.Tensor) -> torch.Tensor:
@@ -221,14 +211,13 @@ class VQModel(nn.Module):
     def decode_ids(self, ids: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """Codebook lookup, then the decoder (the path of MAGE's ``gen_image``). ``ids`` (B, h*w) or (B, h, w);
         ``hw`` defaults to the ids' own grid, or a square one."""
-        if hw is None:
-            if ids.dim() == 3:
-                hw = tuple(ids.shape[1:])
-            else:
-                side = math.isqrt(ids.shape[1])
-                if side * side != ids.shape[1]:
-                    raise ValueError(f"{ids.shape[1]} tokens are not a square grid; pass hw=(h, w)")
-                hw = (side, side)
+        if hw is None and ids.dim() == 3:
+            hw = tuple(ids.shape[1:])
+        elif hw is None:
+            side = math.isqrt(ids.shape[1])
+            if side * side != ids.shape[1]:
+                raise ValueError(f"{ids.shape[1]} tokens are not a square grid; pass hw=(h, w)")
+            hw = (side, side)
         return self.decoder(self.quantize.lookup(ids, *hw))
 
     def forward(self, x: torch.Tensor):
@@ -263,10 +252,8 @@ def reseed_dead_codes(codebook: torch.Tensor, usage: torch.Tensor, z_flat: torch
     dead = (usage < threshold / n).nonzero().flatten()
     if len(dead) == 0:
         return 0
-    if len(z_flat) >= len(dead):
-        pick = torch.randperm(len(z_flat), generator=gen)[:len(dead)]
-    else:
-        pick = torch.randint(0, len(z_flat), (len(dead),), generator=gen)
+    pick = (torch.randperm(len(z_flat), generator=gen)[:len(dead)] if len(z_flat) >= len(dead)
+            else torch.randint(0, len(z_flat), (len(dead),), generator=gen))
     codebook[dead] = z_flat[pick.to(z_flat.device)].to(codebook.dtype)
     usage[dead] = 1.0 / n
     return len(dead)
@@ -283,8 +270,7 @@ class VQTrainer(nn.Module):
         self.vq = vq
         self.l1, self.mse, self.grad = l1, mse, grad
         self.usage_decay, self.dead_threshold = usage_decay, dead_threshold
-        n = vq.cfg.n_embed
-        self.register_buffer("usage", torch.zeros(n))
+        self.register_buffer("usage", torch.zeros(vq.cfg.n_embed))
         self.register_buffer("reseeded", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
@@ -299,8 +285,7 @@ class VQTrainer(nn.Module):
     def loss(self, x: torch.Tensor):
         """x float [0, 1] -> (loss, metrics); updates the usage EMA."""
         recon, vq_loss, ids = self.vq(x)
-        recon = recon.float()
-        diff = recon - x
+        diff = recon.float() - x
         rec = self.l1 * diff.abs().mean() + self.mse * diff.pow(2).mean()
         if self.grad:
             rec = rec + self.grad * (diff.diff(dim=-1).abs().mean() + diff.diff(dim=-2).abs().mean())
@@ -324,7 +309,7 @@ def reconstruction_metrics(vq: VQModel, images: torch.Tensor, batch_size: int = 
     vq.eval()
     dev = next(vq.parameters()).device
     counts = torch.zeros(vq.cfg.n_embed, dtype=torch.float64)
-    f = 2 ** (len(vq.cfg.ch_mult) - 1)
+    f = vq.cfg.downsampling
     scores = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(dev).float().div(255.0)

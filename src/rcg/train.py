@@ -173,8 +173,7 @@ def _resume(run_dir: Path, model, opt, ema, dev, total: int) -> tuple:
     torch.set_rng_state(st["rng"])
     if dev.type == "cuda" and "cuda_rng" in st:
         torch.cuda.set_rng_state(st["cuda_rng"], dev)
-    if dist.is_main():
-        print(f"resuming {run_dir} from step {int(st['step'])}/{total}")
+    dist.print0(f"resuming {run_dir} from step {int(st['step'])}/{total}")
     return int(st["step"]), rotate
 
 

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..encoders import fingerprint
-from ..store import atomic_write
+from ..store import atomic_write, fingerprint
 from .features import DEFAULT_MAX_KEEP, FeatureNet, StreamingStats, check_images
 from .metrics import EvalError, fid_from_stats, inception_score, precision_recall
 from .sources import iterate_npz, iterate_tensor

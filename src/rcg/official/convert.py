@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ..config import DIT_DIFFUSION, DiffusionConfig, PixelRun
-from ..encoders import Encoder, fingerprint
+from ..encoders import Encoder
 from ..presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER_PRESETS
-from ..store import WEIGHTS, atomic_write, prepare_run_dir, save_tensors
+from ..store import WEIGHTS, atomic_write, fingerprint, prepare_run_dir, save_tensors
 from ..tokenizer import TOKENIZER_KIND
 from ..tree import to_dict
 from .dit import dit_from_official

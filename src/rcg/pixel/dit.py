@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..diffusion import GaussianDiffusion
 from ..guidance import guided_pass
-from ..layers import Attention, Mlp, sincos_pos_embed, timestep_embedding
+from ..layers import Attention, Mlp, class_condition, rep_condition, sincos_pos_embed, timestep_embedding
 from ..precision import resolve_bf16
 from ..rng import randn_per_sample, uniform
 from ..tree import to_dict
@@ -198,25 +198,10 @@ class DiT(nn.Module):
             if null is not None and bool(null.any()):
                 raise ValueError("an unconditional DiT (cond='none') has no null condition (no guidance)")
             return temb
-        if c.cond == "class":
-            if labels is None or labels.shape != (B,):
-                raise ValueError(f"this DiT is class-conditional ({c.num_classes} classes): pass labels ({B},)")
-            labels = labels.to(temb.device)
-            if null is not None and bool(null.any()):
-                if c.class_dropout_prob <= 0:
-                    raise ValueError("this class-conditional DiT has no null class (class_dropout_prob = 0)")
-                labels = torch.where(null, torch.full_like(labels, c.num_classes), labels)
-            return temb + self.y_embedder.embedding_table(labels)
-        w = self.rep_embedder.weight
-        nul = self.null_rep.to(w.dtype).expand(B, -1)
-        if rep is None:
-            if null is not None and not bool(null.all()):
-                raise ValueError("rep is None but some samples are not selected as null")
-            return temb + self.rep_embedder(nul)
-        if rep.shape != (B, c.rep_dim):
-            raise ValueError(f"rep must be ({B}, {c.rep_dim}), got {tuple(rep.shape)}")
-        r = rep.to(device=w.device, dtype=w.dtype)
-        return temb + self.rep_embedder(r if null is None else torch.where(null.view(B, 1), nul, r))
+        if c.cond == "class":                                     # the null class is the table's extra row
+            null_class = c.num_classes if c.class_dropout_prob > 0 else None
+            return temb + class_condition(self.y_embedder.embedding_table, labels, null, B, null_class)
+        return temb + rep_condition(self.rep_embedder, self.null_rep, rep, null, B)
 
     # ---- network -----------------------------------------------------------------------------
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -308,10 +293,8 @@ def trainer(model: DiT, run):
         t = torch.randint(0, diffusion.num_steps, (g,), generator=generator)[rows].to(dev)
         noise = torch.randn((g,) + tuple(x.shape[1:]), generator=generator)[rows].to(dev)
         null = (torch.rand(g, generator=generator) < drop_p)[rows].to(dev) if drop_p > 0 else None
-        x0 = x.float().div(127.5).sub(1.0)
-        rep = rep if c.cond == "rep" else None
-        y = labels if c.cond == "class" else None
-        return diffusion.loss(lambda xt, tt: model(xt, tt, rep, y, null=null), x0, t, noise), {}
+        x0 = x.float().div(127.5).sub(1.0)                     # the network uses only the condition of its cond
+        return diffusion.loss(lambda xt, tt: model(xt, tt, rep, labels, null=null), x0, t, noise), {}
     return loss
 
 
@@ -320,12 +303,10 @@ def sampler(model: DiT, run):
     DiT on an autoencoder's latents); ``temperature`` does not apply; unset settings are the run's."""
     dev = next(model.parameters()).device
     diffusion = _diffusion(run, dev)
-    cond = model.cfg.cond
 
-    def sample(rep, labels, generators, steps=None, temperature=None, guidance=None):
+    def sample(rep, labels, generators, steps=None, temperature=None, guidance=None):   # uses cond's condition only
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=resolve_bf16(run.sample_bf16, dev)):
-            return dit_generate(model, diffusion, generators, rep=rep if cond == "rep" else None,
-                                labels=labels if cond == "class" else None, steps=steps or run.steps,
+            return dit_generate(model, diffusion, generators, rep=rep, labels=labels, steps=steps or run.steps,
                                 sampler=run.sampler, eta=run.eta, guidance=run.guidance if guidance is None else guidance,
                                 clip_denoised=not run.autoencoder, official_first3=run.official_first3)
     return sample

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..guidance import guided_pass, linear_tau
-from ..layers import Attention, Mlp
+from ..layers import Attention, Mlp, class_condition, rep_condition
 from ..rng import uniform
 
 
@@ -203,29 +203,14 @@ class MAGE(nn.Module):
         nn.init.zeros_(self.mlm_layer.bias)
 
     # ---- conditioning ------------------------------------------------------------------------
-    def _slot0(self, B: int, rep, labels, null, device) -> torch.Tensor:
+    def _slot0(self, B: int, rep, labels, null) -> torch.Tensor:
         """The slot-0 vectors (B, embed_dim)."""
         c = self.cfg
-        if c.cond == "class":
-            if labels is None:
-                raise ValueError(f"this MAGE is class-conditional ({c.num_classes} classes): pass labels (B,)")
-            if null is not None and bool(null.any()):
-                raise ValueError("a class-conditional MAGE has no null condition (no guidance)")
-            if labels.shape != (B,):
-                raise ValueError(f"labels must be ({B},), got {tuple(labels.shape)}")
-            return self.class_emb(labels.to(device))
-        w = self.latent_prior_proj.weight
-        nul = self.null_rep.to(w.dtype).expand(B, -1)
-        if c.cond == "none" or rep is None:
-            if c.cond == "rep" and null is not None and not bool(null.all()):
-                raise ValueError("rep is None but some samples are not selected as null")
-            return self.latent_prior_proj(nul)
-        if rep.shape != (B, c.rep_dim):
-            raise ValueError(f"rep must be ({B}, {c.rep_dim}), got {tuple(rep.shape)}")
-        r = rep.to(device=w.device, dtype=w.dtype)
-        if null is not None:
-            r = torch.where(null.to(w.device).view(B, 1), nul, r)
-        return self.latent_prior_proj(r)
+        if c.cond == "class":                                             # no null class
+            return class_condition(self.class_emb, labels, null, B)
+        if c.cond == "none":                                              # always null_rep
+            rep, null = None, None
+        return rep_condition(self.latent_prior_proj, self.null_rep, rep, null, B)
 
     # ---- network -----------------------------------------------------------------------------
     def _decoded(self, ids: torch.Tensor, slot0: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -255,7 +240,7 @@ class MAGE(nn.Module):
     def _step(self, tokens_in: torch.Tensor, rep, labels, null) -> torch.Tensor:
         if tokens_in.dim() != 2 or tokens_in.shape[1] != self.cfg.num_tokens:
             raise ValueError(f"tokens must be (B, {self.cfg.num_tokens}), got {tuple(tokens_in.shape)}")
-        return self._decoded(tokens_in, self._slot0(tokens_in.shape[0], rep, labels, null, tokens_in.device))
+        return self._decoded(tokens_in, self._slot0(tokens_in.shape[0], rep, labels, null))
 
     def logits(self, tokens_in: torch.Tensor, rep: Optional[torch.Tensor] = None,
                labels: Optional[torch.Tensor] = None, null: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -298,8 +283,7 @@ class MAGE(nn.Module):
         dev = tokens.device
         ratio = self.sample_mask_ratio(generator)
         n_mask, n_drop = math.ceil(L * ratio), math.ceil(L * c.drop_ratio)
-        noise = draw(L)
-        order = noise.argsort(1)                                          # small noise = masked / dropped first
+        order = draw(L).argsort(1)                                        # small noise = masked / dropped first
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=dev).expand(B, L))
         masked = rank < n_mask
         keep = order[:, n_drop:].sort(1).values
@@ -308,8 +292,7 @@ class MAGE(nn.Module):
             if rep is None:
                 raise ValueError("cond='rep': pass rep (B, rep_dim)")
             null = draw() < c.rep_drop_prob
-        slot0 = self._slot0(B, rep, labels, null, dev)
-        h = self._decoded(tokens.masked_fill(masked, c.mask_id), slot0, keep)
+        h = self._decoded(tokens.masked_fill(masked, c.mask_id), self._slot0(B, rep, labels, null), keep)
         logits = self._mlm(h[:, 1:][masked], c.codebook_size).float()
         target = tokens[masked]
         loss = F.cross_entropy(logits, target, label_smoothing=c.label_smoothing)
@@ -336,8 +319,8 @@ def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optio
     RNG). ``return_history``: also return (steps, B, L) ids after each step (re-masked; the last entry is
     the result). Call in eval mode. Batch size from rep / labels / generators / ``batch_size``."""
     c = model.cfg
-    B = next((int(x.shape[0]) for x in (rep, labels) if x is not None), None)
-    B = B if B is not None else (len(generators) if generators is not None else batch_size)
+    B = next((int(x.shape[0]) for x in (rep, labels) if x is not None),
+             len(generators) if generators is not None else batch_size)
     if B is None:
         raise ValueError("cannot tell the batch size: pass rep, labels, generators or batch_size")
     if steps < 1:
@@ -356,13 +339,11 @@ def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optio
         lg = guided_pass(lambda *a, null: model.logits(*a, null=null).float(), (ids, rep, labels), tau)
         sampled = (lg + gumbel(uniform((B, L, C), generators, dev))).argmax(-1)   # Categorical
         sampled = torch.where(unknown, sampled, ids)
-        r = (k + 1) / steps
         mask_len = (unknown.sum(1) - 1).clamp(max=cosine_mask_len(L, k, steps)).clamp(min=1)
         conf = lg.log_softmax(-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
-        conf = conf + temperature * (1.0 - r) * gumbel(uniform((B, L), generators, dev))
+        conf = conf + temperature * (1.0 - (k + 1) / steps) * gumbel(uniform((B, L), generators, dev))
         conf = conf.masked_fill(~unknown, float("inf"))
-        order = conf.argsort(1)
-        remask = torch.zeros_like(unknown).scatter(1, order, torch.arange(L, device=dev) < mask_len[:, None])
+        remask = torch.zeros_like(unknown).scatter(1, conf.argsort(1), torch.arange(L, device=dev) < mask_len[:, None])
         ids = torch.where(remask, c.mask_id, sampled)
         if return_history:
             history.append(sampled if k == steps - 1 else ids)
@@ -384,23 +365,17 @@ def sized(cfg: MAGEConfig, data: dict) -> MAGEConfig:
 
 
 def trainer(model: MAGE, run):
-    """loss(tokens, rep, labels, generator, rows, global_batch) of :meth:`MAGE.loss`."""
-    cond = model.cfg.cond
-
-    def loss(x, rep, labels, generator, rows, global_batch):
-        return model.loss(x, rep=rep if cond == "rep" else None, labels=labels if cond == "class" else None,
-                          generator=generator, rows=rows, global_batch=global_batch)
-    return loss
+    """loss(tokens, rep, labels, generator, rows, global_batch): :meth:`MAGE.loss`, which uses only the
+    condition of its ``cond`` (rep for "rep", labels for "class", neither for "none")."""
+    return model.loss
 
 
 def sampler(model: MAGE, run):
     """sample(rep, labels, generators, steps, temperature, guidance) -> tokens (B, num_tokens); unset settings
-    are the run's."""
-    cond = model.cfg.cond
-
+    are the run's. The model uses only the condition of its ``cond``."""
     def sample(rep, labels, generators, steps=None, temperature=None, guidance=None):
-        return mage_generate(model, rep if cond == "rep" else None, labels if cond == "class" else None,
-                             steps or run.steps, run.temperature if temperature is None else temperature,
+        return mage_generate(model, rep, labels, steps or run.steps,
+                             run.temperature if temperature is None else temperature,
                              run.guidance if guidance is None else guidance, generators, len(generators))
     return sample
 

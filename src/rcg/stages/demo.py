@@ -42,9 +42,6 @@ def export_run(src, dst, half: bool = True, note: str = "") -> Path:
     return dst
 
 
-# ------------------------------------------------------------------------------------------------
-# demo
-# ------------------------------------------------------------------------------------------------
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
@@ -91,45 +88,40 @@ def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encode
     def stage(name):
         times[name] = round(time.time() - t0 - sum(times.values()), 1)
 
+    def trained(k, name, what, fn, base, extra=()):
+        """Stage k: ``base`` with ``extra`` and the stage's overrides, trained into OUT/name."""
+        print(f"[{k}/6] training {what} into {out / name}")
+        summary[name] = fn(apply_overrides(base, list(extra) + over.get(name, [])), str(out / name), device, progress)
+        stage(name)
+
     enc_cfg = apply_overrides(ENCODER_PRESETS["fmnist-encoder"], over.get("encoder", []))
     if train_new_encoder:
         encoder = str(out / "encoder")
-        print(f"[1/6] training the encoder (preset fmnist-encoder) into {encoder}")
-        summary["encoder"] = train_encoder(enc_cfg, encoder, device, progress)
-    elif encoder is None:
-        if not (SHIPPED_ENCODER / WEIGHTS).is_file():
-            raise FileNotFoundError(f"no shipped encoder weights in {SHIPPED_ENCODER}; use --train-encoder")
-        encoder = str(SHIPPED_ENCODER)
-        print(f"[1/6] encoder: the weights shipped with rcg ({encoder}), trained by this project's "
-              f"`rcg train-encoder --preset fmnist-encoder` (command and seed in its README.md)")
+        trained(1, "encoder", "the encoder (preset fmnist-encoder)", train_encoder, ENCODER_PRESETS["fmnist-encoder"])
+    elif encoder is None and not (SHIPPED_ENCODER / WEIGHTS).is_file():
+        raise FileNotFoundError(f"no shipped encoder weights in {SHIPPED_ENCODER}; use --train-encoder")
     else:
-        print(f"[1/6] encoder: {encoder}")
-    stage("encoder")
-    print(f"[2/6] training the VQ tokenizer (preset fmnist-tokenizer) into {out / 'tokenizer'}")
-    tok_cfg = apply_overrides(TOKENIZER_PRESETS["fmnist-tokenizer"], over.get("tokenizer", []))
-    summary["tokenizer"] = train_tokenizer(tok_cfg, str(out / "tokenizer"), device, progress)
-    stage("tokenizer")
-    cache = out / "cache.safetensors"
+        shipped = encoder is None
+        encoder = str(SHIPPED_ENCODER) if shipped else encoder
+        print(f"[1/6] encoder: the weights shipped with rcg ({encoder}), trained by this project's `rcg train-encoder "
+              f"--preset fmnist-encoder` (command and seed in its README.md)" if shipped else f"[1/6] encoder: {encoder}")
+        stage("encoder")
+    trained(2, "tokenizer", "the VQ tokenizer (preset fmnist-tokenizer)", train_tokenizer,
+            TOKENIZER_PRESETS["fmnist-tokenizer"])
+    cache, data = out / "cache.safetensors", over.get("data", {})
     print(f"[3/6] representations and tokens of every training image (crop + flip) -> {cache}")
-    data_over = [f"data.{k}={v}" for k, v in over.get("data", {}).items()]
-    if cache_limit and "limit" not in over.get("data", {}):
-        data_over.append(f"data.limit={cache_limit}")
+    limit = {"limit": cache_limit} if cache_limit and "limit" not in data else {}       # after the data overrides
+    data_over = [f"data.{k}={v}" for k, v in {**data, **limit}.items()]
     summary["cache"] = cache_reps(encoder, cache, views=1, device=device, tokenizer=str(out / "tokenizer"),
                                   data_overrides=data_over, bf16=None, progress=progress)
     stage("cache")
-    print(f"[4/6] training the RDM (preset fmnist-rdm) into {out / 'rdm'}")
-    rdm_cfg = apply_overrides(override(override(RDM_RUN_PRESETS["fmnist-rdm"], "cache", str(cache)), "encoder", encoder),
-                              over.get("rdm", []))
-    summary["rdm"] = train_rdm(rdm_cfg, str(out / "rdm"), device, progress)
-    stage("rdm")
-    print(f"[5/6] training MAGE on representations (preset fmnist-mage) into {out / 'pixel'}")
-    pix_cfg = apply_overrides(PIXEL_PRESETS["fmnist-mage"], [f"cache={cache}", f"encoder={encoder}",
-                                                             f"tokenizer={out / 'tokenizer'}"] + over.get("pixel", []))
-    summary["pixel"] = train_pixel(pix_cfg, str(out / "pixel"), device, progress)
-    stage("pixel")
+    trained(4, "rdm", "the RDM (preset fmnist-rdm)", train_rdm,
+            override(override(RDM_RUN_PRESETS["fmnist-rdm"], "cache", str(cache)), "encoder", encoder))
+    trained(5, "pixel", "MAGE on representations (preset fmnist-mage)", train_pixel, PIXEL_PRESETS["fmnist-mage"],
+            [f"cache={cache}", f"encoder={encoder}", f"tokenizer={out / 'tokenizer'}"])
     print("[6/6] sampling")
     s = RCGSampler(str(out / "pixel"), str(out / "rdm"), device)
-    test = load_dataset(replace_data(enc_cfg.eval_data, over.get("data", {})))
+    test = load_dataset(replace(enc_cfg.eval_data, **data) if data else enc_cfg.eval_data)
     idx = _one_per_class(test.labels, 6) if test.labels is not None else list(range(6))
     files = showcase(s, test.images[idx], out, scale=3)
     stage("sample")
@@ -146,17 +138,6 @@ def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encode
     return summary
 
 
-def replace_data(cfg, fields: dict):
-    return replace(cfg, **fields) if fields else cfg
-
-
 def _one_per_class(labels: torch.Tensor, n: int) -> list:
     """Indices of the first image of each of the first ``n`` classes."""
-    out = []
-    for c in range(int(labels.max()) + 1):
-        hits = (labels == c).nonzero()
-        if len(hits):
-            out.append(int(hits[0]))
-        if len(out) == n:
-            break
-    return out
+    return [int((labels == c).nonzero()[0]) for c in labels.unique()[:n]]

@@ -9,14 +9,14 @@ import torch
 from .. import augment, dist
 from ..config import EncoderRun, fit_to_data
 from ..data import ImageSet, load_dataset
-from ..encoders import Encoder, fingerprint
+from ..encoders import Encoder
 from ..evaluate import knn_accuracy
 from ..loaders import load
 from ..precision import resolve_bf16
 from ..rng import EpochBatches
 from ..sample import encode_images
 from ..ssl import MoCoV3, momentum_at
-from ..store import METRICS, append_metrics
+from ..store import METRICS, append_metrics, fingerprint
 from ..train import Job, Runtime, steps_for
 from .common import Built, n_params, train_stage
 

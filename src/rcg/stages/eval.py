@@ -8,15 +8,12 @@ from .. import dist
 from .. import evaluate as E
 from ..evaluate import InceptionV3
 from ..data import load_dataset
-from ..encoders import fingerprint
+from ..store import fingerprint
 
 from ..loaders import load, load_reps
 from .sample import load_sampler
 
 
-# ------------------------------------------------------------------------------------------------
-# eval
-# ------------------------------------------------------------------------------------------------
 def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weights=None, mage=None,
              num: int = 10000, seed: int = 0, guidance=None,
              temperature=None, steps=None, inception_weights=None, evalnet=None, ref=None, ref_data=None,
@@ -41,15 +38,10 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weight
                               guidance=guidance):
                 pass
         return {}
-    if inception_weights is not None:
-        net = InceptionV3(inception_weights, device=dev)
-    else:
-        net = load("evalnet", evalnet, dev).module
-    if ref is not None:
-        reference = E.load_reference(ref, net)
-    else:
-        reference = E.reference_stats(lambda: E.iterate_tensor(load_dataset(ref_data).images, batch_size), net,
-                                      cache=ref_cache, source_name=f"{ref_data}", progress=progress)
+    net = InceptionV3(inception_weights, device=dev) if inception_weights is not None else load("evalnet", evalnet, dev).module
+    reference = E.load_reference(ref, net) if ref is not None else E.reference_stats(
+        lambda: E.iterate_tensor(load_dataset(ref_data).images, batch_size), net, cache=ref_cache,
+        source_name=f"{ref_data}", progress=progress)
     rep_encoder = rep_ref = None
     if npz is not None:
         batches = E.iterate_npz(npz, batch_size)

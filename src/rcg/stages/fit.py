@@ -22,15 +22,13 @@ import torch
 from ..augment import ViewSpec
 from ..config import DataConfig, EncoderRun, KNNConfig, OptimConfig, PixelRun, RDMRun, TokenizerRun
 from ..presets import PIXEL_PRESETS, RDM_RUN_PRESETS
-from ..tree import apply_overrides, diff, to_dict
-from ..data import DataError, ImageSet, load_image_folder, save_image_set, scan_image_folder, tensor_file_meta
+from ..tree import apply_overrides, diff
+from ..data import DataError, ImageSet, load_image_folder, load_image_tensors, save_image_set, tensor_file_meta
+from ..images import scan_image_folder
 from ..encoders import EncoderConfig
 from ..pixel.dit import DIT_PRESETS
 from ..tokenizer import VQConfig
 from .. import dist, pixel
-from ..config import DataConfig as D
-from ..data import load_image_tensors
-from ..encoders import fingerprint
 from ..evaluate import fd_between
 from ..loaders import load, load_reps
 from ..precision import describe
@@ -119,8 +117,12 @@ class FitPlan:
     channels: int
 
 
-def _epochs(images: float, n: int) -> float:
-    return round(max(images, 1) / max(n, 1), 4)
+def _budget(o: OptimConfig, rows: int, images: float = 0, steps: int = 0, warmup: float = 0.02) -> OptimConfig:
+    """The batch size capped by the rows (tiny folders), a budget of images seen (or of optimizer steps at that
+    batch size) as epochs of ``rows``, and a warm-up of that fraction of the budget."""
+    o = replace(o, batch_size=max(2, min(o.batch_size, rows)))
+    images = images or steps * o.batch_size
+    return replace(o, epochs=round(max(images, 1) / max(rows, 1), 4), warmup_epochs=round(warmup * images / rows, 4))
 
 
 def _tokenizer_model(base: VQConfig, resolution: int, channels: int, ch: int) -> VQConfig:
@@ -128,23 +130,6 @@ def _tokenizer_model(base: VQConfig, resolution: int, channels: int, ch: int) ->
     levels = {32: 3, 64: 4, 128: 5, 256: 5}.get(resolution) or max(2, min(5, round(math.log2(resolution / 8)) + 1))
     mult = (1, 2, 2, 4, 4)[:levels]
     return replace(base, in_channels=channels, out_channels=channels, resolution=resolution, ch=ch, ch_mult=mult)
-
-
-def _check_resolution(resolution: int) -> None:
-    if resolution % 8 or not 16 <= resolution <= 512:
-        raise ValueError(f"--resolution must be a multiple of 8 between 16 and 512 (e.g. {', '.join(map(str, RESOLUTIONS))}); "
-                         f"got {resolution}")
-
-
-def _encoder_channels(encoder) -> int:
-    """The input channels of a train-encoder run directory (from its config), or 3 for an official file."""
-    src = Path(encoder)
-    if src.is_dir():
-        cfg = src / "config.json"
-        if not cfg.is_file():
-            raise FileNotFoundError(f"--encoder {encoder} is a directory without config.json (not a train-encoder run)")
-        return int(json.loads(cfg.read_text())["encoder"]["in_chans"])
-    return 3
 
 
 def plan(data_dir, out, preset: str = "quick", resolution: Optional[int] = None, channels: Optional[int] = None,
@@ -164,8 +149,15 @@ def plan(data_dir, out, preset: str = "quick", resolution: Optional[int] = None,
     scan = scan_image_folder(data_dir)
     if resolution is None:
         resolution = scan.resolution(RESOLUTIONS)
-    _check_resolution(resolution)
-    enc_chans = _encoder_channels(encoder) if encoder is not None else None
+    if resolution % 8 or not 16 <= resolution <= 512:
+        raise ValueError(f"--resolution must be a multiple of 8 between 16 and 512 (e.g. {', '.join(map(str, RESOLUTIONS))}); "
+                         f"got {resolution}")
+    enc_chans = None          # the input channels of a train-encoder run (from its config), or 3 for an official file
+    if encoder is not None:
+        cfg = Path(encoder) / "config.json"
+        if Path(encoder).is_dir() and not cfg.is_file():
+            raise FileNotFoundError(f"--encoder {encoder} is a directory without config.json (not a train-encoder run)")
+        enc_chans = int(json.loads(cfg.read_text())["encoder"]["in_chans"]) if Path(encoder).is_dir() else 3
     if channels is not None and enc_chans is not None and channels != enc_chans:
         raise ValueError(f"--channels {channels} but the encoder {encoder} takes {enc_chans}-channel images")
     if channels is None:
@@ -176,9 +168,8 @@ def plan(data_dir, out, preset: str = "quick", resolution: Optional[int] = None,
     root = Path(data_dir).expanduser().resolve()
     holdout = max(FIT_PRESETS[preset].holdout, min(0.25, 8 / n))      # at least ~8 held-out images
     request = {"data_dir": str(root), "files": len(scan.files), "holdout": round(holdout, 4), "preset": preset,
-               "resolution": resolution,
-               "channels": channels, "labels": bool(labels), "encoder": str(Path(encoder).resolve()) if encoder else None,
-               "generator": generator}
+               "resolution": resolution, "channels": channels, "labels": bool(labels),
+               "encoder": str(Path(encoder).resolve()) if encoder else None, "generator": generator}
     need = n * channels * resolution * resolution * 3 + 200e6     # decoded data, cache, checkpoints
     parent = Path(out).expanduser().resolve()
     while not parent.exists():
@@ -196,28 +187,19 @@ def stage_configs(p: FitPlan, run: Path, n_train: int, mean, std, overrides: dic
     r, c, lab = p.resolution, p.channels, p.request["labels"]
     train = DataConfig("tensors", path=str(run / "data" / "train.safetensors"), resolution=r, channels=c, labels=lab)
     test = replace(train, path=str(run / "data" / "test.safetensors"), split="test")
-    bs = lambda o, n: replace(o, batch_size=max(2, min(o.batch_size, n)))           # noqa: E731 (tiny folders)
-    e = pre.encoder
-    enc = replace(e, data=train, eval_data=test,
+    gray = lambda v: v if c == 3 else replace(v, saturation=0.0, gray_p=0.0)      # noqa: E731
+    e, t, rows = pre.encoder, pre.tokenizer, n_train * pre.views
+    enc_optim = _budget(e.optim, n_train, pre.encoder_images)
+    enc = replace(e, data=train, eval_data=test, view1=gray(e.view1), view2=gray(e.view2),
                   encoder=replace(e.encoder, in_chans=c, mean=tuple(mean), std=tuple(std)),
-                  view1=e.view1 if c == 3 else replace(e.view1, saturation=0.0, gray_p=0.0),
-                  view2=e.view2 if c == 3 else replace(e.view2, saturation=0.0, gray_p=0.0),
-                  optim=replace(bs(e.optim, n_train), epochs=_epochs(pre.encoder_images, n_train)))
-    enc = replace(enc, optim=replace(enc.optim, warmup_epochs=round(0.05 * enc.optim.epochs, 4)))
-    t = pre.tokenizer
+                  optim=replace(enc_optim, warmup_epochs=round(0.05 * enc_optim.epochs, 4)))
     tok = replace(t, data=train, eval_data=test, model=_tokenizer_model(t.model, r, c, pre.tokenizer_ch),
-                  optim=replace(bs(t.optim, n_train), epochs=_epochs(pre.tokenizer_images, n_train),
-                                warmup_epochs=round(0.02 * pre.tokenizer_images / n_train, 4)))
-    rows = n_train * pre.views
-    rdm = replace(pre.rdm, optim=replace(bs(pre.rdm.optim, rows)))
-    rdm = replace(rdm, optim=replace(rdm.optim, epochs=_epochs(pre.rdm_steps * rdm.optim.batch_size, rows),
-                                     warmup_epochs=round(0.02 * pre.rdm_steps * rdm.optim.batch_size / rows, 4)))
+                  optim=_budget(t.optim, n_train, pre.tokenizer_images))
+    rdm = replace(pre.rdm, optim=_budget(pre.rdm.optim, rows, steps=pre.rdm_steps))
     pix = pre.pixel[p.request["generator"]]
     if hasattr(pix.model, "patch_size"):          # patch generators: patches of 1/8 of the image side
         pix = replace(pix, model=replace(pix.model, patch_size=max(2, r // 8)))
-    pix = replace(pix, optim=replace(bs(pix.optim, rows)))
-    pix = replace(pix, optim=replace(pix.optim, epochs=_epochs(pre.pixel_images, rows),
-                                     warmup_epochs=round(0.02 * pre.pixel_images / rows, 4)))
+    pix = replace(pix, optim=_budget(pix.optim, rows, pre.pixel_images))
     cfgs = {"encoder": enc, "tokenizer": tok, "rdm": rdm, "pixel": pix}
     return {k: apply_overrides(v, overrides.get(k, [])) for k, v in cfgs.items()}
 
@@ -244,8 +226,7 @@ def decode_once(p: FitPlan, run: Path, progress: bool = True) -> tuple:
     files = {s: run / "data" / f"{s}.safetensors" for s in ("train", "test")}
     key = {"data_dir": p.request["data_dir"], "resolution": p.resolution, "channels": p.channels,
            "labels": p.request["labels"], "holdout": p.request["holdout"]}
-    if all(f.is_file() for f in files.values()) and \
-            all(json.loads(tensor_file_meta(f).get("fit", "{}")) == key for f in files.values()):
+    if all(f.is_file() and json.loads(tensor_file_meta(f).get("fit", "{}")) == key for f in files.values()):
         return tuple(load_image_tensors(files[s], p.resolution, p.channels) for s in ("train", "test"))
     out = []
     for split in ("train", "test"):
@@ -283,14 +264,12 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
     times_path = run / "stage_times.json"
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
     summary = {"request": p.request, "preset": preset}
-    over = overrides or {}
     tokens = pixel.generator(generator).inputs == "tokens"      # a tokenizer to train first
     total_stages = 7 if tokens else 6
     counter = iter(range(1, total_stages + 1))
 
     def stage(name, what, fn):
-        k = next(counter)
-        print(f"\n[{k}/{total_stages}] {name}: {what}", flush=True)
+        print(f"\n[{next(counter)}/{total_stages}] {name}: {what}", flush=True)
         t0 = time.time()
         res = fn()
         if name not in times or time.time() - t0 > 1.0:
@@ -302,45 +281,40 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
         f = run / run_dir / "summary.json"
         return json.loads(f.read_text()) if f.is_file() else None
 
+    def trained(name, what, fn, cfg):                 # a training stage into RUN/name; a finished one is not rerun
+        summary[name] = stage(name, f"{what} -> {run / name}",
+                              lambda: finished(name) or fn(cfg, str(run / name), device, progress))
+
     train, test = stage("data", f"decoding the folder once into {run / 'data'}", lambda: decode_once(p, run, progress))
     print(f"  {len(train)} training images, {len(test)} held out ({p.request['holdout']:.0%})")
     mean, std = _channel_stats(train.images)
-    cfgs = stage_configs(p, run, len(train), mean, std, over)
+    cfgs = stage_configs(p, run, len(train), mean, std, overrides or {})
     summary["data"] = {"train": len(train), "heldout": len(test), "mean": mean, "std": std,
                        "classes": train.class_names}
 
-    def seen(name, rows):
-        return int(round(cfgs[name].optim.epochs * rows))
-
+    seen = lambda name, rows: int(round(cfgs[name].optim.epochs * rows))      # noqa: E731 (images seen)
+    n, rows = len(train), len(train) * pre.views
     enc_dir = encoder or str(run / "encoder")
     if encoder:
         stage("encoder", f"using {encoder}", lambda: None)
     else:
-        summary["encoder"] = stage("encoder", f"MoCo v3 on the images ({seen('encoder', len(train)):,} images seen) -> {enc_dir}",
-                                   lambda: finished("encoder") or train_encoder(cfgs["encoder"], enc_dir, device, progress))
-    tok_dir = None
+        trained("encoder", f"MoCo v3 on the images ({seen('encoder', n):,} images seen)", train_encoder, cfgs["encoder"])
+    tok_dir = str(run / "tokenizer") if tokens else None
     if tokens:
-        tok_dir = str(run / "tokenizer")
-        summary["tokenizer"] = stage(
-            "tokenizer", f"VQ tokenizer, {cfgs['tokenizer'].model.resolution // 2 ** (len(cfgs['tokenizer'].model.ch_mult) - 1)}"
-                         f"^2 tokens ({seen('tokenizer', len(train)):,} images seen) -> {tok_dir}",
-            lambda: finished("tokenizer") or train_tokenizer(cfgs["tokenizer"], tok_dir, device, progress))
+        m = cfgs["tokenizer"].model
+        trained("tokenizer", f"VQ tokenizer, {m.resolution // 2 ** (len(m.ch_mult) - 1)}^2 tokens "
+                             f"({seen('tokenizer', n):,} images seen)", train_tokenizer, cfgs["tokenizer"])
     cache = run / "cache.safetensors"
     summary["cache"] = stage("cache", f"representations{' and tokens' if tok_dir else ' and crops'} of {pre.views} "
                                       f"view(s) of every training image -> {cache}",
                              lambda: _cache(enc_dir, cache, tok_dir, train, p, pre, device, progress))
-    rdm_cfg = replace(cfgs["rdm"], cache=str(cache), encoder=enc_dir)
-    summary["rdm"] = stage("rdm", f"representation diffusion "
-                                  f"({seen('rdm', len(train) * pre.views) // cfgs['rdm'].optim.batch_size:,} steps) -> {run / 'rdm'}",
-                           lambda: finished("rdm") or train_rdm(rdm_cfg, str(run / "rdm"), device, progress))
-    pix_cfg = replace(cfgs["pixel"], cache=str(cache), encoder=enc_dir, tokenizer=tok_dir or "")
-    summary["pixel"] = stage("pixel", f"{generator.upper()} on representations ({seen('pixel', len(train) * pre.views):,} images seen) -> "
-                                      f"{run / 'pixel'}",
-                             lambda: finished("pixel") or train_pixel(pix_cfg, str(run / "pixel"), device, progress))
+    trained("rdm", f"representation diffusion ({seen('rdm', rows) // cfgs['rdm'].optim.batch_size:,} steps)", train_rdm,
+            replace(cfgs["rdm"], cache=str(cache), encoder=enc_dir))
+    trained("pixel", f"{generator.upper()} on representations ({seen('pixel', rows):,} images seen)", train_pixel,
+            replace(cfgs["pixel"], cache=str(cache), encoder=enc_dir, tokenizer=tok_dir or ""))
     summary.update(stage("outputs", "samples, variations of held-out images, interpolation, representation FD",
                          lambda: outputs(run, test, pre, inception_weights, device, progress)))
-    summary["stage_wall_s"] = times
-    summary["wall_s"] = round(sum(times.values()), 1)
+    summary.update(stage_wall_s=times, wall_s=round(sum(times.values()), 1))
     summary["precision"] = {k: v.get("precision", "-") for k, v in summary.items()
                             if isinstance(v, dict) and k in ("encoder", "tokenizer", "cache", "rdm", "pixel")}
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -380,8 +354,8 @@ def outputs(run: Path, test: ImageSet, pre: FitPreset, inception_weights, device
     print(f"  representation FD of {n} generated images vs the training images: {fd_gen:.4f}; "
           f"{n} held-out real images: {fd_held:.4f} (ratio {res['generated_rep_fd_ratio']:.2f})")
     if inception_weights:
-        ref = D("tensors", path=str(run / "data" / "train.safetensors"), resolution=test.images.shape[-1],
-                channels=test.images.shape[1])
+        ref = DataConfig("tensors", path=str(run / "data" / "train.safetensors"), resolution=test.images.shape[-1],
+                         channels=test.images.shape[1])
         res["fid"] = run_eval(pixel=str(run / "pixel"), rdm=str(run / "rdm"), num=pre.eval_images * 10,
                               inception_weights=inception_weights, ref_data=ref,
                               ref_cache=str(run / "inception-ref.npz"), device=device, progress=progress)

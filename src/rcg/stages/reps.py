@@ -2,7 +2,6 @@
 same crops), ``rcg sample-reps`` (representations from an RDM) and ``rcg rep-fd``."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -14,8 +13,9 @@ from ..config import DataConfig
 from ..data import load_dataset
 from ..evaluate import fd_between
 from ..loaders import REPS_KIND, load, load_reps
+from ..precision import autocast as bf16_autocast
 from ..precision import describe as describe_precision
-from ..precision import resolve_bf16
+from ..precision import precision_name, resolve_bf16
 from ..rng import view_generator
 from ..sample import draw_reps
 from ..store import CheckpointError, save_tensors
@@ -38,12 +38,11 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
         raise ValueError(f"--views must be at least 1, got {views}")
     dev = dist.setup(device)
     rec = load("encoder", encoder_src, dev)
-    encoder = rec.module
+    encoder, fp = rec.module, rec.fingerprints["self"]
     base = rec.config.data if rec.config is not None else DataConfig("folder", channels=3)
     data_cfg = apply_overrides(base, [o.split(".", 1)[1] if o.startswith("data.") else o for o in data_overrides])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     data = load_dataset(data_cfg)
-    fp = rec.fingerprints["self"]
     tok_rec = load("tokenizer", tokenizer, dev) if tokenizer is not None else None
     tok = tok_rec.module if tok_rec is not None else None
     channels_last = encoder.cfg.arch == "resnet"
@@ -51,7 +50,7 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
         encoder = encoder.to(memory_format=torch.channels_last)
     print(f"cache-reps: precision {describe_precision(bf16, dev)}")
     bf16 = resolve_bf16(bf16, dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = bf16_autocast(dev, bf16)
     n = len(data)
     reps, tokens, crops = [], [], []
     bar = tqdm(total=n * views, unit="img", unit_scale=True, desc="cache-reps", disable=not progress)
@@ -74,8 +73,7 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
     if data.labels is not None:
         tensors["labels"] = data.labels.repeat(views)
     meta = {"kind": REPS_KIND, "encoder": str(encoder_src), "encoder_fingerprint": fp, "views": views, "bf16": bf16,
-            "precision": "bf16" if bf16 else "fp32",
-            "data": data.source, "resolution": data.images.shape[-1],
+            "precision": precision_name(bf16), "data": data.source, "resolution": data.images.shape[-1],
             "num_classes": len(data.class_names) if data.class_names else 0}
     if pixels:
         tensors["images"] = torch.cat(crops)

@@ -11,12 +11,11 @@ import torch
 from .. import dist
 from ..config import TokenizerRun, fit_to_data
 from ..data import load_dataset
-from ..encoders import fingerprint
 from ..loaders import load
 from ..precision import resolve_bf16
 from ..rng import EpochBatches
 from ..sample import to_uint8, write_images
-from ..store import METRICS, append_metrics
+from ..store import METRICS, append_metrics, fingerprint
 from ..tokenizer import TOKENIZER_KIND, VQModel, VQTrainer, reconstruction_metrics
 from ..train import Job, Runtime, steps_for
 from .common import Built, n_params, train_stage
