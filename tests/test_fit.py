@@ -107,3 +107,16 @@ def test_fit_reuses_an_encoder_and_takes_its_channels(folder, tmp_path):
                    progress=False, device="cpu")
     assert not (tmp_path / "b" / "encoder").exists() and not (tmp_path / "b" / "tokenizer").exists()
     assert (tmp_path / "b" / "references.png").is_file() and s["pixel"]["generator"] == "dit"
+
+
+@pytest.mark.parametrize("generator", ["mage", "dit"])
+@pytest.mark.parametrize("resolution", [32, 64, 128, 256])
+def test_stage_configs_fit_every_resolution(tmp_path, generator, resolution):
+    """Every stage's config is valid at every resolution fit picks (a DiT's patches tile its input)."""
+    from rcg.stages.fit import stage_configs
+    p = plan(mixed_folder(tmp_path / "imgs", n=9), tmp_path / "run", resolution=resolution, generator=generator)
+    cfgs = stage_configs(p, tmp_path / "run", 500, (0.5,) * 3, (0.25,) * 3, {})
+    pix = cfgs["pixel"]
+    assert pix.generator == generator and cfgs["encoder"].data.resolution == resolution
+    if generator == "dit":
+        assert pix.model.input_size == resolution and resolution % pix.model.patch_size == 0

@@ -343,7 +343,7 @@ def test_info_and_convert_fixture(path, tmp_path):
         from rcg.config import PixelRun
         from rcg.pixel.dit import DiT
         from rcg.store import WEIGHTS, load_tensors, read_config
-        from rcg.tree import from_dict
+        from rcg.tree import from_dict, to_dict
         assert info["ema"] is True and info["config"]["rep_dim"] == cfg.get("rep_dim", 256)
         res = convert(path, out, **heads)
         run = from_dict(PixelRun, read_config(out))
@@ -372,6 +372,15 @@ def test_info_and_convert_fixture(path, tmp_path):
         want = dit_generate(model, diffusion, per_sample([3, 4]), rep=rep, steps=3, sampler="ddpm",
                             guidance=run.guidance, clip_denoised=not run.autoencoder, official_first3=True)
         assert torch.equal(got, want)
+        # a directory converted by an older rcg (its own DiTRun schema) loads the same and converts again in place
+        d = run.diffusion
+        legacy = {"generator": "dit", "encoder": run.encoder, "autoencoder": run.autoencoder,
+                  "latent_scale": run.latent_scale, "model": json.loads(json.dumps(to_dict(run.model))),
+                  "num_steps": d.num_steps, "beta_start": d.beta_start, "beta_end": d.beta_end, "steps": run.steps,
+                  "guidance": run.guidance, "official_first3": run.official_first3}
+        assert from_dict(PixelRun, legacy) == run
+        (out / "config.json").write_text(json.dumps(legacy))
+        assert load("pixel", out).config == run and convert(path, out, **heads)["runs"] == res["runs"]
         if run.autoencoder:                                        # latent DiT: the VAE is not shipped, say so
             from rcg.sample import RCGSampler
             with pytest.raises(ValueError, match="SD VAE"):

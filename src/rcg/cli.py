@@ -51,7 +51,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = True, extra=()) -> list:
-    """Explicit flags as ``section.key=value`` overrides, then ``extra``, then --set."""
+    """Explicit flags as ``section.key=value`` overrides, then --set, then ``extra`` (the verb's own flags win)."""
     data = (("data_kind", "dataset"), ("data_dir", "path"), ("resolution", "resolution"), ("channels", "channels"),
             ("limit", "limit"), ("labels", "labels"))
     flags = [(sec, flag, key) for sec in data_sections for flag, key in data]
@@ -59,7 +59,7 @@ def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = Tru
         flags.append(("eval_data", "eval_dir", "path"))       # after --data-dir's, so the held-out folder wins
     flags += [("optim", key, key) for key in ("epochs", "batch_size", "lr", "seed", "bf16") if optim]
     return ([f"{sec}.{key}={getattr(a, flag)}" for sec, flag, key in flags if getattr(a, flag, None) is not None]
-            + list(extra) + list(a.set))
+            + list(a.set) + list(extra))
 
 
 def _train(a, fn, presets: dict, sections=("data", "eval_data"), extra=()) -> int:

@@ -15,7 +15,7 @@ from .encoders import EncoderConfig
 from .evalnet import EvalNetConfig
 from .rdm import RDMConfig
 from .tokenizer import VQConfig
-from .tree import build, from_dict
+from .tree import build, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,13 @@ class PixelRun:
     @staticmethod
     def upgrade(d: dict) -> dict:
         """A config dict of an older rcg in today's layout: before the registry, a PixelRun carried both a MAGE
-        config (``model``) and a DiT config (``dit``); a converted official DiT had its own schema."""
+        config (``model``) and a DiT config (``dit``); a converted official DiT had its own schema, with its
+        1000-step linear schedule as top-level ``num_steps`` / ``beta_start`` / ``beta_end``."""
         d = dict(d)
+        if "num_steps" in d:
+            schedule = {k: d.pop(k) for k in ("num_steps", "beta_start", "beta_end") if k in d}
+            d["diffusion"] = {**to_dict(DIT_DIFFUSION), "learn_sigma": d.get("model", {}).get("learn_sigma", True),
+                              **schedule}
         gen = d.get("generator", "mage")
         if gen in d and gen != "model":          # the old layout kept a generator's config under its name
             d["model"] = d.pop(gen)

@@ -136,7 +136,8 @@ class Job:
     sliced with ``batch.take``, so that the same weights are trained with any number of processes.
     ``export``: the prefix, in ``model.state_dict()``, of the module whose weights go to checkpoint.safetensors
     (the EMA-averaged ones when there is an EMA); ``""`` is the whole model. ``evaluate(step) -> metrics``
-    (optional, rank 0 only) every ``eval_every`` steps.
+    (optional, rank 0 only) every ``eval_every`` steps. ``shard=False``: every process computes the whole
+    global batch (for a model whose BatchNorm statistics must be those of the whole batch; no speed-up).
     """
     model: nn.Module
     loss: Callable[[Batch, torch.Generator], tuple]
@@ -147,6 +148,7 @@ class Job:
     eval_every: int = 0
     metadata: Optional[Dict[str, str]] = None
     desc: str = "train"
+    shard: bool = True
 
 
 def steps_for(epochs: float, batches: EpochBatches) -> int:
@@ -211,10 +213,12 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
     opt = _optimizer(params, o)
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
     n = job.batches.batch_size
-    if n % world:
+    if job.shard and n % world:
         raise ValueError(f"the global batch ({n}) must be divisible by the number of processes ({world}); "
                          f"change optim.batch_size or --nproc_per_node")
-    rows, spe = dist.part(n), job.batches.steps_per_epoch
+    if not job.shard and world > 1:
+        dist.print0(f"note: {job.desc} does not shard its batches; each of the {world} processes computes all of them")
+    rows, spe = dist.part(n) if job.shard else slice(0, n), job.batches.steps_per_epoch
     step, last, rotate = 0, {}, True
     if resuming:
         step, rotate = _resume(run_dir, model, opt, ema, dev, job.total_steps)

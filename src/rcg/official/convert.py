@@ -26,7 +26,7 @@ LOAD_KINDS = {"rdm": "rdm", "mocov3": "encoder", "vqgan": "tokenizer", "mage": "
 
 def _write(meta: dict, source: dict, out, config: dict, module, more_meta=None, more_source=None) -> None:
     """One run directory: config.json (refused when it differs), the weights with ``meta``, ``source`` as provenance."""
-    run_dir, _ = prepare_run_dir(out, config)
+    run_dir, _ = prepare_run_dir(out, config, PixelRun.upgrade if "generator" in config else None)
     save_tensors(run_dir / WEIGHTS, module.state_dict(), {**meta, **(more_meta or {})})
     text = json.dumps({**source, **(more_source or {})}, indent=2, default=str) + "\n"
     atomic_write(run_dir / "official.json", text.encode())

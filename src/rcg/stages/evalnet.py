@@ -95,7 +95,7 @@ def train_evalnet(cfg: EvalNetRun, out: str, device: Optional[str] = None, progr
         meta = {"kind": NAME, "class_names": json.dumps(data.class_names or [])}
         job = Job(model=model, loss=loss, batches=batches, total_steps=total, evaluate=evaluate,
                   eval_every=int(cfg.monitor_every_epochs * batches.steps_per_epoch), metadata=meta,
-                  desc="train-evalnet")
+                  desc="train-evalnet", shard=False)       # BatchNorm over the whole batch in every process
         return Built(job, n_params(model), finish)
 
     return train_stage("evalnet", cfg, out, build, progress, runtime)

@@ -197,8 +197,8 @@ def stage_configs(p: FitPlan, run: Path, n_train: int, mean, std, overrides: dic
                   optim=_budget(t.optim, n_train, pre.tokenizer_images))
     rdm = replace(pre.rdm, optim=_budget(pre.rdm.optim, rows, steps=pre.rdm_steps))
     pix = pre.pixel[p.request["generator"]]
-    if hasattr(pix.model, "patch_size"):          # patch generators: patches of 1/8 of the image side
-        pix = replace(pix, model=replace(pix.model, patch_size=max(2, r // 8)))
+    if hasattr(pix.model, "patch_size"):          # patch generators: patches of 1/8 of the image side (the
+        pix = replace(pix, model=replace(pix.model, input_size=r, patch_size=max(2, r // 8)))   # size fits both)
     pix = replace(pix, optim=_budget(pix.optim, rows, pre.pixel_images))
     cfgs = {"encoder": enc, "tokenizer": tok, "rdm": rdm, "pixel": pix}
     return {k: apply_overrides(v, overrides.get(k, [])) for k, v in cfgs.items()}
