@@ -28,7 +28,8 @@ def worker(a) -> None:
     from rcg.presets import RDM_RUN_PRESETS
     from rcg.diffusion import GaussianDiffusion
     from rcg.rdm import RDM
-    from rcg.train import EpochBatches, Job, fit
+    from rcg.rng import EpochBatches
+    from rcg.train import Job, fit
     from dataclasses import replace
 
     dist.init()
@@ -42,15 +43,13 @@ def worker(a) -> None:
     total = a.warmup + a.steps + 1
     marks = {}
 
-    def loss_fn(step, gen, part):                     # as in rcg.stages.train_rdm
-        marks[step] = time.perf_counter()
-        idx = batches(step)
-        t = torch.randint(0, diffusion.num_steps, (len(idx),), generator=gen)[part]
-        noise = torch.randn((len(idx), a.dim), generator=gen)[part]
-        return diffusion.loss(lambda xt, tt: model(xt, tt), reps[idx[part]], t, noise), {}
+    def loss(batch, gen):                             # as in rcg.stages.rdm.train_rdm
+        marks[batch.step] = time.perf_counter()
+        t = batch.take(torch.randint(0, diffusion.num_steps, (batch.size,), generator=gen))
+        noise = batch.take(torch.randn((batch.size, a.dim), generator=gen))
+        return diffusion.loss(lambda xt, tt: model(xt, tt), reps[batch.mine], t, noise), {}
 
-    job = Job(model=model, loss_fn=loss_fn, steps_per_epoch=batches.steps_per_epoch, total_steps=total,
-              images_per_step=a.batch_size, export=lambda: model.state_dict(), sharded=True)
+    job = Job(model=model, loss=loss, batches=batches, total_steps=total)
     o = OptimConfig(batch_size=a.batch_size, lr=1e-4, weight_decay=0.01, ema_decay=0.9999, log_every=10 ** 9,
                     ckpt_every=10 ** 9)
     with tempfile.TemporaryDirectory() as run_dir:

@@ -216,14 +216,10 @@ def _per_channel(values: Tuple[float, ...], channels: int) -> Tuple[float, ...]:
     return (mean,) * channels
 
 
-def _same_folder(a: DataConfig, b: DataConfig) -> bool:
-    return a.dataset == b.dataset == "folder" and (b.path is None or b.path == a.path)
-
-
 def with_heldout_split(data: DataConfig, eval_data: DataConfig, fraction: float = HOLDOUT):
     """(data, eval_data) such that the held-out data are never training images: a folder whose held-out
     data would be the folder itself is split, ``fraction`` of its images held out."""
-    if not _same_folder(data, eval_data):
+    if not (data.dataset == eval_data.dataset == "folder" and eval_data.path in (None, data.path)):
         return data, eval_data
     if data.holdout == 0:
         data = replace(data, holdout=fraction, split="train")
