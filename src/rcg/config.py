@@ -210,10 +210,8 @@ HOLDOUT = 0.1        # the fraction of a folder held out when no separate held-o
 
 
 def _per_channel(values: Tuple[float, ...], channels: int) -> Tuple[float, ...]:
-    if len(values) == channels:
-        return tuple(values)
-    mean = sum(values) / len(values)
-    return (mean,) * channels
+    """``values`` for ``channels`` channels: as they are, or their mean for each channel."""
+    return tuple(values) if len(values) == channels else (sum(values) / len(values),) * channels
 
 
 def with_heldout_split(data: DataConfig, eval_data: DataConfig, fraction: float = HOLDOUT):

@@ -110,7 +110,8 @@ def fingerprint(module: torch.nn.Module) -> str:
     """A short sha256 of a module's state: caches and runs record it, so that a later stage can refuse
     representations made by another encoder. The hash of :func:`digest` with shape before dtype (the layout the
     fingerprints recorded by earlier versions have)."""
-    return _sha256(module.state_dict(), lambda k, t: k.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())[:16]
+    header = lambda k, t: k.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode()      # noqa: E731
+    return _sha256(module.state_dict(), header)[:16]
 
 
 def save_state(path, state: dict) -> None:
@@ -124,8 +125,8 @@ def save_state(path, state: dict) -> None:
 def load_state(path) -> dict:
     """Load a state written by :func:`save_state`; a truncated or corrupt file is a CheckpointError."""
     raw = Path(path).read_bytes()
-    payload, sep, digest = raw.rpartition(b"RCGSHA256")
-    if not sep or hashlib.sha256(payload).hexdigest().encode() != digest:
+    payload, sep, trailer = raw.rpartition(b"RCGSHA256")
+    if not sep or hashlib.sha256(payload).hexdigest().encode() != trailer:
         raise CheckpointError(f"{path} is truncated or corrupt (checksum mismatch)")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
