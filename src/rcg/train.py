@@ -270,8 +270,8 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
             if main:
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
                 append_metrics(run_dir / METRICS, last)
-                for k, v in last.items() if tb is not None else ():
-                    if k not in ("step", "precision"):
+                for k, v in last.items():
+                    if tb is not None and k not in ("step", "precision"):
                         tb.add_scalar(f"{job.desc}/{k}", v, step)
         if job.evaluate is not None and job.eval_every and step % job.eval_every == 0 and step < job.total_steps:
             _main_only(lambda: append_metrics(run_dir / METRICS, {"step": step, **job.evaluate(step)}), dev)

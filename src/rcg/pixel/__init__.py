@@ -4,9 +4,9 @@ A generator is one network file in this folder plus one :class:`Generator` entry
 nothing else in rcg branches on a generator's name. Each entry says what the generator trains on
 (``inputs``: ``"tokens"``, the VQ tokens of a tokenizer, or ``"images"``, uint8 pixels) and gives:
 
-- ``sized(cfg, data) -> cfg``: its model config with the sizes the data decide. ``data`` holds ``rep_dim``,
-  ``num_classes`` (0 when unlabelled), and ``tokens_shape`` + ``codebook_size`` (token generators) or
-  ``images_shape`` (N, C, H, W) (pixel generators);
+- ``sized(cfg, data) -> cfg``: its model config with the sizes the data decide. ``data`` holds ``rep_dim``
+  and ``tokens_shape`` + ``codebook_size`` (token generators) or ``images_shape`` (N, C, H, W) (pixel
+  generators). Every generator config has ``cond`` and ``num_classes``; train-pixel sets the class count;
 - ``trainer(model, run) -> loss``: ``loss(x, rep, labels, generator, rows, global_batch) -> (loss, metrics)``
   on this process's rows ``x`` (tokens int64 (B, L) or uint8 images (B, C, H, W)) of a global batch of
   ``global_batch`` rows, whose per-sample random draws are made for the whole global batch from ``generator``

@@ -266,14 +266,9 @@ def _diffusion(run, device):
 
 
 def sized(cfg: DiTConfig, data: dict) -> DiTConfig:
-    """``cfg`` with the channels, size, rep width and class count of the data."""
+    """``cfg`` with the channels, size and rep width of the data."""
     _, C, H, _ = data["images_shape"]
-    cfg = replace(cfg, in_channels=int(C), input_size=int(H), rep_dim=int(data["rep_dim"]))
-    if cfg.cond == "class":
-        if not data.get("num_classes"):
-            raise ValueError("model.cond=class needs labels, but the cache has none")
-        cfg = replace(cfg, num_classes=int(data["num_classes"]))
-    return cfg
+    return replace(cfg, in_channels=int(C), input_size=int(H), rep_dim=int(data["rep_dim"]))
 
 
 def trainer(model: DiT, run):

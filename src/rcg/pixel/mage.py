@@ -354,14 +354,9 @@ def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optio
 # registry entry (rcg.pixel.GENERATORS["mage"])
 # ----------------------------------------------------------------------------------------------
 def sized(cfg: MAGEConfig, data: dict) -> MAGEConfig:
-    """``cfg`` with the codebook, token count, rep width and class count of the data."""
-    cfg = replace(cfg, codebook_size=int(data["codebook_size"]), num_tokens=int(data["tokens_shape"][1]),
-                  rep_dim=int(data["rep_dim"]))
-    if cfg.cond == "class":
-        if not data.get("num_classes"):
-            raise ValueError("model.cond=class needs labels, but the cache has none")
-        cfg = replace(cfg, num_classes=int(data["num_classes"]))
-    return cfg
+    """``cfg`` with the codebook, token count and rep width of the data."""
+    return replace(cfg, codebook_size=int(data["codebook_size"]), num_tokens=int(data["tokens_shape"][1]),
+                   rep_dim=int(data["rep_dim"]))
 
 
 def trainer(model: MAGE, run):

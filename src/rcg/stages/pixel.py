@@ -55,9 +55,10 @@ def train_pixel(cfg: PixelRun, out: str, device: Optional[str] = None, progress:
     reps, labels = tensors["reps"].float(), tensors.get("labels")
     if cfg.cond == "class" and labels is None:
         raise ValueError(f"model.cond=class needs labels, but {cfg.cache} has none")
-    sizes.update(rep_dim=reps.shape[1],
-                 num_classes=int(meta.get("num_classes") or int(labels.max()) + 1) if labels is not None else 0)
-    cfg = replace(cfg, model=spec.sized(cfg.model, sizes))
+    model = spec.sized(cfg.model, {**sizes, "rep_dim": reps.shape[1]})
+    if cfg.cond == "class":
+        model = replace(model, num_classes=int(meta.get("num_classes") or int(labels.max()) + 1))
+    cfg = replace(cfg, model=model)
     record = {"encoder_fingerprint": enc_fp, **record}
 
     def build(run_dir):
