@@ -18,7 +18,7 @@ LAYERS = {
     # 2 configs and presets
     "config": 2, "presets": 2,
     # 3 machinery: training loop, official formats, loaders, sampling, evaluation
-    "train": 3, "official": 3, "official.": 3, "loaders": 3, "sample": 3, "paper": 3, "evaluate": 3, "evaluate.": 3,
+    "train": 3, "official": 3, "official.": 3, "loaders": 3, "sample": 3, "pipeline": 3, "paper": 3, "evaluate": 3, "evaluate.": 3,
     # 4 the functions behind the verbs
     "stages": 4, "stages.": 4,
     # 5 front ends

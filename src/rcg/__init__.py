@@ -3,7 +3,8 @@
 A frozen self-supervised encoder maps an image to a representation; a representation diffusion model (RDM)
 learns to generate representations; a pixel generator (MAGE, DiT) makes an image conditioned on one.
 
-Public names (imported on first use, so ``import rcg`` stays light): ``RCGSampler`` (generation),
+Public names (imported on first use, so ``import rcg`` stays light): ``RCGPipeline`` (a trained system from one
+path: samples, variations, interpolation, ``save_pretrained``), ``RCGSampler`` (generation underneath),
 ``load`` / ``Loaded`` (one loader for run directories and official files), ``load_paper_system`` and
 ``PAPER_PRESETS`` (the paper's released systems), the run configs (``EncoderRun``, ``TokenizerRun``, ``RDMRun``,
 ``PixelRun``, ``DataConfig``, ``OptimConfig``), their presets (``ENCODER_PRESETS``, ``TOKENIZER_PRESETS``,
@@ -24,7 +25,7 @@ Layers (each module imports only from its own layer or lower ones; tests/test_la
     1 networks    encoders, ssl, rdm, tokenizer, pixel/ (the generator registry), diffusion, guidance,
                   augment, data, images, evalnet
     2 configs     config, presets
-    3 machinery   train (the loop), official/ (official formats), loaders, sample, evaluate/, paper
+    3 machinery   train (the loop), official/ (official formats), loaders, sample, pipeline, evaluate/, paper
     4 stages      stages/ (one module per verb)
     5 front ends  cli
 """
@@ -33,7 +34,7 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "RCGSampler": "sample", "load": "loaders", "Loaded": "loaders", "load_paper_system": "paper",
+    "RCGPipeline": "pipeline", "RCGSampler": "sample", "load": "loaders", "Loaded": "loaders", "load_paper_system": "paper",
     "PAPER_PRESETS": "paper", "GENERATORS": "pixel",
     **{name: "config" for name in ("EncoderRun", "TokenizerRun", "RDMRun", "PixelRun", "DataConfig", "OptimConfig")},
     **{name: "presets" for name in ("ENCODER_PRESETS", "TOKENIZER_PRESETS", "RDM_RUN_PRESETS", "PIXEL_PRESETS")},

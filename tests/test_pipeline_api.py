@@ -1,0 +1,72 @@
+"""rcg.RCGPipeline on the tiny MAGE and DiT systems of tests/golden: the same images as the sampler and `rcg sample`
+for the same seeds, and a saved pipeline folder that loads to bit-identical images anywhere."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import rcg
+from rcg.cli import main
+from rcg.sample import RCGSampler
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+@pytest.fixture
+def golden(monkeypatch):
+    monkeypatch.chdir(GOLDEN)                      # the golden runs name each other by relative paths
+    return GOLDEN
+
+
+@pytest.mark.parametrize("pixel", ["mage", "dit"])
+def test_pipeline_images_equal_the_sampler_and_rcg_sample(golden, tmp_path, pixel):
+    pipe = rcg.RCGPipeline.from_pretrained(pixel, rdm="rdm")
+    got = pipe(5, seed=3, output_type="uint8")
+    s = RCGSampler(pixel, "rdm", "cpu")
+    assert got.dtype == torch.uint8 and torch.equal(got, torch.cat(list(s.stream(5, seed=3, batch_size=2))))
+    pils = pipe(5, seed=3)
+    assert len(pils) == 5 and all(isinstance(p, Image.Image) for p in pils)
+    assert np.array_equal(np.stack([np.asarray(p) for p in pils]), got[:, 0].numpy())
+    assert main(["sample", "--pixel", pixel, "--rdm", "rdm", "--num", "5", "--seed", "3",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "s.npz")["arr_0"], got.permute(0, 2, 3, 1).numpy())
+
+
+def test_saved_pipeline_loads_anywhere_to_the_same_images(golden, tmp_path, monkeypatch):
+    pipe = rcg.RCGPipeline.from_pretrained("mage", rdm="rdm")
+    a = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24), dtype=np.uint8))
+    b = Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16), dtype=np.uint8))
+    want = (pipe(4, seed=7, output_type="uint8"), pipe.variations(a, 3, seed=1, output_type="uint8"),
+            pipe.interpolate(a, b, 4, seed=2, output_type="uint8"))
+    pipe.save_pretrained(tmp_path / "saved")
+    files = sorted(p.relative_to(tmp_path / "saved").as_posix() for p in (tmp_path / "saved").rglob("*") if p.is_file())
+    assert files == sorted([f"{c}/{f}" for c in ("encoder", "pixel", "rdm", "tokenizer")
+                            for f in ("checkpoint.safetensors", "config.json")] + ["pipeline.json"])
+    assert not any(f.endswith((".pt", ".pth", ".pkl")) for f in files)               # no pickles
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(tmp_path / "saved"), str(moved))
+    monkeypatch.chdir(tmp_path)                                                       # away from the golden runs
+    again = rcg.RCGPipeline.from_pretrained(moved)
+    got = (again(4, seed=7, output_type="uint8"), again.variations(a, 3, seed=1, output_type="uint8"),
+           again.interpolate(a, b, 4, seed=2, output_type="uint8"))
+    for w, g in zip(want, got):
+        assert torch.equal(w, g)
+
+
+def test_an_rcg_fit_run_loads_from_its_folder_and_bad_inputs_are_clear(golden, tmp_path):
+    run = tmp_path / "fit"
+    run.mkdir()
+    for name, src in (("pixel", "dit"), ("rdm", "rdm")):
+        shutil.copytree(GOLDEN / src, run / name)
+    pipe = rcg.RCGPipeline.from_pretrained(run)                # RUN/pixel + RUN/rdm, as rcg fit writes them
+    assert torch.equal(pipe(2, seed=0, output_type="uint8"),
+                       rcg.RCGPipeline.from_pretrained("dit", rdm="rdm")(2, seed=0, output_type="uint8"))
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(1, output_type="numpy")
+    with pytest.raises(ValueError, match="num >= 2"):
+        pipe.interpolate(torch.zeros(1, 8, 8, dtype=torch.uint8), torch.zeros(1, 8, 8, dtype=torch.uint8), 1)
+    with pytest.raises(ValueError, match="uint8 \\(C, H, W\\)"):
+        pipe.variations(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
