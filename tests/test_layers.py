@@ -22,7 +22,7 @@ LAYERS = {
     # 4 the functions behind the verbs
     "stages": 4, "stages.": 4,
     # 5 front ends
-    "cli": 5, "__main__": 5, "serve": 5,
+    "cli": 5, "__main__": 5, "serve": 5, "serve.": 5,
 }
 NAMES = {0: "base", 1: "networks", 2: "configs", 3: "machinery", 4: "stages", 5: "front ends"}
 OPTIONAL = set()          # rcg modules that may be imported inside a function (optional heavy extras)

@@ -70,3 +70,23 @@ def test_an_rcg_fit_run_loads_from_its_folder_and_bad_inputs_are_clear(golden, t
         pipe.interpolate(torch.zeros(1, 8, 8, dtype=torch.uint8), torch.zeros(1, 8, 8, dtype=torch.uint8), 1)
     with pytest.raises(ValueError, match="uint8 \\(C, H, W\\)"):
         pipe.variations(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_dtype_follows_the_hardware_rules(golden, monkeypatch):
+    from rcg import precision
+    default = rcg.RCGPipeline.from_pretrained("mage", rdm="rdm")
+    fp32 = rcg.RCGPipeline.from_pretrained("mage", rdm="rdm", dtype=torch.float32)
+    assert torch.equal(fp32(3, seed=1, output_type="uint8"), default(3, seed=1, output_type="uint8"))
+    assert rcg.RCGPipeline.from_pretrained("mage", rdm="rdm", dtype="auto").describe()["precision"] == "fp32"
+    with pytest.warns(UserWarning, match="emulated"):            # this test's CPU has no native bf16 (conftest)
+        bf16 = rcg.RCGPipeline.from_pretrained("mage", rdm="rdm", dtype=torch.bfloat16)
+    seen = []
+    for m in bf16.sampler.model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    assert bf16(2, seed=1, output_type="uint8").shape == (2, 1, 16, 16)
+    assert set(seen) == {torch.bfloat16}                          # every matmul of the generator ran in bf16
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert rcg.RCGPipeline.from_pretrained("dit", rdm="rdm", dtype="auto").describe()["precision"] == "bf16"
+    with pytest.raises(ValueError, match="dtype must be"):
+        rcg.RCGPipeline.from_pretrained("mage", rdm="rdm", dtype=torch.float16)

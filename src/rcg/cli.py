@@ -17,8 +17,9 @@ from . import tree as T
 from .official import checkpoint_info, convert, format_info
 from .paper import PAPER_PRESETS
 from .pixel import GENERATORS
+from .serve import serve
 from .stages import (cache_reps, demo, fit_folder, interpolate_command, rep_fd, run_eval, sample_command, sample_reps,
-                     train_encoder, train_evalnet, train_pixel, train_rdm, train_tokenizer)
+                     plot_run, train_encoder, train_evalnet, train_pixel, train_rdm, train_tokenizer)
 from .stages.fit import FIT_PRESETS
 from .train import Runtime
 
@@ -57,18 +58,18 @@ def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = Tru
     flags = [(sec, flag, key) for sec in data_sections for flag, key in data]
     if "eval_data" in data_sections and getattr(a, "eval_dir", None):
         flags.append(("eval_data", "eval_dir", "path"))       # after --data-dir's, so the held-out folder wins
-    flags += [("optim", key, key) for key in ("epochs", "batch_size", "lr", "seed", "bf16") if optim]
+    flags += [("optim", key, key) for key in ("epochs", "batch_size", "lr", "seed", "bf16", "sample_every") if optim]
     return ([f"{sec}.{key}={getattr(a, flag)}" for sec, flag, key in flags if getattr(a, flag, None) is not None]
             + list(a.set) + list(extra))
 
 
-def _train(a, fn, presets: dict, sections=("data", "eval_data"), extra=()) -> int:
-    """A training verb: resolve and print the config, then ``fn(cfg, out, device, ...)`` unless --dry-run."""
+def _train(a, fn, presets: dict, sections=("data", "eval_data"), extra=(), **kw) -> int:
+    """A training verb: resolve and print the config, then ``fn(cfg, out, device, ..., **kw)`` unless --dry-run."""
     cfg = C.fit_to_data(T.apply_overrides(presets[a.preset], _overrides(a, sections, extra=extra)))
     print(f"# {a.verb} --preset {a.preset}\n{T.dumps(cfg)}")
     if not a.dry_run:
         fn(cfg, a.out, a.device, progress=not a.no_progress,
-           runtime=Runtime(compile=a.compile, tensorboard=a.tensorboard))
+           runtime=Runtime(compile=a.compile, tensorboard=a.tensorboard), **kw)
     return 0
 
 
@@ -106,6 +107,9 @@ def _training(sub, verb: str, help: str, fn, presets: dict, default: str, sectio
     g = p.add_argument_group("optimization")
     for flag, kind in (("--epochs", float), ("--batch-size", int), ("--lr", float), ("--seed", int)):
         g.add_argument(flag, type=kind)
+    g.add_argument("--sample-every", type=int, metavar="N",
+                   help="write a fixed-seed sample grid to RUN_DIR/samples/step-XXXXXXX.png (and TensorBoard) every N "
+                        "steps and at the end (default: with every checkpoint; 0 = none)")
     g.add_argument("--bf16", action=argparse.BooleanOptionalAction,
                    help="bf16 autocast: --bf16 forces it, --no-bf16 turns it off; default: the preset's choice, which "
                         "for the CPU and GPU presets is auto: on where the hardware computes bf16 natively (CUDA GPUs "
@@ -126,7 +130,8 @@ def _train_pixel(a) -> int:
         raise ValueError(f"--generator {a.generator} but preset {a.preset} is a "
                          f"{P.PIXEL_PRESETS[a.preset].generator} preset ({a.generator} presets: {theirs})")
     return _train(a, train_pixel, P.PIXEL_PRESETS, (), [f"cache={a.cache}", f"encoder={a.encoder}"]
-                  + [f"tokenizer={a.tokenizer}"] * bool(a.tokenizer) + [f"model.cond={a.cond}"] * bool(a.cond))
+                  + [f"tokenizer={a.tokenizer}"] * bool(a.tokenizer) + [f"model.cond={a.cond}"] * bool(a.cond),
+                  rdm=a.rdm)
 
 
 def _add_reps(sub) -> None:
@@ -196,6 +201,8 @@ def _add_generation(sub) -> None:
     p.add_argument("--encoder", required=True, help="the encoder that made the cache")
     p.add_argument("--tokenizer", help="MAGE: the tokenizer that made the cache's tokens")
     p.add_argument("--cond", choices=["rep", "class", "none"], help="rep (RCG, default), class (labels), none")
+    p.add_argument("--rdm", help="an RDM run on the same encoder: the sample grids written during training get a "
+                                 "row of images from its samples")
     p.set_defaults(preset=None, func=_train_pixel)       # fmnist-mage, or fmnist-dit with --generator dit
 
     p = sub.add_parser("sample", help="generate images: RDM -> representation -> pixel generator")
@@ -303,6 +310,25 @@ def _add_tools(sub) -> None:
     _request(p, fit_folder, "data_dir=folder out preset resolution channels labels encoder generator "
                             "inception_weights device progress overrides dry_run",
              overrides=lambda a: _stage_overrides(a.set))
+
+    p = sub.add_parser("plot", help="loss, learning rate and every logged metric over steps -> RUN/curves.png",
+                       description="Plot RUN/metrics.jsonl (a training run) or every stage's metrics (an rcg fit "
+                                   "run) to one PNG. Needs matplotlib: pip install -e '.[plot]'.")
+    p.add_argument("run", help="a training run directory (or an rcg fit run)")
+    p.add_argument("--out", help="the PNG to write (default RUN/curves.png)")
+    _request(p, plot_run, "run out", str)
+
+    p = sub.add_parser("serve", help="a web playground for a trained system on 127.0.0.1 (pip install -e '.[serve]')",
+                       description="Serve a page for sampling, variations of an uploaded image and interpolation "
+                                   "between two, on http://HOST:PORT/. One request at a time per model; others wait.")
+    p.add_argument("path", help="an rcg fit run, a saved pipeline folder, or a train-pixel run (with --rdm)")
+    p.add_argument("--rdm", help="train-rdm run directory (with a train-pixel run as PATH)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
+                   help="compute precision (default: the runs' own, fp32; auto: bf16 where native)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")
+    _request(p, serve, "path rdm host port device dtype max_upload_mb")
 
     p = sub.add_parser("demo", help="every stage on Fashion-MNIST with CPU presets")
     p.add_argument("--out", default="runs/demo")

@@ -19,7 +19,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
@@ -35,8 +35,10 @@ from .config import OptimConfig
 from .precision import autocast as bf16_autocast
 from .precision import describe as describe_precision
 from .precision import precision_name, resolve_bf16
+from .sample import make_grid, save_png
 
 TENSORBOARD = "tensorboard"         # event files of --tensorboard, inside the run directory
+SAMPLES = "samples"                 # the sample grids written during training: samples/step-0001000.png
 
 
 class TrainingError(RuntimeError):
@@ -136,7 +138,10 @@ class Job:
     sliced with ``batch.take``, so that the same weights are trained with any number of processes.
     ``export``: the prefix, in ``model.state_dict()``, of the module whose weights go to checkpoint.safetensors
     (the EMA-averaged ones when there is an EMA); ``""`` is the whole model. ``evaluate(step) -> metrics``
-    (optional, rank 0 only) every ``eval_every`` steps. ``shard=False``: every process computes the whole
+    (optional, rank 0 only) every ``eval_every`` steps. ``preview(step, model) -> Preview`` (optional, rank 0
+    only) every ``optim.sample_every`` steps and at the end: fixed-seed samples of ``model``, a copy of the
+    trained model holding the EMA-averaged weights (the live model without an EMA), in eval mode, under
+    ``torch.no_grad`` and a forked RNG (so training goes on exactly as without it). ``shard=False``: every process computes the whole
     global batch (for a model whose BatchNorm statistics must be those of the whole batch; no speed-up).
     """
     model: nn.Module
@@ -149,6 +154,26 @@ class Job:
     metadata: Optional[Dict[str, str]] = None
     desc: str = "train"
     shard: bool = True
+    preview: Optional[Callable[[int, nn.Module], "Preview"]] = None
+
+
+@dataclass
+class Preview:
+    """What a job's ``preview`` returns: uint8 images (N, C, H, W) for one grid of ``nrow`` columns
+    (``RUN/samples/step-XXXXXXX.png``, and TensorBoard with --tensorboard) and metrics for metrics.jsonl."""
+    images: Optional[torch.Tensor] = None
+    nrow: int = 8
+    metrics: Dict[str, float] = field(default_factory=dict)
+
+
+def preview_path(run_dir, step: int) -> Path:
+    """Where the sample grid of ``step`` goes."""
+    return Path(run_dir) / SAMPLES / f"step-{step:07d}.png"
+
+
+def grid_scale(height: int) -> int:
+    """Nearest-neighbour upscaling of a sample grid so that small images can be seen (64 px and up: none)."""
+    return max(1, 64 // height)
 
 
 def steps_for(epochs: float, batches: EpochBatches) -> int:
@@ -276,6 +301,9 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
         if job.evaluate is not None and job.eval_every and step % job.eval_every == 0 and step < job.total_steps:
             _main_only(lambda: append_metrics(run_dir / METRICS, {"step": step, **job.evaluate(step)}), dev)
             model.train()
+        every = o.ckpt_every if o.sample_every is None else o.sample_every
+        if job.preview is not None and every and (step % every == 0 or step == job.total_steps):
+            _main_only(lambda: _write_preview(run_dir, job, ema, step, tb), dev)
         if step % o.ckpt_every == 0 or step == job.total_steps:
             _main_only(lambda: _checkpoint(run_dir, job, opt, ema, dev, step, rotate, saved), dev)
             saved, rotate = step, True
@@ -283,6 +311,27 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
     if tb is not None:
         tb.close()
     return last
+
+
+def _write_preview(run_dir: Path, job: Job, ema, step: int, tb) -> None:
+    """The job's preview of ``step``: its grid to samples/ (and TensorBoard), its metrics to metrics.jsonl."""
+    model = job.model
+    watched = ema.averaged(model) if ema is not None else model
+    watched.eval()
+    dev = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+        p = job.preview(step, watched)
+    model.train()
+    if p.images is not None and len(p.images):
+        grid = make_grid(p.images.cpu(), p.nrow)
+        save_png(grid, preview_path(run_dir, step), grid_scale(p.images.shape[-2]))
+        if tb is not None:
+            tb.add_image(f"{job.desc}/samples", grid, step, dataformats="CHW")
+    if p.metrics:
+        append_metrics(run_dir / METRICS, {"step": step, **p.metrics})
+        for k, v in p.metrics.items():
+            if tb is not None:
+                tb.add_scalar(f"{job.desc}/{k}", v, step)
 
 
 def _before_training(run_dir: Path, model: nn.Module, ema, tensorboard: bool):

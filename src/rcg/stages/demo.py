@@ -88,10 +88,11 @@ def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encode
     def stage(name):
         times[name] = round(time.time() - t0 - sum(times.values()), 1)
 
-    def trained(k, name, what, fn, base, extra=()):
+    def trained(k, name, what, fn, base, extra=(), **kw):
         """Stage k: ``base`` with ``extra`` and the stage's overrides, trained into OUT/name."""
         print(f"[{k}/6] training {what} into {out / name}")
-        summary[name] = fn(apply_overrides(base, list(extra) + over.get(name, [])), str(out / name), device, progress)
+        summary[name] = fn(apply_overrides(base, list(extra) + over.get(name, [])), str(out / name), device, progress,
+                           **kw)
         stage(name)
 
     enc_cfg = apply_overrides(ENCODER_PRESETS["fmnist-encoder"], over.get("encoder", []))
@@ -118,7 +119,7 @@ def demo(out: str = "runs/demo", encoder: Optional[str] = None, train_new_encode
     trained(4, "rdm", "the RDM (preset fmnist-rdm)", train_rdm,
             override(override(RDM_RUN_PRESETS["fmnist-rdm"], "cache", str(cache)), "encoder", encoder))
     trained(5, "pixel", "MAGE on representations (preset fmnist-mage)", train_pixel, PIXEL_PRESETS["fmnist-mage"],
-            [f"cache={cache}", f"encoder={encoder}", f"tokenizer={out / 'tokenizer'}"])
+            [f"cache={cache}", f"encoder={encoder}", f"tokenizer={out / 'tokenizer'}"], rdm=str(out / "rdm"))
     print("[6/6] sampling")
     s = RCGSampler(str(out / "pixel"), str(out / "rdm"), device)
     test = load_dataset(replace(enc_cfg.eval_data, **data) if data else enc_cfg.eval_data)

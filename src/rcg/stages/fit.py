@@ -283,9 +283,9 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
         f = run / run_dir / "summary.json"
         return json.loads(f.read_text()) if f.is_file() else None
 
-    def trained(name, what, fn, cfg):                 # a training stage into RUN/name; a finished one is not rerun
+    def trained(name, what, fn, cfg, **kw):           # a training stage into RUN/name; a finished one is not rerun
         summary[name] = stage(name, f"{what} -> {run / name}",
-                              lambda: finished(name) or fn(cfg, str(run / name), device, progress))
+                              lambda: finished(name) or fn(cfg, str(run / name), device, progress, **kw))
 
     train, test = stage("data", f"decoding the folder once into {run / 'data'}", lambda: decode_once(p, run, progress))
     print(f"  {len(train)} training images, {len(test)} held out ({p.request['holdout']:.0%})")
@@ -313,7 +313,8 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
     trained("rdm", f"representation diffusion ({seen('rdm', rows) // cfgs['rdm'].optim.batch_size:,} steps)", train_rdm,
             replace(cfgs["rdm"], cache=str(cache), encoder=enc_dir))
     trained("pixel", f"{generator.upper()} on representations ({seen('pixel', rows):,} images seen)", train_pixel,
-            replace(cfgs["pixel"], cache=str(cache), encoder=enc_dir, tokenizer=tok_dir or ""))
+            replace(cfgs["pixel"], cache=str(cache), encoder=enc_dir, tokenizer=tok_dir or ""), rdm=str(run / "rdm"),
+            preview_images=test.images[:8] if len(test) else None)
     summary.update(stage("outputs", "samples, variations of held-out images, interpolation, representation FD",
                          lambda: outputs(run, test, pre, inception_weights, device, progress)))
     summary.update(stage_wall_s=times, wall_s=round(sum(times.values()), 1))

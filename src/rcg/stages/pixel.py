@@ -10,10 +10,12 @@ import torch
 
 from .. import dist, pixel
 from ..config import PixelRun
+from ..data import load_dataset
 from ..loaders import load, load_reps
 from ..rng import EpochBatches
+from ..sample import RCGSampler, draw_reps, to_uint8
 from ..store import CheckpointError
-from ..train import Job, Runtime, steps_for
+from ..train import Job, Preview, Runtime, steps_for
 from .common import Built, n_params, train_stage
 
 
@@ -39,9 +41,73 @@ def _inputs(cfg: PixelRun, spec, tensors: dict, meta: dict) -> tuple:
     return x, {"images_shape": tuple(x.shape)}, {}
 
 
+PREVIEW = 8            # images per row of the sample grids written during training
+PREVIEW_SEED = 1000    # their seeds: PREVIEW_SEED + i
+
+
+def _references(enc, spec, cfg: PixelRun, tok, tensors: dict, dev, images=None) -> tuple:
+    """(uint8 images, their representations, where from) for the grids: ``images`` when given, else the first
+    held-out images of the encoder's data when they come at the generator's size, else the cache's first crops."""
+    c, r = spec.image_shape(cfg, tok)
+    if images is None and enc.config is not None:
+        try:
+            held = load_dataset(replace(enc.config.eval_data, limit=PREVIEW)).images
+            images = held if tuple(held.shape[1:]) == (c, r, r) else None
+        except Exception as e:      # a moved folder, a missing test split: the cache's crops are shown instead
+            print(f"note: the sample grids show training crops ({e})")
+    if images is not None:
+        images = images[:PREVIEW]
+        return images, enc.module.encode(images.to(dev)).float(), "held-out images"
+    if spec.inputs == "tokens":
+        images = to_uint8(tok.decode_ids(tensors["tokens"][:PREVIEW].long().to(dev)).float().clamp(0, 1)).cpu()
+    else:
+        images = tensors["images"][:PREVIEW]
+    return images, tensors["reps"][:PREVIEW].float().to(dev), "training crops"
+
+
+def _rdm_reps(rdm, enc, cfg: PixelRun, dev) -> torch.Tensor:
+    """PREVIEW representations of the RDM ``rdm`` from fixed noise (class-balanced for a class-conditional one)."""
+    rec = load("rdm", rdm, dev)
+    if rec.fingerprints.get("encoder") not in (None, enc.fingerprints["self"]):
+        raise ValueError(f"the RDM {rdm} was trained on another encoder's representations than {cfg.encoder}")
+    ncls = rec.module.cfg.num_classes
+    return draw_reps(rec.module, rec.config, PREVIEW, seed=PREVIEW_SEED, batch_size=PREVIEW,
+                     labels=torch.arange(PREVIEW) % ncls if ncls else None)["reps"].to(dev)
+
+
+def _preview(cfg: PixelRun, spec, tensors: dict, dev, rdm=None, images=None):
+    """The pixel stage's preview: row 1 reference images, row 2 the generator's images from their
+    representations, row 3 (with an RDM) images from fixed RDM samples; class / none generators: one row of
+    class-balanced / unconditional samples. Every image from the fixed seed PREVIEW_SEED + column. Its setup
+    runs on a forked RNG (loading builds modules): the model trains as in a run without grids."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        tok = load("tokenizer", cfg.tokenizer, dev).module if spec.inputs == "tokens" else None
+        enc = load("encoder", cfg.encoder, dev)
+        refs, ref_reps, rdm_reps = None, None, None
+        if cfg.cond == "rep":
+            refs, ref_reps, where = _references(enc, spec, cfg, tok, tensors, dev, images)
+            rdm_reps = _rdm_reps(rdm, enc, cfg, dev) if rdm is not None else None
+            print(f"sample grids (RUN/samples/): {where}, their representations"
+                  + (", RDM samples" if rdm is not None else ""))
+    seeds = list(range(PREVIEW_SEED, PREVIEW_SEED + PREVIEW))
+
+    def preview(step, net):
+        s = RCGSampler.from_parts(net, cfg, tok, enc.module, device=dev)
+        if cfg.cond != "rep":
+            labels = torch.arange(PREVIEW, device=dev) % cfg.model.num_classes if cfg.cond == "class" else None
+            return Preview(s.images_from_reps(None, seeds, labels=labels), nrow=PREVIEW)
+        out = [refs, s.images_from_reps(ref_reps, seeds)]
+        out += [s.images_from_reps(rdm_reps, seeds)] if rdm_reps is not None else []
+        return Preview(torch.cat(out), nrow=PREVIEW)
+    return preview
+
+
 def train_pixel(cfg: PixelRun, out: str, device: Optional[str] = None, progress: bool = True,
-                runtime: Optional[Runtime] = None) -> dict:
-    """Train ``cfg.generator`` on the cache ``cfg.cache`` into the run directory ``out``."""
+                runtime: Optional[Runtime] = None, rdm: Optional[str] = None,
+                preview_images: Optional[torch.Tensor] = None) -> dict:
+    """Train ``cfg.generator`` on the cache ``cfg.cache`` into the run directory ``out``. The sample grids
+    written during training (``optim.sample_every``) add a row from ``rdm`` (an RDM run on the same encoder)
+    when given, and show ``preview_images`` (uint8 (N, C, H, W), held-out) when given."""
     spec = pixel.generator(cfg.generator)
     if spec.inputs == "tokens" and not (cfg.cache and cfg.encoder and cfg.tokenizer):
         raise ValueError(f"train-pixel ({spec.name}) needs --cache (rcg cache-reps --tokenizer ...), --encoder and "
@@ -77,7 +143,8 @@ def train_pixel(cfg: PixelRun, out: str, device: Optional[str] = None, progress:
                            batch.size)
 
         job = Job(model=model, loss=loss, batches=batches, total_steps=total, desc=f"train-pixel ({spec.name})",
-                  metadata=record)
+                  metadata=record,
+                  preview=_preview(cfg, spec, tensors, dev, rdm, preview_images) if cfg.optim.sample_every != 0 else None)
         return Built(job, n_params(model), lambda run_dir: {"generator": spec.name, "cond": cfg.cond})
 
     return train_stage("pixel", cfg, out, build, progress, runtime, record=record, upgrade=PixelRun.upgrade)

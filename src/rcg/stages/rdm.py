@@ -15,7 +15,8 @@ from ..evaluate import fd_between, rep_fd_plan
 from ..loaders import load, load_reps
 from ..rdm import RDM
 from ..rng import EpochBatches
-from ..train import Job, Runtime, steps_for
+from ..sample import draw_reps
+from ..train import Job, Preview, Runtime, steps_for
 from ..tree import to_dict
 from .common import Built, n_params, train_stage
 from .reps import sample_reps
@@ -61,10 +62,30 @@ def train_rdm(cfg: RDMRun, out: str, device: Optional[str] = None, progress: boo
                                 image_index=tensors.get("image_index"))
 
         job = Job(model=model, loss=loss, batches=batches, total_steps=total, desc="train-rdm",
-                  metadata={"encoder_fingerprint": fp})
+                  metadata={"encoder_fingerprint": fp}, 
+                  preview=rep_fd_preview(reps, labels if cfg.class_cond else None, cfg))
         return Built(job, n_params(model), finish)
 
     return train_stage("rdm", cfg, out, build, progress, runtime, record={"encoder_fingerprint": fp})
+
+
+PREVIEW_SAMPLES = 500      # representations sampled (from fixed noise) for the rep FD logged during training
+PREVIEW_REFERENCE = 10000  # real representations they are compared with (a fixed random subset)
+
+
+def rep_fd_preview(reps: torch.Tensor, labels, cfg: RDMRun):
+    """The RDM's preview: ``sample_rep_fd``, the FD of ``PREVIEW_SAMPLES`` representations sampled from fixed
+    noise (the run's DDIM settings; class-conditional: the labels of fixed real rows) against a fixed subset
+    of the real ones. Lower is better; its level is above the final check's (fewer samples)."""
+    g = torch.Generator().manual_seed(cfg.optim.seed + 29)
+    reference = reps[torch.randperm(len(reps), generator=g)[:PREVIEW_REFERENCE]]
+    n = min(PREVIEW_SAMPLES, len(reps))
+    y = labels[torch.randint(0, len(reps), (n,), generator=g)] if labels is not None else None
+
+    def preview(step, model):
+        sampled = draw_reps(model, cfg, n, seed=cfg.optim.seed + 31, labels=y, batch_size=n)["reps"]
+        return Preview(metrics={"sample_rep_fd": fd_between(sampled, reference)})
+    return preview
 
 
 FLOOR_SUBSETS = 200   # real subsets averaged for the rep-FD floor (10k of 240k: ~12 s on 2 cores)

@@ -17,7 +17,7 @@ from ..rng import EpochBatches
 from ..sample import to_uint8, write_images
 from ..store import METRICS, append_metrics, fingerprint
 from ..tokenizer import TOKENIZER_KIND, VQModel, VQTrainer, reconstruction_metrics
-from ..train import Job, Runtime, steps_for
+from ..train import Job, Preview, Runtime, steps_for
 from .common import Built, n_params, train_stage
 
 
@@ -31,6 +31,18 @@ def _held_out(cfg: TokenizerRun, data):
     except Exception as e:  # no test split: report the PSNR on (the last) training images, and say so
         print(f"no held-out images ({e}); PSNR is measured on training images")
         return data, "train"
+
+
+PREVIEW = 8        # held-out images in the grids written during training
+
+
+@torch.no_grad()
+def reconstructions(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``images`` (N, C, H, W) followed by their reconstructions through ``vq`` (2N images)."""
+    dev = next(vq.parameters()).device
+    x = images.to(dev)
+    recon = vq.decode_ids(vq.encode(x)[1], (vq.token_grid, vq.token_grid)).float().clamp(0, 1)
+    return torch.cat([images.cpu(), to_uint8(recon).cpu()])
 
 
 def train_tokenizer(cfg: TokenizerRun, out: str, device: Optional[str] = None, progress: bool = True,
@@ -74,15 +86,15 @@ def train_tokenizer(cfg: TokenizerRun, out: str, device: Optional[str] = None, p
                   f"perplexity {res['perplexity']:.1f} ({res['eval_images']} images)")
             return {("eval_" + k if k != "eval_images" else k): v for k, v in res.items()}
 
+        def preview(step, trainer):             # fixed held-out images over their reconstructions
+            return Preview(reconstructions(trainer.vq, held.images[:PREVIEW]), nrow=PREVIEW)
+
         def finish(run_dir):
             t1 = time.time()
             tok = load("tokenizer", run_dir, dev).module
             res = reconstruction_metrics(tok, held.images)
             append_metrics(run_dir / METRICS, {"step": total, "final": True, **res})
-            with torch.no_grad():
-                x = held.images[:16].to(dev)
-                recon = tok.decode_ids(tok.encode(x)[1], (vq.token_grid, vq.token_grid)).float().clamp(0, 1)
-            write_images(torch.cat([x.cpu(), to_uint8(recon).cpu()]), run_dir / "samples" / "reconstructions.png",
+            write_images(reconstructions(tok, held.images[:16]), run_dir / "samples" / "reconstructions.png",
                          nrow=16, scale=max(1, 112 // m.resolution))
             print(f"{split} reconstruction ({res['eval_images']} images): PSNR {res['psnr']:.2f} dB, codebook usage "
                   f"{res['codebook_usage']:.3f}, perplexity {res['perplexity']:.1f} -> {run_dir}")
@@ -91,7 +103,7 @@ def train_tokenizer(cfg: TokenizerRun, out: str, device: Optional[str] = None, p
 
         job = Job(model=trainer, loss=loss, batches=batches, total_steps=total, export="vq.", evaluate=evaluate,
                   eval_every=int(cfg.eval_every_epochs * batches.steps_per_epoch), metadata={"kind": TOKENIZER_KIND},
-                  desc="train-tokenizer")
+                  desc="train-tokenizer", preview=preview)
         return Built(job, n_params(vq), finish)
 
     return train_stage("tokenizer", cfg, out, build, progress, runtime)
