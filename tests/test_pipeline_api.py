@@ -90,3 +90,11 @@ def test_dtype_follows_the_hardware_rules(golden, monkeypatch):
     assert rcg.RCGPipeline.from_pretrained("dit", rdm="rdm", dtype="auto").describe()["precision"] == "bf16"
     with pytest.raises(ValueError, match="dtype must be"):
         rcg.RCGPipeline.from_pretrained("mage", rdm="rdm", dtype=torch.float16)
+
+
+def test_a_run_loads_from_any_folder(golden, tmp_path, monkeypatch):
+    want = rcg.RCGPipeline.from_pretrained("mage", rdm="rdm")(3, seed=4, output_type="uint8")
+    monkeypatch.chdir(tmp_path)          # the runs name their encoder and tokenizer relative to tests/golden
+    pipe = rcg.RCGPipeline.from_pretrained(GOLDEN / "mage", rdm=GOLDEN / "rdm")
+    assert torch.equal(pipe(3, seed=4, output_type="uint8"), want)
+    assert pipe.sources["tokenizer"] == str(GOLDEN / "tokenizer")

@@ -15,7 +15,6 @@ from helpers import make_fmnist, tiny_encoder_run, tiny_rdm_run
 from rcg.cli import main
 from rcg.data import load_fashion_mnist
 from rcg.config import DataConfig, OptimConfig, PixelRun, TokenizerRun
-from rcg.pixel.dit import DiTConfig
 from rcg.pixel.mage import MAGEConfig
 from rcg.stages import cache_reps, plot_run, train_encoder, train_pixel, train_rdm, train_tokenizer
 from rcg.store import load_tensors

@@ -51,6 +51,19 @@ _RUNS = {"encoder": (EncoderRun, lambda c: Encoder(c.encoder)), "tokenizer": (To
          "pixel": (PixelRun, lambda c: pixel.generator(c.generator).network(c.model))}
 
 
+def find_part(ref: str, run_dir) -> str:
+    """Where the part ``ref`` named in the config of ``run_dir`` is. Runs name their parts by the path given at
+    training time, relative to the folder training ran in; seen from another folder, such a relative path is
+    looked up against the run directory's ancestors (one of them is that folder). ``ref`` itself when nothing
+    matches (the loader then says it is missing)."""
+    if not ref or Path(ref).is_absolute() or Path(ref).exists():
+        return ref
+    for base in Path(run_dir).resolve().parents:
+        if (base / ref).exists():
+            return str(base / ref)
+    return ref
+
+
 def _run_dir(kind: str, src: Path):
     """(module, config, trained-on fingerprints, weights metadata) of one of our run directories."""
     raw = read_config(src)

@@ -85,9 +85,8 @@ class RCGPipeline:
         if (path / "pixel" / CONFIG).is_file():
             path, rdm = path / "pixel", rdm or (path / "rdm" if (path / "rdm" / CONFIG).is_file() else None)
         s = RCGSampler(str(path), None if rdm is None else str(rdm), device)
-        parts = {"pixel": str(path), "encoder": s.cfg.encoder}
-        parts.update({"tokenizer": s.cfg.tokenizer} if s.tokenizer is not None else {})
-        return cls(s, {**parts, **({"rdm": str(rdm)} if rdm is not None else {})}, dtype)
+        parts = {"pixel": str(path), **s.parts, **({"rdm": str(rdm)} if rdm is not None else {})}
+        return cls(s, parts, dtype)
 
     def describe(self) -> dict:
         """What this system makes and takes: generator, conditioning, image size, the RDM's classes (0 when

@@ -20,7 +20,7 @@ from .data import check_channels, check_resolution
 from .diffusion import GaussianDiffusion
 from .encoders import Encoder
 from .images import decode_image
-from .loaders import load
+from .loaders import find_part, load
 from .precision import autocast as bf16_autocast
 from .rng import per_sample, randn_per_sample
 from .tree import to_dict
@@ -86,8 +86,11 @@ class RCGSampler:
                              f"({cfg.autoencoder}), which rcg does not ship; load it with rcg.loaders.load('pixel', "
                              f"...) and sample the latents with rcg.pixel.generator('dit').sampler")
         spec = pixel.generator(cfg.generator)
-        tokenizer = load("tokenizer", cfg.tokenizer, device) if spec.inputs == "tokens" else None
-        encoder = load("encoder", cfg.encoder, device)
+        self.parts = {"encoder": find_part(cfg.encoder, pixel_run)}     # where they are, seen from here
+        if spec.inputs == "tokens":
+            self.parts["tokenizer"] = find_part(cfg.tokenizer, pixel_run)
+        tokenizer = load("tokenizer", self.parts["tokenizer"], device) if spec.inputs == "tokens" else None
+        encoder = load("encoder", self.parts["encoder"], device)
         for part, rec in (("tokenizer", tokenizer), ("encoder", encoder)):
             if rec is not None and fps.get(part) not in (None, rec.fingerprints["self"]):
                 raise ValueError(f"the {part} {getattr(cfg, part)} changed since {pixel_run} was trained")
