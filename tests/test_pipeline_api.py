@@ -98,3 +98,23 @@ def test_a_run_loads_from_any_folder(golden, tmp_path, monkeypatch):
     pipe = rcg.RCGPipeline.from_pretrained(GOLDEN / "mage", rdm=GOLDEN / "rdm")
     assert torch.equal(pipe(3, seed=4, output_type="uint8"), want)
     assert pipe.sources["tokenizer"] == str(GOLDEN / "tokenizer")
+
+
+def test_a_converted_official_mage_makes_the_variations_of_rcg_sample(tmp_path):
+    from conftest import fixtures_dir
+    official = fixtures_dir() / "mage_shared.pth"
+    assert official.is_file(), f"no {official}: set RCG_OFFICIAL_FIXTURES to the shared official fixtures"
+    assert main(["convert", str(official), str(tmp_path / "mage"), "--num-heads", "4", "--decoder-num-heads", "4"]) == 0
+    ref = tmp_path / "ref.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 280, 3), dtype=np.uint8)).save(ref)
+    pipe = rcg.RCGPipeline.from_pretrained(tmp_path / "mage")           # its MoCo v3 and VQGAN, converted beside it
+    assert pipe.describe()["image_shape"] == (3, 256) and not pipe.describe()["has_rdm"]
+    got = pipe.variations(ref, 2, seed=1, steps=2, output_type="uint8")
+    assert main(["sample", "--pixel", str(tmp_path / "mage"), "--reference", str(ref), "--num", "2", "--seed", "1",
+                 "--steps", "2", "--out", str(tmp_path / "v.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "v.npz")["arr_0"][1:], got.permute(0, 2, 3, 1).numpy())  # after the ref
+    pipe.save_pretrained(tmp_path / "saved")
+    again = rcg.RCGPipeline.from_pretrained(tmp_path / "saved")
+    assert torch.equal(again.variations(ref, 2, seed=1, steps=2, output_type="uint8"), got)
+    with pytest.raises(ValueError, match="needs an RDM"):
+        pipe(1)

@@ -19,7 +19,8 @@ from rcg.pixel.mage import MAGEConfig
 from rcg.stages import cache_reps, plot_run, train_encoder, train_pixel, train_rdm, train_tokenizer
 from rcg.store import load_tensors
 from rcg.tokenizer import VQConfig
-from rcg.train import grid_scale, preview_path
+from rcg.rng import EpochBatches
+from rcg.train import Job, fit, grid_scale, preview_path
 
 OPTIM = OptimConfig(epochs=1, batch_size=32, lr=2e-3, log_every=1, ckpt_every=4, sample_every=2)   # 128 images: 4 steps
 
@@ -130,3 +131,17 @@ def test_rcg_plot_draws_every_logged_metric(system, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)           # matplotlib missing: says how to install it
     with pytest.raises(RuntimeError, match=r"pip install -e '\.\[plot\]'"):
         plot_run(system / "rdm")
+
+
+def test_a_failing_grid_is_reported_and_training_goes_on(tmp_path, capsys):
+    model, x = torch.nn.Linear(2, 1), torch.randn(8, 2)
+
+    def preview(step, m):
+        assert not m.training                                     # previews see the model in eval mode
+        raise RuntimeError("boom")
+    job = Job(model=model, loss=lambda batch, gen: (model(x[batch.mine]).pow(2).mean(), {}),
+              batches=EpochBatches(8, 4, 0), total_steps=4, preview=preview)
+    fit(tmp_path, job, OptimConfig(lr=0.1, log_every=1, ckpt_every=2, sample_every=1), resuming=False, progress=False)
+    err = capsys.readouterr().err
+    assert "sample grid of step 1 failed (RuntimeError: boom)" in err and "step 4 failed" in err
+    assert load_tensors(tmp_path / "checkpoint.safetensors")[1]["step"] == "4" and model.training

@@ -9,7 +9,8 @@ path: samples, variations, interpolation, ``save_pretrained``), ``RCGSampler`` (
 ``PAPER_PRESETS`` (the paper's released systems), the run configs (``EncoderRun``, ``TokenizerRun``, ``RDMRun``,
 ``PixelRun``, ``DataConfig``, ``OptimConfig``), their presets (``ENCODER_PRESETS``, ``TOKENIZER_PRESETS``,
 ``RDM_RUN_PRESETS``, ``PIXEL_PRESETS``), the generator registry (``GENERATORS``) and the stage functions
-(``train_encoder``, ``cache_reps``, ``train_rdm``, ``train_tokenizer``, ``train_pixel``, ``fit_folder``, ``demo``).
+(``train_encoder``, ``cache_reps``, ``train_rdm``, ``train_tokenizer``, ``train_pixel``, ``fit_folder``, ``demo``)
+and ``plot_run`` (a run's curves).
 
 Tensor conventions:
     images   uint8 (B, C, H, W) at every boundary; inside a model, floats in that model's range (MAGE's VQGAN
@@ -27,19 +28,19 @@ Layers (each module imports only from its own layer or lower ones; tests/test_la
     2 configs     config, presets
     3 machinery   train (the loop), official/ (official formats), loaders, sample, pipeline, evaluate/, paper
     4 stages      stages/ (one module per verb)
-    5 front ends  cli
+    5 front ends  cli, serve/ (the web playground)
 """
 import importlib
 
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "RCGPipeline": "pipeline", "RCGSampler": "sample", "load": "loaders", "Loaded": "loaders", "load_paper_system": "paper",
-    "PAPER_PRESETS": "paper", "GENERATORS": "pixel",
+    "RCGPipeline": "pipeline", "RCGSampler": "sample", "load": "loaders", "Loaded": "loaders",
+    "load_paper_system": "paper", "PAPER_PRESETS": "paper", "GENERATORS": "pixel",
     **{name: "config" for name in ("EncoderRun", "TokenizerRun", "RDMRun", "PixelRun", "DataConfig", "OptimConfig")},
     **{name: "presets" for name in ("ENCODER_PRESETS", "TOKENIZER_PRESETS", "RDM_RUN_PRESETS", "PIXEL_PRESETS")},
     **{name: "stages" for name in ("train_encoder", "cache_reps", "train_rdm", "train_tokenizer", "train_pixel",
-                                   "fit_folder", "demo")},
+                                   "fit_folder", "demo", "plot_run")},
 }
 __all__ = ["__version__", *_PUBLIC]
 

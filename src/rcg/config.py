@@ -55,7 +55,7 @@ class OptimConfig:
     seed: int = 0
     log_every: int = 50          # steps
     ckpt_every: int = 500        # steps
-    sample_every: Optional[int] = None   # steps between sample grids (RUN/samples/); None = with every checkpoint, 0 = none
+    sample_every: Optional[int] = None   # steps between sample grids (RUN/samples/); None: at checkpoints; 0: none
     num_threads: int = 0         # 0 = torch default
     wd_exclude_1d: bool = False  # no weight decay on biases and norm weights (timm add_weight_decay; MAGE)
 

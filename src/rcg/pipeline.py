@@ -118,7 +118,11 @@ class RCGPipeline:
 
     def save_pretrained(self, out) -> Path:
         """Write this system to the folder ``out``: every component's config and (inference) weights, and
-        ``pipeline.json``. The components name each other by their place in the folder."""
+        ``pipeline.json``. The components name each other by their place in the folder, so it can be moved.
+
+            pipe.save_pretrained("my-rcg")
+            same = RCGPipeline.from_pretrained("my-rcg")        # the same images for the same seeds
+        """
         out = Path(out)
         for name, src in self.sources.items():
             if not Path(src).is_dir():
@@ -139,7 +143,11 @@ class RCGPipeline:
     def __call__(self, num: int = 1, seed: int = 0, guidance=None, temperature=None, steps=None,
                  class_label: Optional[int] = None, batch_size: int = 64, output_type: str = "pil"):
         """``num`` samples: a representation from the RDM (``class_label`` for a class-conditional RDM), then the
-        pixel generator. A class-label generator takes ``class_label`` directly (class-balanced without it)."""
+        pixel generator. A class-label generator takes ``class_label`` directly (class-balanced without it).
+
+            grid = pipe(16, seed=0, guidance=1.0)               # RCG-G with tau = 1
+            tensor = pipe(4, seed=16, output_type="uint8")      # the next 4 seeds, uint8 (4, C, H, W)
+        """
         with self._precision():
             images = torch.cat(list(self.sampler.stream(num, seed=seed, batch_size=batch_size, label=class_label,
                                                         distributed=False, steps=steps, temperature=temperature,
@@ -149,7 +157,10 @@ class RCGPipeline:
     def variations(self, image: ImageLike, num: int = 4, seed: int = 0, guidance=None, temperature=None, steps=None,
                    output_type: str = "pil"):
         """``num`` images conditioned on the representation of ``image`` (a path, a PIL image or uint8 (C, H, W)),
-        decoded as the training images were (paper Fig. 6)."""
+        decoded as the training images were (paper Fig. 6).
+
+            shoes = pipe.variations("shoe.png", 8, seed=0)
+        """
         with self._precision():
             rep = self.sampler.reps_from_images(self._images([image])).float()
             images = self.sampler.images_from_reps(rep.expand(num, -1), list(range(seed, seed + num)), steps=steps,
@@ -158,7 +169,10 @@ class RCGPipeline:
 
     def interpolate(self, a: ImageLike, b: ImageLike, num: int = 11, seed: int = 0, guidance=None, temperature=None,
                     steps=None, output_type: str = "pil"):
-        """``num`` images from ``t rep(a) + (1 - t) rep(b)``, t = 1 ... 0, all from one seed (paper Fig. 7)."""
+        """``num`` images from ``t rep(a) + (1 - t) rep(b)``, t = 1 ... 0, all from one seed (paper Fig. 7).
+
+            strip = pipe.interpolate("shoe.png", "bag.png", 11)
+        """
         if num < 2:
             raise ValueError(f"an interpolation needs num >= 2 images, got {num}")
         ims = self._images([a, b])

@@ -141,8 +141,9 @@ class Job:
     (optional, rank 0 only) every ``eval_every`` steps. ``preview(step, model) -> Preview`` (optional, rank 0
     only) every ``optim.sample_every`` steps and at the end: fixed-seed samples of ``model``, a copy of the
     trained model holding the EMA-averaged weights (the live model without an EMA), in eval mode, under
-    ``torch.no_grad`` and a forked RNG (so training goes on exactly as without it). ``shard=False``: every process computes the whole
-    global batch (for a model whose BatchNorm statistics must be those of the whole batch; no speed-up).
+    ``torch.no_grad`` and a forked RNG (so training goes on exactly as without it; a failing preview is
+    reported and training goes on). ``shard=False``: every process computes the whole global batch (for a
+    model whose BatchNorm statistics must be those of the whole batch; no speed-up).
     """
     model: nn.Module
     loss: Callable[[Batch, torch.Generator], tuple]
@@ -319,9 +320,15 @@ def _write_preview(run_dir: Path, job: Job, ema, step: int, tb) -> None:
     watched = ema.averaged(model) if ema is not None else model
     watched.eval()
     dev = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
-        p = job.preview(step, watched)
-    model.train()
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+            p = job.preview(step, watched)
+    except Exception as e:      # a sample grid is worth less than the training run: report it and go on
+        print(f"warning: the sample grid of step {step} failed ({type(e).__name__}: {e}); training goes on",
+              file=sys.stderr)
+        return
+    finally:
+        model.train()
     if p.images is not None and len(p.images):
         grid = make_grid(p.images.cpu(), p.nrow)
         save_png(grid, preview_path(run_dir, step), grid_scale(p.images.shape[-2]))

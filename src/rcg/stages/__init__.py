@@ -14,11 +14,10 @@ from .fit import fit_folder
 from .pixel import train_pixel
 from .rdm import rep_fd_check, train_rdm
 from .reps import cache_reps, rep_fd, sample_reps
-from .sample import interpolate_command, load_sampler, sample_command
 from .plot import plot_run
+from .sample import interpolate_command, load_sampler, sample_command
 from .tokenizer import train_tokenizer
 
-__all__ = ["cache_reps", "demo", "export_run", "fit_folder", "interpolate_command", "load_sampler", "plot_run", "rep_fd",
-           "rep_fd_check",
-           "run_eval", "sample_command", "sample_reps", "train_encoder", "train_evalnet", "train_pixel", "train_rdm",
-           "train_tokenizer"]
+__all__ = ["cache_reps", "demo", "export_run", "fit_folder", "interpolate_command", "load_sampler", "plot_run",
+           "rep_fd", "rep_fd_check", "run_eval", "sample_command", "sample_reps", "train_encoder", "train_evalnet",
+           "train_pixel", "train_rdm", "train_tokenizer"]

@@ -62,7 +62,7 @@ def train_rdm(cfg: RDMRun, out: str, device: Optional[str] = None, progress: boo
                                 image_index=tensors.get("image_index"))
 
         job = Job(model=model, loss=loss, batches=batches, total_steps=total, desc="train-rdm",
-                  metadata={"encoder_fingerprint": fp}, 
+                  metadata={"encoder_fingerprint": fp},
                   preview=rep_fd_preview(reps, labels if cfg.class_cond else None, cfg))
         return Built(job, n_params(model), finish)
 
