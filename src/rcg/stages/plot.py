@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 from ..store import METRICS
 
 Series = Dict[str, List[Tuple[int, float]]]
-SKIP = ("step", "epoch", "final")          # axes and markers, not curves
+SKIP = ("step", "epoch", "final", "eval_images")      # axes, markers and counts, not curves
 
 
 def read_metrics(path) -> Series:
@@ -71,7 +71,7 @@ def plot_run(run, out: Optional[str] = None) -> str:
         ax.set_title(f"{stage}: {key}" if stage else key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        if key in ("loss", "lr") and min(vals) > 0 and max(vals) / min(vals) > 20:
+        if key == "loss" and min(vals) > 0 and max(vals) / min(vals) > 20:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
