@@ -84,6 +84,7 @@ def worker(root: Path) -> None:
     dist.init()
     assert dist.world_size() == 2
     train_rdm(rdm_cfg(root), str(root / "rdm-2"), "cpu", progress=False)
+    train_rdm(rdm_cfg(root, batch_gpu=6), str(root / "rdm-2-micro"), "cpu", progress=False)  # DDP no_sync
     train_pixel(pixel_cfg(root), str(root / "mage-2"), "cpu", progress=False)
     gathered = dist.gather_tensors(torch.full((dist.rank() + 1, 3), float(dist.rank())))
     q, k = infonce_inputs()
@@ -138,6 +139,11 @@ def _assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
 def test_two_process_rdm_training_matches_one_process(runs):
     root, _ = runs
     _assert_same_weights(root / "rdm-1", root / "rdm-2")
+
+
+def test_two_processes_with_micro_batches_match_one_process(runs):
+    root, _ = runs                 # 16 rows per process in micro-batches of 6, 6, 4: gradients accumulated
+    _assert_same_weights(root / "rdm-1", root / "rdm-2-micro")
 
 
 def test_two_process_mage_training_matches_one_process(runs):

@@ -14,11 +14,11 @@ LAYERS = {
     "__init__": 0, "dist": 0, "rng": 0, "tree": 0, "store": 0, "layers": 0, "precision": 0,
     # 1 networks and processes: pure modules and functions
     "encoders": 1, "ssl": 1, "rdm": 1, "tokenizer": 1, "pixel": 1, "pixel.": 1, "diffusion": 1, "guidance": 1,
-    "augment": 1, "data": 1, "images": 1, "inception": 1, "evalnet": 1,
+    "augment": 1, "data": 1, "prepared": 1, "images": 1, "inception": 1, "evalnet": 1,
     # 2 configs and presets
     "config": 2, "presets": 2,
     # 3 machinery: training loop, official formats, loaders, sampling, evaluation
-    "train": 3, "official": 3, "official.": 3, "loaders": 3, "sample": 3, "pipeline": 3, "paper": 3, "evaluate": 3, "evaluate.": 3,
+    "train": 3, "optim": 3, "feed": 3, "watch": 3, "official": 3, "official.": 3, "loaders": 3, "sample": 3, "pipeline": 3, "paper": 3, "evaluate": 3, "evaluate.": 3,
     # 4 the functions behind the verbs
     "stages": 4, "stages.": 4,
     # 5 front ends

@@ -8,7 +8,8 @@ import torch.nn as nn
 from rcg.store import (CheckpointError, load_state, load_tensors, prepare_run_dir, save_state,
                             save_tensors)
 from rcg.config import OptimConfig
-from rcg.train import EMA, EpochBatches, Job, TrainingError, fit, lr_at
+from rcg.optim import EMA, lr_at
+from rcg.train import EpochBatches, Job, TrainingError, fit
 
 
 def test_lr_schedule_warmup_and_cosine():

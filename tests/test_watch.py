@@ -20,7 +20,8 @@ from rcg.stages import cache_reps, plot_run, train_encoder, train_pixel, train_r
 from rcg.store import load_tensors
 from rcg.tokenizer import VQConfig
 from rcg.rng import EpochBatches
-from rcg.train import Job, fit, grid_scale, preview_path
+from rcg.train import Job, fit
+from rcg.watch import grid_scale, preview_path
 
 OPTIM = OptimConfig(epochs=1, batch_size=32, lr=2e-3, log_every=1, ckpt_every=4, sample_every=2)   # 128 images: 4 steps
 

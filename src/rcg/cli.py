@@ -19,7 +19,7 @@ from .paper import PAPER_PRESETS
 from .pixel import GENERATORS
 from .serve import serve
 from .stages import (cache_reps, demo, fit_folder, interpolate_command, rep_fd, run_eval, sample_command, sample_reps,
-                     plot_run, train_encoder, train_evalnet, train_pixel, train_rdm, train_tokenizer)
+                     plot_run, prepare_data, train_encoder, train_evalnet, train_pixel, train_rdm, train_tokenizer)
 from .stages.fit import FIT_PRESETS
 from .train import Runtime
 
@@ -38,9 +38,10 @@ def _basic(p: argparse.ArgumentParser, device: bool = True, progress: bool = Tru
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", dest="data_kind", choices=["fmnist", "folder", "cifar10"],
-                   help="data set kind (fmnist: the Debian package's files by default)")
-    g.add_argument("--data-dir", help="folder with the images / idx files / CIFAR-10 batches")
+    g.add_argument("--data", dest="data_kind", choices=["fmnist", "folder", "cifar10", "prepared"],
+                   help="data set kind (fmnist: the Debian package's files by default; prepared: a store written "
+                        "by rcg prepare-data, streamed)")
+    g.add_argument("--data-dir", help="folder with the images / idx files / CIFAR-10 batches / prepared store")
     g.add_argument("--resolution", type=int, help="square size the images are resized/cropped to")
     g.add_argument("--channels", type=int, choices=[1, 3])
     g.add_argument("--limit", type=int, help="use only the first N images")
@@ -58,7 +59,8 @@ def _overrides(a: argparse.Namespace, data_sections=("data",), optim: bool = Tru
     flags = [(sec, flag, key) for sec in data_sections for flag, key in data]
     if "eval_data" in data_sections and getattr(a, "eval_dir", None):
         flags.append(("eval_data", "eval_dir", "path"))       # after --data-dir's, so the held-out folder wins
-    flags += [("optim", key, key) for key in ("epochs", "batch_size", "lr", "seed", "bf16", "sample_every") if optim]
+    flags += [("optim", key, key) for key in ("epochs", "batch_size", "lr", "seed", "bf16", "sample_every", "batch_gpu")
+              if optim]
     return ([f"{sec}.{key}={getattr(a, flag)}" for sec, flag, key in flags if getattr(a, flag, None) is not None]
             + list(a.set) + list(extra))
 
@@ -107,6 +109,10 @@ def _training(sub, verb: str, help: str, fn, presets: dict, default: str, sectio
     g = p.add_argument_group("optimization")
     for flag, kind in (("--epochs", float), ("--batch-size", int), ("--lr", float), ("--seed", int)):
         g.add_argument(flag, type=kind)
+    g.add_argument("--batch-gpu", type=int, metavar="N",
+                   help="rows per forward pass on each device: each process's share of the global batch is split into "
+                        "micro-batches whose gradients are accumulated (the same result on fewer or smaller GPUs; "
+                        "default: all at once)")
     g.add_argument("--sample-every", type=int, metavar="N",
                    help="write a fixed-seed sample grid to RUN_DIR/samples/step-XXXXXXX.png (and TensorBoard) every N "
                         "steps and at the end (default: with every checkpoint; 0 = none)")
@@ -132,6 +138,24 @@ def _train_pixel(a) -> int:
     return _train(a, train_pixel, P.PIXEL_PRESETS, (), [f"cache={a.cache}", f"encoder={a.encoder}"]
                   + [f"tokenizer={a.tokenizer}"] * bool(a.tokenizer) + [f"model.cond={a.cond}"] * bool(a.cond),
                   rdm=a.rdm)
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare-data", help="decode a folder (or fmnist / cifar10) once into a store training streams",
+                       description="Decode, composite, resize and crop every image of SRC once into OUT (uint8 rows, "
+                                   "labels, manifest with checksums); stages read it with --data prepared --data-dir "
+                                   "OUT, so memory does not grow with the data set.")
+    p.add_argument("src", help="an image folder (recursive), or fmnist / cifar10")
+    p.add_argument("out", help="the store folder to write")
+    p.add_argument("--resolution", type=int, help="square size (default: 64 for folders, 28 fmnist, 32 cifar10)")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="default: 3 for folders and cifar10, 1 for fmnist")
+    p.add_argument("--labels", action="store_true", help="folders: sub-folder names are class labels")
+    p.add_argument("--split", default="train", help="fmnist / cifar10: which split (train, test)")
+    p.add_argument("--data-dir", help="fmnist / cifar10: where their files are (default: the usual place)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images")
+    p.add_argument("--verify", action="store_true", help="only recompute an existing store's checksums")
+    _request(p, prepare_data, "src out resolution channels labels split data_dir limit progress verify",
+             lambda m: f"{m['count']} images in {m['channels']}x{m['resolution']}x{m['resolution']}")
 
 
 def _add_reps(sub) -> None:
@@ -341,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rcg", description="Representation-conditioned image generation (RCG).")
     ap.add_argument("--version", action="version", version=f"rcg {__version__}")
     sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_add_reps, _add_generation, _add_tools):
+    for add in (_add_prepare, _add_reps, _add_generation, _add_tools):
         add(sub)
     return ap
 

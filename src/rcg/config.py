@@ -22,7 +22,9 @@ from .tree import build, from_dict, to_dict
 class DataConfig:
     """Where images come from.
 
-    dataset: ``fmnist`` (gzip idx files), ``folder`` (recursive image folder), ``cifar10`` (python batches).
+    dataset: ``fmnist`` (gzip idx files), ``folder`` (recursive image folder), ``cifar10`` (python batches),
+    ``prepared`` (a store written by ``rcg prepare-data``: rows read as training needs them), ``tensors`` (a
+    file of decoded images, as ``rcg fit`` writes).
     path: directory; ``None`` means the default location of the data set (Fashion-MNIST:
     ``/usr/share/datasets/fashion-mnist``).
     """
@@ -55,6 +57,7 @@ class OptimConfig:
     seed: int = 0
     log_every: int = 50          # steps
     ckpt_every: int = 500        # steps
+    batch_gpu: int = 0           # rows per forward pass (gradient accumulation over micro-batches); 0 = all
     sample_every: Optional[int] = None   # steps between sample grids (RUN/samples/); None: at checkpoints; 0: none
     num_threads: int = 0         # 0 = torch default
     wd_exclude_1d: bool = False  # no weight decay on biases and norm weights (timm add_weight_decay; MAGE)

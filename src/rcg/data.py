@@ -29,6 +29,7 @@ except ImportError:                                   # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
 from .images import DataError, decode_all, heldout_mask, list_image_files
+from .prepared import ImagesLike, load_prepared
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -41,7 +42,7 @@ _CHUNK = 256                    # images per float chunk in resize / channel con
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor            # uint8 (N, C, H, W), contiguous
+    images: ImagesLike              # uint8 (N, C, H, W): a contiguous tensor, or rows of a prepared store
     labels: Optional[torch.Tensor]  # int64 (N,) or None
     class_names: Optional[list]     # list[str] or None
     source: str                     # human-readable description of where the images came from
@@ -199,6 +200,19 @@ def load_fashion_mnist(root=None, split="train", resolution=28, channels=1, limi
 
 # ----------------------------------------------------------------------------- image folders
 
+def folder_labels(root: Path, files: list) -> tuple:
+    """(class names, one label per file) from the first sub-folder of each file's path under ``root``."""
+    loose = [p for p in files if p.parent == root]
+    if loose:
+        raise DataError(f"labels from sub-folders expect the layout {root}/<class>/<image>, but "
+                        f"{len(loose)} images lie directly in {root} (e.g. {loose[0].name}); move "
+                        f"them into class folders, or leave labels off (the default: drop --labels)")
+    first = [p.relative_to(root).parts[0] for p in files]
+    class_names = sorted(set(first))          # from all files, so indices do not depend on limit
+    index = {name: i for i, name in enumerate(class_names)}
+    return class_names, [index[name] for name in first]
+
+
 def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split="train",
                       holdout: float = 0.0, progress: bool = True) -> ImageSet:
     """Every image under ``path`` (recursive). ``holdout`` > 0 splits the folder: ``split`` "train" is the
@@ -206,17 +220,7 @@ def load_image_folder(path, resolution, channels=3, labels=False, limit=0, split
     the whole folder."""
     _check_options(resolution, channels, limit, split, ("train", "test", "val"), "folder")
     root, files = list_image_files(path)
-    class_names, targets = None, [None] * len(files)
-    if labels:
-        loose = [p for p in files if p.parent == root]
-        if loose:
-            raise DataError(f"labels from sub-folders expect the layout {root}/<class>/<image>, but "
-                            f"{len(loose)} images lie directly in {root} (e.g. {loose[0].name}); move "
-                            f"them into class folders, or leave labels off (the default: drop --labels)")
-        first = [p.relative_to(root).parts[0] for p in files]
-        class_names = sorted(set(first))          # from all files, so indices do not depend on limit
-        index = {name: i for i, name in enumerate(class_names)}
-        targets = [index[name] for name in first]
+    class_names, targets = folder_labels(root, files) if labels else (None, [None] * len(files))
     if holdout > 0:
         held = heldout_mask([p.relative_to(root).as_posix() for p in files], holdout)
         keep_split = held if split != "train" else ~held
@@ -373,7 +377,7 @@ def load_image_tensors(path, resolution, channels, limit=0) -> ImageSet:
 
 # ----------------------------------------------------------------------------- dispatch
 
-_LOADERS = ("fmnist", "folder", "cifar10", "tensors")
+_LOADERS = ("fmnist", "folder", "cifar10", "tensors", "prepared")
 
 
 def load_dataset(cfg) -> ImageSet:
@@ -387,4 +391,8 @@ def load_dataset(cfg) -> ImageSet:
         return load_cifar10(cfg.path, cfg.split, cfg.resolution, cfg.channels, cfg.limit)
     if cfg.dataset == "tensors":
         return load_image_tensors(cfg.path, cfg.resolution, cfg.channels, cfg.limit)
+    if cfg.dataset == "prepared":       # rcg prepare-data: rows read from the store as training asks for them
+        _check_options(cfg.resolution, cfg.channels, cfg.limit, cfg.split, ("train", "test", "val"), "prepared")
+        return ImageSet(*load_prepared(cfg.path, cfg.resolution, cfg.channels, cfg.split, cfg.holdout, cfg.limit,
+                                       cfg.labels))
     raise DataError(f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(_LOADERS)}")

@@ -10,9 +10,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def fused_attention(x: torch.Tensor) -> bool:
+    """Whether :class:`Attention` on ``x`` runs in the autocast dtype (the fused flash / memory-efficient kernels
+    of ``F.scaled_dot_product_attention``): only for a CUDA tensor while CUDA autocast to bfloat16 is on. Anywhere
+    else (CPU, float32, autocast off, float16) attention keeps the official float32 logits and softmax."""
+    return (x.is_cuda and torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") == torch.bfloat16)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
+              fused: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v of (B, heads, N, d) tensors. ``fused``: in the dtype of q, k, v as they come
+    (bf16 under autocast), through the fused kernels; else q, k, v upcast to float32 with autocast off, as the
+    official MAGE and DiT (the result is then float32)."""
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    with torch.autocast(q.device.type, enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with qkv bias; logits and softmax in float32 (also under autocast), as the
-    official MAGE and DiT. ``attn_drop`` (on the attention weights) and ``proj_drop`` apply in training mode."""
+    official MAGE and DiT, except on CUDA under bf16 autocast, where they run fused in bf16
+    (:func:`fused_attention`). ``attn_drop`` (on the attention weights) and ``proj_drop`` apply in training mode."""
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
@@ -21,9 +41,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).float()
-        with torch.autocast(x.device.type, enabled=False):
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        o = attention(q, k, v, self.attn_drop if self.training else 0.0, fused_attention(x))
         return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, N, C)))
 
 

@@ -29,8 +29,8 @@ WEIGHTS = "checkpoint.safetensors"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 # Keys that may change between reruns of the same run (they do not change the result).
-RUNTIME_KEYS = ("optim.log_every", "optim.ckpt_every", "optim.sample_every", "optim.num_threads", "eval_every",
-                "progress")
+RUNTIME_KEYS = ("optim.log_every", "optim.ckpt_every", "optim.sample_every", "optim.batch_gpu", "optim.num_threads",
+                "eval_every", "progress")
 
 
 _UMASK = os.umask(0)

@@ -1,4 +1,4 @@
-"""One plain training loop shared by every stage, with RCG's EMA and the LR schedules.
+"""One plain training loop shared by every stage.
 
 The loop is deterministic given the step: batch ``step`` takes its indices from a per-epoch
 permutation and its randomness (augmentations, diffusion noise) from a generator of the step (the seed
@@ -6,25 +6,27 @@ formulas of :mod:`rcg.rng`). Resuming from ``state.pt`` at step s therefore cont
 as the uninterrupted run would have. Rerunning the same command resumes; a finished run is a no-op.
 
 Under ``torchrun`` (see :mod:`rcg.dist`) every process takes its contiguous slice of each global batch
-(``optim.batch_size`` rows), the gradients are averaged over processes after each backward pass (a
-plain all-reduce: the model stays a pure module), and rank 0 alone logs and writes checkpoints. A job
+(``optim.batch_size`` rows), the model goes through ``DistributedDataParallel`` (gradients averaged over
+processes in buckets that overlap the backward pass), and rank 0 alone logs and writes checkpoints. A job
 whose loss draws its per-sample randomness for the whole global batch from the step generator (and keeps
 its rows) trains the same weights with any number of processes, up to float summation order.
+``optim.batch_gpu`` (``--batch-gpu``) splits each process's rows into micro-batches whose gradients add up
+to those of the whole (gradient accumulation): the same result on fewer or smaller devices.
 """
 from __future__ import annotations
 
-import copy
 import errno
-import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import dist
@@ -35,10 +37,11 @@ from .config import OptimConfig
 from .precision import autocast as bf16_autocast
 from .precision import describe as describe_precision
 from .precision import precision_name, resolve_bf16
-from .sample import make_grid, save_png
+from .feed import step_inputs
+from .optim import EMA, lr_at, make_optimizer
+from .watch import Preview, write_preview
 
 TENSORBOARD = "tensorboard"         # event files of --tensorboard, inside the run directory
-SAMPLES = "samples"                 # the sample grids written during training: samples/step-0001000.png
 
 
 class TrainingError(RuntimeError):
@@ -53,66 +56,17 @@ class Runtime:
     compile: Union[bool, str] = False   # torch.compile the model's blocks; a string names the backend
 
 
-class EMA:
-    """RCG's LitEma: shadow = shadow - (1 - d) * (shadow - param), d = min(decay, (1 + n) / (10 + n)), over the
-    trained parameters of ``model`` (kept in float32)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.num_updates = 0
-        self.shadow = {k: p.detach().clone().float() for k, p in model.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.num_updates += 1
-        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for k, p in model.named_parameters():
-            if k in self.shadow:
-                self.shadow[k].sub_((1 - d) * (self.shadow[k] - p.detach().float()))
-
-    def state_dict(self) -> dict:
-        return {"shadow": self.shadow, "num_updates": self.num_updates}
-
-    def load_state_dict(self, state: dict, model: nn.Module) -> None:
-        """Restore ``state`` (e.g. loaded on the CPU) onto the devices of ``model``'s parameters."""
-        where = {k: p.device for k, p in model.named_parameters()}
-        self.shadow = {k: v.to(where[k]) for k, v in state["shadow"].items()}
-        self.num_updates = int(state["num_updates"])
-
-    def averaged_state_dict(self, model: nn.Module) -> Dict[str, torch.Tensor]:
-        """A copy of ``model.state_dict()`` with the averaged values in place of the trained parameters."""
-        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        for k, v in self.shadow.items():
-            sd[k] = v.to(sd[k].dtype)
-        return sd
-
-    def averaged(self, model: nn.Module) -> nn.Module:
-        """A copy of ``model`` holding the averaged weights (for evaluation or export; ``model`` is untouched)."""
-        twin = copy.deepcopy(model)
-        twin.load_state_dict(self.averaged_state_dict(model))
-        return twin
-
-
-def lr_at(step: int, steps_per_epoch: int, total_steps: int, o: OptimConfig) -> float:
-    """Linear warm-up, then constant or half-cycle cosine to ``min_lr``."""
-    warm = int(o.warmup_epochs * steps_per_epoch)
-    if step < warm:
-        return o.lr * (step + 1) / warm
-    if o.schedule == "constant":
-        return o.lr
-    if o.schedule == "cosine":
-        progress = (step - warm) / max(1, total_steps - warm)
-        return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown schedule {o.schedule!r} (constant, cosine)")
-
-
 @dataclass(frozen=True)
 class Batch:
     """One step's batch as the loss sees it: ``index`` are the global batch's item indices (the order of
-    :class:`rcg.rng.EpochBatches`), ``rows`` this process's slice of them (all of them for one process)."""
+    :class:`rcg.rng.EpochBatches`), ``rows`` this process's slice of them (all of them for one process; one
+    micro-batch of them with ``optim.batch_gpu``: ``micro`` counts them from 0). ``data``: the job's
+    ``feed(index)``, the inputs of the whole global batch (None without a feed)."""
     step: int
     index: torch.Tensor
     rows: slice
+    data: Any = None
+    micro: int = 0
 
     @property
     def size(self) -> int:
@@ -143,7 +97,10 @@ class Job:
     trained model holding the EMA-averaged weights (the live model without an EMA), in eval mode, under
     ``torch.no_grad`` and a forked RNG (so training goes on exactly as without it; a failing preview is
     reported and training goes on). ``shard=False``: every process computes the whole global batch (for a
-    model whose BatchNorm statistics must be those of the whole batch; no speed-up).
+    model whose BatchNorm statistics must be those of the whole batch; no speed-up). ``feed(index)``
+    (optional): the inputs of a global batch from its indices, read ahead (in ``feed_workers`` DataLoader
+    processes when > 0) and handed to the loss as ``batch.data``. ``whole_batch``: what of the job needs each
+    step's whole batch in one forward pass (BatchNorm statistics, contrastive negatives), refusing micro-batches.
     """
     model: nn.Module
     loss: Callable[[Batch, torch.Generator], tuple]
@@ -156,39 +113,59 @@ class Job:
     desc: str = "train"
     shard: bool = True
     preview: Optional[Callable[[int, nn.Module], "Preview"]] = None
+    feed: Optional[Callable[[torch.Tensor], Any]] = None
+    feed_workers: int = 0
+    whole_batch: str = ""       # what needs each step's whole batch in one pass (then --batch-gpu is refused)
 
 
-@dataclass
-class Preview:
-    """What a job's ``preview`` returns: uint8 images (N, C, H, W) for one grid of ``nrow`` columns
-    (``RUN/samples/step-XXXXXXX.png``, and TensorBoard with --tensorboard) and metrics for metrics.jsonl."""
-    images: Optional[torch.Tensor] = None
-    nrow: int = 8
-    metrics: Dict[str, float] = field(default_factory=dict)
+class _Objective(nn.Module):
+    """The job's loss as a module's forward, so that DistributedDataParallel sees each step's forward pass."""
+
+    def __init__(self, model: nn.Module, loss: Callable):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, batch: Batch, gen: torch.Generator):
+        return self.loss(batch, gen)
 
 
-def preview_path(run_dir, step: int) -> Path:
-    """Where the sample grid of ``step`` goes."""
-    return Path(run_dir) / SAMPLES / f"step-{step:07d}.png"
+def micro_batches(rows: slice, batch_gpu: int) -> List[slice]:
+    """``rows`` in consecutive slices of at most ``batch_gpu`` rows (0: one slice, all of them)."""
+    if batch_gpu <= 0 or batch_gpu >= rows.stop - rows.start:
+        return [rows]
+    return [slice(i, min(i + batch_gpu, rows.stop)) for i in range(rows.start, rows.stop, batch_gpu)]
 
 
-def grid_scale(height: int) -> int:
-    """Nearest-neighbour upscaling of a sample grid so that small images can be seen (64 px and up: none)."""
-    return max(1, 64 // height)
+def _wrap(model: nn.Module, job: Job, dev):
+    """The step's forward: the job's loss, through DistributedDataParallel under several processes."""
+    net = _Objective(model, job.loss)
+    if dist.world_size() == 1:
+        return net
+    return DistributedDataParallel(net, device_ids=[dev] if dev.type == "cuda" else None, broadcast_buffers=False,
+                                   find_unused_parameters=True)
+
+
+def _step(net, job: Job, step: int, rows: slice, o: OptimConfig, data, autocast) -> tuple:
+    """Forward and backward of one step over its micro-batches (gradients accumulate); returns this process's
+    mean loss (detached) and metrics, each micro-batch weighted by its rows."""
+    parts = micro_batches(rows, o.batch_gpu)
+    index, total, loss_sum, metrics = job.batches(step), rows.stop - rows.start, 0.0, {}
+    for j, part in enumerate(parts):
+        w = (part.stop - part.start) / total
+        sync = nullcontext() if j == len(parts) - 1 or not isinstance(net, DistributedDataParallel) else net.no_sync()
+        with sync:
+            with autocast:     # every micro-batch draws the whole global batch's randomness, then takes its rows
+                loss, m = net(Batch(step, index, part, data, j), step_generator(o.seed, step))
+            (loss * w).backward()
+        loss_sum = loss_sum + loss.detach().float() * w
+        for k, v in m.items():          # tensors stay on the device (no sync per step)
+            metrics[k] = metrics.get(k, 0.0) + (v.detach().float() if isinstance(v, torch.Tensor) else float(v)) * w
+    return loss_sum, metrics
 
 
 def steps_for(epochs: float, batches: EpochBatches) -> int:
     """Training steps of ``epochs`` epochs (at least one)."""
     return max(1, int(round(epochs * batches.steps_per_epoch)))
-
-
-def _optimizer(params: List[nn.Parameter], o: OptimConfig) -> torch.optim.Optimizer:
-    if o.wd_exclude_1d:
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    else:
-        groups = [{"params": params, "weight_decay": o.weight_decay}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
 
 
 def _resume(run_dir: Path, model, opt, ema, dev, total: int) -> tuple:
@@ -236,12 +213,15 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
     world, main = dist.world_size(), dist.is_main()
     params = [p for p in model.parameters() if p.requires_grad]
     dev = params[0].device
-    opt = _optimizer(params, o)
+    opt = make_optimizer(params, o)
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
     n = job.batches.batch_size
     if job.shard and n % world:
         raise ValueError(f"the global batch ({n}) must be divisible by the number of processes ({world}); "
                          f"change optim.batch_size or --nproc_per_node")
+    if o.batch_gpu and job.whole_batch:
+        raise ValueError(f"{job.desc} cannot split its batches into micro-batches (--batch-gpu / optim.batch_gpu): "
+                         f"{job.whole_batch} depend on the whole batch. Lower optim.batch_size instead.")
     if not job.shard and world > 1:
         dist.print0(f"note: {job.desc} does not shard its batches; each of the {world} processes computes all of them")
     rows, spe = dist.part(n) if job.shard else slice(0, n), job.batches.steps_per_epoch
@@ -258,6 +238,9 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
     if main and step < job.total_steps:
         print(f"{job.desc}: precision {describe_precision(o.bf16, dev)}")
     autocast = bf16_autocast(dev, bf16)
+    net = _wrap(model, job, dev)
+    inputs = step_inputs(job.feed, job.batches, step, job.total_steps, job.feed_workers, dev.type == "cuda") \
+        if job.feed is not None else None
     bar = tqdm(total=job.total_steps * n, initial=step * n, unit="img", unit_scale=True, desc=job.desc,
                disable=not (progress and main), dynamic_ncols=True, smoothing=0.05,
                mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -269,11 +252,10 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
             g["lr"] = lr
         if world > 1:   # module-internal randomness (dropout): per process and step, so resume stays exact
             torch.manual_seed(module_seed(o.seed, step, dist.rank()))
-        with autocast:
-            loss, metrics = job.loss(Batch(step, job.batches(step), rows), step_generator(o.seed, step))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        loss = _average_grads(params, loss.detach()) if world > 1 else loss.detach()
+        loss, metrics = _step(net, job, step, rows, o, next(inputs) if inputs is not None else None, autocast)
+        if world > 1:
+            loss = dist.all_reduce(loss.reshape(1).to(dev), "mean")[0]
         if not torch.isfinite(loss):
             kept = f"the last good checkpoint (step {saved}) is kept in {run_dir}" if saved is not None \
                 else "no checkpoint had been written yet"
@@ -304,7 +286,7 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
             model.train()
         every = o.ckpt_every if o.sample_every is None else o.sample_every
         if job.preview is not None and every and (step % every == 0 or step == job.total_steps):
-            _main_only(lambda: _write_preview(run_dir, job, ema, step, tb), dev)
+            _main_only(lambda: write_preview(run_dir, job.preview, model, ema, step, tb, job.desc), dev)
         if step % o.ckpt_every == 0 or step == job.total_steps:
             _main_only(lambda: _checkpoint(run_dir, job, opt, ema, dev, step, rotate, saved), dev)
             saved, rotate = step, True
@@ -312,33 +294,6 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
     if tb is not None:
         tb.close()
     return last
-
-
-def _write_preview(run_dir: Path, job: Job, ema, step: int, tb) -> None:
-    """The job's preview of ``step``: its grid to samples/ (and TensorBoard), its metrics to metrics.jsonl."""
-    model = job.model
-    watched = ema.averaged(model) if ema is not None else model
-    watched.eval()
-    dev = next(model.parameters()).device
-    try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
-            p = job.preview(step, watched)
-    except Exception as e:      # a sample grid is worth less than the training run: report it and go on
-        print(f"warning: the sample grid of step {step} failed ({type(e).__name__}: {e}); training goes on",
-              file=sys.stderr)
-        return
-    finally:
-        model.train()
-    if p.images is not None and len(p.images):
-        grid = make_grid(p.images.cpu(), p.nrow)
-        save_png(grid, preview_path(run_dir, step), grid_scale(p.images.shape[-2]))
-        if tb is not None:
-            tb.add_image(f"{job.desc}/samples", grid, step, dataformats="CHW")
-    if p.metrics:
-        append_metrics(run_dir / METRICS, {"step": step, **p.metrics})
-        for k, v in p.metrics.items():
-            if tb is not None:
-                tb.add_scalar(f"{job.desc}/{k}", v, step)
 
 
 def _before_training(run_dir: Path, model: nn.Module, ema, tensorboard: bool):
@@ -399,24 +354,6 @@ def _average_(tensors: List[torch.Tensor], bucket: int = 1 << 25) -> None:
             flat = dist.all_reduce(torch.cat([t.reshape(-1) for t in chunk]), "mean")
             for t, v in zip(chunk, flat.split([t.numel() for t in chunk])):
                 t.copy_(v.view_as(t))
-
-
-def _average_grads(params: List[nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
-    """Average the gradients (and the loss) over processes. A parameter without a gradient on some process
-    counts as zero there; one without a gradient anywhere keeps none, as in a single process."""
-    head = torch.cat([loss.float().reshape(1).to(params[0].device),
-                      torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)])
-    dist.all_reduce(head, "sum")
-    grads = []
-    for p, used in zip(params, (head[1:] > 0).tolist()):
-        if not used:
-            p.grad = None
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    _average_(grads)
-    return head[0] / dist.world_size()
 
 
 def _logged_values(values: dict, device) -> Dict[str, float]:

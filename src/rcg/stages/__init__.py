@@ -4,7 +4,7 @@
     encoder    train-encoder          tokenizer  train-tokenizer      eval     eval
     reps       cache-reps, sample-reps, rep-fd  pixel  train-pixel    evalnet  train-evalnet
     rdm        train-rdm              sample     sample, interpolate  fit      fit
-    demo       demo                   plot       plot
+    demo       demo                   plot       plot                 prepare  prepare-data
 """
 from .demo import demo, export_run
 from .encoder import train_encoder
@@ -15,9 +15,10 @@ from .pixel import train_pixel
 from .rdm import rep_fd_check, train_rdm
 from .reps import cache_reps, rep_fd, sample_reps
 from .plot import plot_run
+from .prepare import prepare_data
 from .sample import interpolate_command, load_sampler, sample_command
 from .tokenizer import train_tokenizer
 
 __all__ = ["cache_reps", "demo", "export_run", "fit_folder", "interpolate_command", "load_sampler", "plot_run",
-           "rep_fd", "rep_fd_check", "run_eval", "sample_command", "sample_reps", "train_encoder", "train_evalnet",
+           "prepare_data", "rep_fd", "rep_fd_check", "run_eval", "sample_command", "sample_reps", "train_encoder", "train_evalnet",
            "train_pixel", "train_rdm", "train_tokenizer"]

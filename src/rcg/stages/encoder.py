@@ -17,6 +17,7 @@ from ..rng import EpochBatches
 from ..sample import encode_images
 from ..ssl import MoCoV3, momentum_at
 from ..store import METRICS, append_metrics, fingerprint
+from ..feed import rows_of, workers_for
 from ..train import Job, Runtime, steps_for
 from .common import Built, n_params, train_stage
 
@@ -66,14 +67,13 @@ def train_encoder(cfg: EncoderRun, out: str, device: Optional[str] = None, progr
         channels_last = cfg.encoder.arch == "resnet"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        images = data.images.to(dev)
-        batches = EpochBatches(len(images), cfg.optim.batch_size, cfg.optim.seed)
+        batches = EpochBatches(len(data), cfg.optim.batch_size, cfg.optim.seed)
         total = steps_for(cfg.optim.epochs, batches)
         crop = cfg.crop_size or cfg.data.resolution
 
         def loss(batch, gen):
             # views of the whole global batch (their randomness is per image), then this process's rows
-            x = images[batch.index.to(dev)].float() / 255.0
+            x = batch.data.to(dev).float() / 255.0
             v1 = batch.take(augment.ssl_view(x, crop, cfg.view1, gen))
             v2 = batch.take(augment.ssl_view(x, crop, cfg.view2, gen))
             if channels_last:
@@ -100,7 +100,9 @@ def train_encoder(cfg: EncoderRun, out: str, device: Optional[str] = None, progr
 
         every = int(cfg.knn.every_epochs * batches.steps_per_epoch) if evalset is not None else 0
         job = Job(model=model, loss=loss, batches=batches, total_steps=total, export="base_encoder.",
-                  evaluate=evaluate if evalset is not None else None, eval_every=every, desc="train-encoder")
+                  evaluate=evaluate if evalset is not None else None, eval_every=every, desc="train-encoder",
+                  feed=rows_of(data.images), feed_workers=workers_for(data.images),
+                  whole_batch="MoCo v3's contrastive loss (negatives) and the momentum update")
         return Built(job, n_params(encoder), finish)
 
     return train_stage("encoder", cfg, out, build, progress, runtime)

@@ -19,6 +19,7 @@ from ..loaders import load
 from ..precision import resolve_bf16
 from ..rng import EpochBatches
 from ..store import METRICS, append_metrics
+from ..feed import rows_of, workers_for
 from ..train import Job, Runtime, steps_for
 from .common import Built, n_params, train_stage
 
@@ -55,20 +56,20 @@ def train_evalnet(cfg: EvalNetRun, out: str, device: Optional[str] = None, progr
         model = EvalCNN(m).to(dev)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        images, labels = data.images.to(dev), data.labels.to(dev)
-        batches = EpochBatches(len(images), cfg.optim.batch_size, cfg.optim.seed)
+        batches = EpochBatches(len(data), cfg.optim.batch_size, cfg.optim.seed)
         total = steps_for(cfg.optim.epochs, batches)
         augmenting = cfg.crop_scale != (1.0, 1.0) or cfg.flip_p > 0
         print(f"evalnet: {n_params(model):,} parameters, {total} steps of {cfg.optim.batch_size} "
               f"({cfg.optim.epochs} epochs), bf16={resolve_bf16(cfg.optim.bf16, dev)}")
 
         def loss(batch, gen):
-            x = images[batch.index.to(dev)].float() / 255.0
+            images, labels = batch.data
+            x = images.to(dev).float() / 255.0
             if augmenting:      # crops of the whole global batch, then this process's rows
                 x = augment.resized_crop(x, m.resolution, scale=cfg.crop_scale, ratio=(1.0, 1.0), flip_p=cfg.flip_p,
                                          gen=gen)
             logits = model(batch.take(x)).float()
-            y = labels[batch.mine.to(dev)]
+            y = batch.take(labels).to(dev)
             return F.cross_entropy(logits, y), {"train_acc": (logits.argmax(1) == y).float().mean()}
 
         monitor = test.images[:cfg.monitor_images], test.labels[:cfg.monitor_images]
@@ -95,7 +96,9 @@ def train_evalnet(cfg: EvalNetRun, out: str, device: Optional[str] = None, progr
         meta = {"kind": NAME, "class_names": json.dumps(data.class_names or [])}
         job = Job(model=model, loss=loss, batches=batches, total_steps=total, evaluate=evaluate,
                   eval_every=int(cfg.monitor_every_epochs * batches.steps_per_epoch), metadata=meta,
-                  desc="train-evalnet", shard=False)       # BatchNorm over the whole batch in every process
+                  desc="train-evalnet", shard=False,       # BatchNorm over the whole batch in every process
+                  feed=rows_of(data.images, data.labels), feed_workers=workers_for(data.images),
+                  whole_batch="its BatchNorm statistics")
         return Built(job, n_params(model), finish)
 
     return train_stage("evalnet", cfg, out, build, progress, runtime)

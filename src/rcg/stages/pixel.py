@@ -15,7 +15,8 @@ from ..loaders import load, load_reps
 from ..rng import EpochBatches
 from ..sample import RCGSampler, draw_reps, to_uint8
 from ..store import CheckpointError
-from ..train import Job, Preview, Runtime, steps_for
+from ..train import Job, Runtime, steps_for
+from ..watch import Preview
 from .common import Built, n_params, train_stage
 
 

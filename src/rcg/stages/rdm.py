@@ -16,7 +16,8 @@ from ..loaders import load, load_reps
 from ..rdm import RDM
 from ..rng import EpochBatches
 from ..sample import draw_reps
-from ..train import Job, Preview, Runtime, steps_for
+from ..train import Job, Runtime, steps_for
+from ..watch import Preview
 from ..tree import to_dict
 from .common import Built, n_params, train_stage
 from .reps import sample_reps

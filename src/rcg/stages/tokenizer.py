@@ -17,7 +17,9 @@ from ..rng import EpochBatches
 from ..sample import to_uint8, write_images
 from ..store import METRICS, append_metrics, fingerprint
 from ..tokenizer import TOKENIZER_KIND, VQModel, VQTrainer, reconstruction_metrics
-from ..train import Job, Preview, Runtime, steps_for
+from ..feed import rows_of, workers_for
+from ..train import Job, Runtime, steps_for
+from ..watch import Preview
 from .common import Built, n_params, train_stage
 
 
@@ -63,15 +65,14 @@ def train_tokenizer(cfg: TokenizerRun, out: str, device: Optional[str] = None, p
         vq = VQModel(m)
         trainer = VQTrainer(vq, cfg.l1_weight, cfg.mse_weight, cfg.grad_weight, cfg.reseed.decay,
                             cfg.reseed.threshold).to(dev)
-        images = data.images.to(dev)
-        batches = EpochBatches(len(images), cfg.optim.batch_size, cfg.optim.seed)
+        batches = EpochBatches(len(data), cfg.optim.batch_size, cfg.optim.seed)
         total = steps_for(cfg.optim.epochs, batches)
         stop = int(cfg.reseed.stop * total)
         print(f"VQ tokenizer: {n_params(vq):,} parameters; {vq.token_grid}x{vq.token_grid} tokens of {m.n_embed} "
               f"codes; {total} steps")
 
         def loss(batch, gen):
-            x = images[batch.index.to(dev)].float().div(255.0)
+            x = batch.data.to(dev).float().div(255.0)
             if cfg.reseed.every and 0 < batch.step < stop and batch.step % cfg.reseed.every == 0:
                 # under no_grad, before the loss; randomness from the step generator; on the whole global batch
                 # in every process, so the codebook stays the same everywhere
@@ -103,7 +104,8 @@ def train_tokenizer(cfg: TokenizerRun, out: str, device: Optional[str] = None, p
 
         job = Job(model=trainer, loss=loss, batches=batches, total_steps=total, export="vq.", evaluate=evaluate,
                   eval_every=int(cfg.eval_every_epochs * batches.steps_per_epoch), metadata={"kind": TOKENIZER_KIND},
-                  desc="train-tokenizer", preview=preview)
+                  desc="train-tokenizer", preview=preview, feed=rows_of(data.images),
+                  feed_workers=workers_for(data.images), whole_batch="the codebook-usage statistics of its reseeding")
         return Built(job, n_params(vq), finish)
 
     return train_stage("tokenizer", cfg, out, build, progress, runtime)
