@@ -154,3 +154,20 @@ def test_sigkilled_training_on_a_store_resumes_bit_identically(store, tmp_path):
     a, b = (load_tensors(d / "checkpoint.safetensors")[0] for d in (tmp_path / "ref", run))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_state(run / "state.pt")["step"] == total
+
+
+def test_cache_reps_and_eval_sources_read_a_store_as_the_images_themselves(tmp_path):
+    from rcg.evaluate import iterate_tensor
+    from rcg.stages import cache_reps
+    from test_dist import tiny_parts
+    root = tiny_parts(tmp_path)                                   # an encoder on 16 px Fashion-MNIST-like data
+    assert main(["prepare-data", "fmnist", str(tmp_path / "st"), "--data-dir", str(root / "data"),
+                 "--resolution", "16"]) == 0
+    cache_reps(root / "enc", tmp_path / "mem.safetensors", views=2, device="cpu", progress=False, batch_size=48)
+    cache_reps(root / "enc", tmp_path / "prep.safetensors", views=2, device="cpu", progress=False, batch_size=48,
+               data_overrides=["data.dataset=prepared", f"data.path={tmp_path / 'st'}"])
+    a, b = (load_tensors(tmp_path / f)[0] for f in ("mem.safetensors", "prep.safetensors"))
+    assert torch.equal(a["reps"], b["reps"]) and torch.equal(a["labels"], b["labels"])
+    prep = load_dataset(DataConfig("prepared", path=str(tmp_path / "st"), resolution=16, channels=1))
+    batches = list(iterate_tensor(prep.images, 50))
+    assert [len(x) for x in batches] == [50, 50, 28] and torch.equal(torch.cat(batches), prep.images[:])

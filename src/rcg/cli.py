@@ -268,7 +268,8 @@ def _add_generation(sub) -> None:
     g.add_argument("--evalnet", help="rcg train-evalnet run directory (reports fid_dom / is_dom)")
     g = p.add_argument_group("reference")
     g.add_argument("--ref", help="npz of reference statistics (ours, or ADM's mu/sigma)")
-    g.add_argument("--ref-data", choices=["fmnist", "folder", "cifar10"], help="compute them from this data set")
+    g.add_argument("--ref-data", choices=["fmnist", "folder", "cifar10", "prepared"],
+                   help="compute them from this data set (prepared: a store of rcg prepare-data, streamed)")
     g.add_argument("--ref-dir", help="its folder (default location for fmnist)")
     g.add_argument("--ref-split", default="train")
     g.add_argument("--resolution", type=int)

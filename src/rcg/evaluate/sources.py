@@ -15,15 +15,20 @@ from PIL import Image
 
 from ..data import check_channels, check_resolution
 from ..images import GRAY_MODES, DataError, decode_image, list_image_files
+from ..prepared import PreparedImages
 from .features import check_images
 from .metrics import EvalError
 
 
 class TensorSource:
-    """Batches of an in-memory uint8 (N, C, H, W) tensor."""
+    """Batches of an in-memory uint8 (N, C, H, W) tensor, or of a prepared store's images (read batch by batch)."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int = 500):
-        self.images = check_images(images, "images")
+    def __init__(self, images, batch_size: int = 500):
+        if isinstance(images, PreparedImages):
+            check_images(images[:1], "images")
+            self.images = images
+        else:
+            self.images = check_images(images, "images")
         self.batch_size = _check_batch_size(batch_size)
         self.num_images = len(images)
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..prepared import PreparedImages
 from ..store import atomic_write, fingerprint
 from .features import DEFAULT_MAX_KEEP, FeatureNet, StreamingStats, check_images
 from .metrics import EvalError, fid_from_stats, inception_score, precision_recall
@@ -137,9 +138,9 @@ def reference_stats(source, net: FeatureNet, cache=None, source_name: str = "", 
         return ref
     if callable(source) and not isinstance(source, torch.Tensor):
         source = source()
-    if hasattr(source, "images") and isinstance(source.images, torch.Tensor):
+    if hasattr(source, "images") and isinstance(source.images, (torch.Tensor, PreparedImages)):
         source = source.images
-    if isinstance(source, torch.Tensor):
+    if isinstance(source, (torch.Tensor, PreparedImages)):
         source = iterate_tensor(source, batch_size)
     st = _accumulate(source, net, StreamingStats(max_keep=max_keep, keep_logits=False), progress, "reference")
     ref = reference_from_stats(st, net, source_name)
