@@ -5,26 +5,35 @@ from typing import Optional
 
 import pytest
 
-DEFAULT_FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "official"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+DEFAULT_FIXTURES = SHARED / "official"
+DEFAULT_FOLDERS = (SHARED / "official", SHARED / "official-next")    # the ADM and LDM kinds are in the second
+
+
+def fixture_dirs() -> list:
+    """The folders of official fixtures: ``$RCG_OFFICIAL_FIXTURES`` (one folder, or several separated by ``:``; an
+    empty value disables the official parity tests: []), else both shared folders."""
+    env = os.environ.get("RCG_OFFICIAL_FIXTURES")
+    if env is not None:
+        return [Path(p) for p in env.split(":") if p.strip()]
+    return list(DEFAULT_FOLDERS)
 
 
 def fixtures_dir() -> Optional[Path]:
-    """``$RCG_OFFICIAL_FIXTURES`` if set (an empty value disables the official parity tests: returns None),
-    else ``<repo>/../shared/fixtures/official``. The folder may be missing: callers must then fail."""
-    env = os.environ.get("RCG_OFFICIAL_FIXTURES")
-    if env is not None:
-        return Path(env) if env.strip() else None
-    return DEFAULT_FIXTURES
+    """The first fixture folder (the five kinds of ``official/``), or None when the tests are disabled. The folder
+    may be missing: callers must then fail."""
+    dirs = fixture_dirs()
+    return dirs[0] if dirs else None
 
 
 def fixture_cases(pattern: str) -> list:
-    """pytest params, one per official checkpoint matching ``pattern`` in the fixture folder; a missing folder
+    """pytest params, one per official checkpoint matching ``pattern`` in any fixture folder; a missing folder
     or no match gives one param that :func:`companion_io` turns into a clear failure (never a silent skip)."""
     import pytest
-    d = fixtures_dir()
-    if d is None:
+    dirs = fixture_dirs()
+    if not dirs:
         return [pytest.param(None, id="disabled", marks=pytest.mark.skip(reason="RCG_OFFICIAL_FIXTURES is empty"))]
-    files = sorted(d.glob(pattern)) if d.is_dir() else []
+    files = sorted({f for d in dirs if d.is_dir() for f in d.glob(pattern)}, key=lambda f: f.name)
     return [pytest.param(f, id=f.name) for f in files] or [pytest.param(None, id="missing")]
 
 
@@ -32,8 +41,9 @@ def companion_io(path, pattern: str) -> Path:
     """The ``*_io.safetensors`` beside an official checkpoint (the suffix of ``pattern`` is replaced)."""
     import pytest
     if path is None:
-        pytest.fail(f"no official fixtures {pattern} in {fixtures_dir()}: set RCG_OFFICIAL_FIXTURES to the folder "
-                    f"holding them (or to an empty string to disable the official parity tests)")
+        pytest.fail(f"no official fixtures {pattern} in {':'.join(map(str, fixture_dirs()))}: set "
+                    f"RCG_OFFICIAL_FIXTURES to the folder(s) holding them, separated by ':' (or to an empty string to "
+                    f"disable the official parity tests)")
     suffix = pattern[pattern.index("*") + 1:]
     io = path.with_name(path.name[:-len(suffix)] + "_io.safetensors")
     if not io.is_file():
