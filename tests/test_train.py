@@ -175,3 +175,21 @@ def test_truncated_or_corrupt_checkpoints_are_detected(tmp_path):
     (tmp_path / "w.safetensors").write_bytes(bytes(raw[:50]))
     with pytest.raises(CheckpointError, match="truncated"):
         load_tensors(tmp_path / "w.safetensors")
+
+
+def test_fused_ema_update_equals_the_loop_to_float_rounding():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 64), nn.LayerNorm(64), nn.Linear(64, 3))
+    model[1].weight.requires_grad_(False)                          # frozen parameters have no shadow
+    fused, loop = EMA(model, 0.999), EMA(model, 0.999)
+    assert "1.weight" not in fused.shadow
+    for _ in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        fused.update(model)
+        loop.update_reference(model)
+    assert fused.num_updates == loop.num_updates == 30
+    for k in loop.shadow:
+        torch.testing.assert_close(fused.shadow[k], loop.shadow[k], rtol=0, atol=1e-6)
+        assert not torch.equal(fused.shadow[k], dict(model.named_parameters())[k])   # it averages, not copies
