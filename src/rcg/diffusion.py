@@ -17,6 +17,13 @@ improved-DDPM / DiT recipe: the model returns eps and a variance-interpolation o
 the variational bound in bits on the variance (mean frozen), scaled by ``num_steps / 1000``, and ancestral
 DDPM sampling runs on an evenly respaced subset of the timesteps (``respaced``), the model being called with
 the original timestep numbers.
+
+For ADM (guided_diffusion, as RCG's ``pixel_generator/guided_diffusion``) it also has that code's exact pieces:
+numpy's ``linspace`` arithmetic for the betas (:func:`iddpm_linear_betas`), its respacing strings ``"ddimN"`` /
+``"N"`` / ``"a,b,c"`` (:func:`official_respacing`, accumulated fractional stride), any subset of timesteps as a
+process of its own (:meth:`GaussianDiffusion.subset`; the official trains on ``subset(range(T))``, betas
+re-derived from ``alphas_cumprod``), ``p_sample`` and the DDIM step that re-derives eps from the clipped x0
+(:meth:`GaussianDiffusion.ddim_step`, :meth:`GaussianDiffusion.ddim_sample_spaced`).
 """
 from __future__ import annotations
 
@@ -42,6 +49,18 @@ def linear_betas(num_steps: int = 1000, start: float = 1e-4, end: float = 0.02) 
     return torch.linspace(start, end, num_steps, dtype=torch.float64)
 
 
+def iddpm_linear_betas(num_steps: int = 1000, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
+    """guided_diffusion's ``np.linspace(start, end, num_steps)`` with numpy's arithmetic, bit for bit: ``start + i
+    * ((end - start) / (num_steps - 1))``, the last entry exactly ``end`` (``torch.linspace``, which
+    :func:`linear_betas` uses, differs from it by up to 3.5e-18). The official code scales start and end by
+    ``1000 / num_steps``; here they are given as they are."""
+    if num_steps == 1:
+        return torch.tensor([start], dtype=torch.float64)
+    betas = torch.arange(num_steps, dtype=torch.float64) * ((end - start) / (num_steps - 1)) + start
+    betas[-1] = end
+    return betas
+
+
 SCHEDULES = {"scaled_linear": scaled_linear_betas, "linear": linear_betas}
 
 
@@ -52,6 +71,33 @@ def space_timesteps(num_steps: int, count: int) -> List[int]:
         raise ValueError(f"sampling steps must be in [1, {num_steps}], got {count}")
     stride = (num_steps - 1) / (count - 1) if count > 1 else 1.0
     return sorted({round(i * stride) for i in range(count)})
+
+
+def official_respacing(num_steps: int, spec) -> List[int]:
+    """guided_diffusion's ``space_timesteps(num_steps, spec)``, sorted: ``"ddimN"`` = ``range(0, T, k)`` for the
+    smallest stride k giving N steps; ``"N"`` or ``"a,b,c"`` (an int N too) = sections of ``T / len(counts)``
+    steps, each walked with the fractional stride ``(size - 1) / (count - 1)`` accumulated in a float and
+    Python-``round``ed (this differs from :func:`space_timesteps` for some counts, e.g. 21); ``""`` = every step."""
+    if isinstance(spec, str) and spec.startswith("ddim"):
+        want = int(spec[len("ddim"):])
+        for stride in range(1, num_steps):
+            if len(range(0, num_steps, stride)) == want:
+                return list(range(0, num_steps, stride))
+        raise ValueError(f"cannot create exactly {want} steps with an integer stride of {num_steps}")
+    counts = [num_steps] if spec in ("", None) else (
+        [int(c) for c in spec.split(",")] if isinstance(spec, str) else [int(spec)])
+    size_per, extra = divmod(num_steps, len(counts))
+    start, steps = 0, []
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if not 1 <= count <= size:
+            raise ValueError(f"cannot divide a section of {size} steps into {count}")
+        stride, cur = ((size - 1) / (count - 1) if count > 1 else 1), 0.0
+        for _ in range(count):
+            steps.append(start + round(cur))
+            cur += stride
+        start += size
+    return sorted(set(steps))
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -141,7 +187,13 @@ class GaussianDiffusion(nn.Module):
     def respaced(self, steps: int) -> "GaussianDiffusion":
         """The same process on ``steps`` evenly spaced timesteps (:func:`space_timesteps`): betas recomputed
         from the kept ``alphas_cumprod`` so the marginals are unchanged; the model sees the original timesteps."""
-        keep = space_timesteps(self.num_steps, steps)
+        return self.subset(space_timesteps(self.num_steps, steps))
+
+    def subset(self, keep: Sequence[int]) -> "GaussianDiffusion":
+        """The process on the timesteps ``keep`` (ascending) of this one (guided_diffusion's ``SpacedDiffusion``):
+        ``betas_j = 1 - abar[keep_j] / abar[keep_(j-1)]`` (``abar[keep_(-1)] = 1``) in float64, every coefficient
+        recomputed from them; the model is called with the original timesteps (``timestep_map``)."""
+        keep = [int(k) for k in keep]
         kept = torch.cumprod(1.0 - self.betas64, dim=0)[keep]
         new_betas = 1.0 - kept / torch.cat([kept.new_ones(1), kept[:-1]])   # 1 - abar_i / abar_(previous kept)
         tmap = self.timestep_map.cpu()[torch.tensor(keep)]
@@ -219,6 +271,54 @@ class GaussianDiffusion(nn.Module):
             mean, log_var, _ = self.p_mean_variance(model_fn(x, self.timestep_map.to(dev)[t]), x, t, clip_denoised)
             x = mean + torch.exp(0.5 * log_var).to(x.dtype) * _noise(x, generators) if i > 0 else mean
         return x
+
+    def p_sample(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor],
+                 clip_denoised: bool = True):
+        """guided_diffusion's ``p_sample`` for the model output ``out`` at step ``t`` of this process: (sample,
+        mean, log variance, pred_x0), ``sample = mean + [t != 0] exp(0.5 log var) noise`` (``noise`` may be None
+        where every t is 0)."""
+        mean, log_var, pred_x0 = self.p_mean_variance(out, x_t, t, clip_denoised)
+        if noise is None:
+            if bool((t != 0).any()):
+                raise ValueError("p_sample needs noise where t > 0")
+            return mean, mean, log_var, pred_x0
+        nonzero = (t != 0).to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1))).to(x_t.device)
+        return mean + nonzero * torch.exp(0.5 * log_var) * noise, mean, log_var, pred_x0
+
+    def ddim_step(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, eta: float = 0.0,
+                  noise: Optional[torch.Tensor] = None, clip_denoised: bool = True):
+        """guided_diffusion's ``ddim_sample`` step at step ``t`` of this (respaced) process: (sample, pred_x0).
+        eps is re-derived from the (clipped) pred_x0, ``sample = pred_x0 sqrt(abar_prev) + sqrt(1 - abar_prev -
+        sigma^2) eps + [t != 0] sigma noise`` with ``sigma = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar
+        / abar_prev)``, float32 coefficients; at t = 0 (abar_prev = 1) the sample is pred_x0."""
+        _, _, pred_x0 = self.p_mean_variance(out, x_t, t, clip_denoised)
+        eps = self.predict_eps_from_x0(x_t, t, pred_x0)
+        a, a_prev = _bcast(self.alphas_cumprod, t, x_t), _bcast(self.alphas_cumprod_prev, t, x_t)
+        sigma = eta * torch.sqrt((1 - a_prev) / (1 - a)) * torch.sqrt(1 - a / a_prev)
+        sample = pred_x0 * torch.sqrt(a_prev) + torch.sqrt(1 - a_prev - sigma ** 2) * eps
+        if eta > 0:
+            if noise is None:
+                raise ValueError("ddim_step with eta > 0 needs noise")
+            nonzero = (t != 0).to(device=x_t.device, dtype=x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
+            sample = sample + nonzero * sigma * noise
+        return sample, pred_x0
+
+    @torch.no_grad()
+    def ddim_sample_spaced(self, model_fn: ModelFn, x_T: torch.Tensor, eta: float = 0.0,
+                           generators: Optional[List[torch.Generator]] = None, clip_denoised: bool = True,
+                           progress: bool = False, return_first: bool = False):
+        """guided_diffusion's ``ddim_sample_loop`` over this process's own steps (respace with :meth:`subset`
+        and :func:`official_respacing`, e.g. ``"ddim25"``): :meth:`ddim_step` for j = N-1 ... 0 from ``x_T``,
+        ``model_fn(x, t)`` called with the original timesteps. Returns the final sample (the last pred_x0);
+        ``return_first``: ``(x, (first sample, first pred_x0))``. Noise (eta > 0) from ``generators``."""
+        x, dev, first = x_T, x_T.device, None
+        for i in _steps(self.num_steps, progress, f"DDIM {self.num_steps} steps"):
+            t = torch.full((x.shape[0],), i, dtype=torch.int64, device=dev)
+            noise = None if eta <= 0 else (_noise(x, generators) if i > 0 else torch.zeros_like(x))
+            x, pred_x0 = self.ddim_step(model_fn(x, self.timestep_map.to(dev)[t]), x, t, eta, noise, clip_denoised)
+            if first is None:
+                first = (x, pred_x0)
+        return (x, first) if return_first else x
 
     def output_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the model should return for ``q_sample(x0, t, noise)`` under this ``parameterization``."""

@@ -9,7 +9,7 @@ executed). Every kind comes back as one :class:`Loaded` record: the module (eval
     encoder     train-encoder               MoCo v3 .pth.tar
     tokenizer   train-tokenizer             MAGE's VQGAN .ckpt (256 px)
     rdm         train-rdm                   RCG's RDM .pth (EMA weights)
-    pixel       train-pixel (any generator) MAGE .pth (no config: sample it through a paper preset)
+    pixel       train-pixel (any generator) MAGE .pth (no config: sample it through a paper preset); ADM .pth
     evalnet     train-evalnet               -
 """
 from __future__ import annotations
@@ -43,8 +43,18 @@ class Loaded:
 
 
 # readers of the official files, by kind (rcg.official); each returns (module, info)
+def _official_pixel(src):
+    """An official pixel generator file: MAGE (no config: sampled through a paper preset) or ADM (with the
+    PixelRun its ``args`` describe, so that it samples as it is)."""
+    ckpt = official.safe_load(src)
+    if official.detect_kind(ckpt) == "adm":
+        model, info = official.adm_from_official(ckpt)
+        return model, {**info, "run_config": official.convert_adm_run(model, info)}
+    return official.mage_from_official(ckpt)
+
+
 _OFFICIAL = {"encoder": official.mocov3_from_official, "tokenizer": official.vqgan_from_official,
-             "rdm": lambda src: official.rdm_from_official(src, ema=True), "pixel": official.mage_from_official}
+             "rdm": lambda src: official.rdm_from_official(src, ema=True), "pixel": _official_pixel}
 # our run directories, by kind: (config class, module built from the config)
 _RUNS = {"encoder": (EncoderRun, lambda c: Encoder(c.encoder)), "tokenizer": (TokenizerRun, lambda c: VQModel(c.model)),
          "rdm": (RDMRun, lambda c: RDM(c.model)), "evalnet": (EvalNetRun, lambda c: EvalCNN(c.model)),
@@ -90,7 +100,7 @@ def load(kind: str, source, device=None) -> Loaded:
         if kind not in _OFFICIAL:
             raise CheckpointError(f"{src} is a file, but a {kind} is loaded from an rcg run directory")
         module, info = _OFFICIAL[kind](src)
-        rec = Loaded(module, None, {}, {"source": str(src), "official": True, **info})
+        rec = Loaded(module, info.pop("run_config", None), {}, {"source": str(src), "official": True, **info})
     else:
         module, cfg, trained_on, meta = _run_dir(kind, src)
         rec = Loaded(module, cfg, trained_on, {"source": str(src), "official": False, **meta})

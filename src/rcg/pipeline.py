@@ -112,7 +112,8 @@ class RCGPipeline:
                 raise ValueError(f"{path}: the {name} is not the one its pixel generator was trained with")
         rdm = parts.get("rdm")
         s = RCGSampler.from_parts(parts["pixel"].module, parts["pixel"].config,
-                                  parts["tokenizer"].module if "tokenizer" in parts else None, parts["encoder"].module,
+                                  parts["tokenizer"].module if "tokenizer" in parts else None,
+                                  parts["encoder"].module if "encoder" in parts else None,
                                   rdm.module if rdm else None, rdm.config if rdm else None, device)
         return cls(s, {name: str(path / folder) for name, folder in index["components"].items()}, dtype)
 

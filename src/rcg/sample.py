@@ -86,11 +86,12 @@ class RCGSampler:
                              f"({cfg.autoencoder}), which rcg does not ship; load it with rcg.loaders.load('pixel', "
                              f"...) and sample the latents with rcg.pixel.generator('dit').sampler")
         spec = pixel.generator(cfg.generator)
-        self.parts = {"encoder": find_part(cfg.encoder, pixel_run)}     # where they are, seen from here
+        self.parts = {"encoder": find_part(cfg.encoder, pixel_run)} if cfg.encoder else {}   # seen from here
         if spec.inputs == "tokens":
             self.parts["tokenizer"] = find_part(cfg.tokenizer, pixel_run)
         tokenizer = load("tokenizer", self.parts["tokenizer"], device) if spec.inputs == "tokens" else None
-        encoder = load("encoder", self.parts["encoder"], device)
+        # an official ADM / DiT file holds no encoder: it samples from RDM representations, has no references
+        encoder = load("encoder", self.parts["encoder"], device) if cfg.encoder else None
         for part, rec in (("tokenizer", tokenizer), ("encoder", encoder)):
             if rec is not None and fps.get(part) not in (None, rec.fingerprints["self"]):
                 raise ValueError(f"the {part} {getattr(cfg, part)} changed since {pixel_run} was trained")
@@ -99,7 +100,7 @@ class RCGSampler:
         if None not in made_by and made_by[0] != made_by[1]:
             raise ValueError(f"the RDM {rdm} was trained on another encoder's representations than the pixel "
                              f"generator {pixel_run}; train both on the same encoder")
-        self.setup(gen.module, cfg, tokenizer.module if tokenizer else None, encoder.module,
+        self.setup(gen.module, cfg, tokenizer.module if tokenizer else None, encoder.module if encoder else None,
                    rdm_rec.module if rdm_rec else None, rdm_rec.config if rdm_rec else None, device)
 
     def setup(self, model, cfg, tokenizer, encoder, rdm=None, rdm_cfg=None, device=None) -> "RCGSampler":
@@ -140,6 +141,10 @@ class RCGSampler:
     @torch.no_grad()
     def reps_from_images(self, images: torch.Tensor) -> torch.Tensor:
         """Standardized representations of uint8 images at the generator's resolution."""
+        if self.encoder is None:
+            raise ValueError("this pixel generator names no encoder (an official ADM or DiT file holds none), so it "
+                             "cannot encode reference images: sample from an RDM (--rdm), or set encoder in its "
+                             "config.json to the MoCo v3 encoder it was trained with")
         return self.encoder.encode(images.to(self.device))
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from ..presets import ENCODER_PRESETS, PIXEL_PRESETS, RDM_RUN_PRESETS, TOKENIZER
 from ..store import WEIGHTS, atomic_write, fingerprint, prepare_run_dir, save_tensors
 from ..tokenizer import TOKENIZER_KIND
 from ..tree import to_dict
+from .adm import adm_from_official
 from .dit import dit_from_official
 from .info import detect_kind
 from .load import CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _nparams
@@ -21,7 +22,8 @@ from .mocov3 import mocov3_from_official
 from .rdm import rdm_from_official
 
 # official kind -> the kind of rcg.loaders.load that reads the converted directory
-LOAD_KINDS = {"rdm": "rdm", "mocov3": "encoder", "vqgan": "tokenizer", "mage": "pixel", "dit": "pixel"}
+LOAD_KINDS = {"rdm": "rdm", "mocov3": "encoder", "vqgan": "tokenizer", "mage": "pixel", "dit": "pixel",
+              "adm": "pixel"}
 
 
 def _write(meta: dict, source: dict, out, config: dict, module, more_meta=None, more_source=None) -> None:
@@ -84,6 +86,20 @@ def _dit(ckpt, out: Path, write, num_heads=None, **_):
     return {"pixel": str(out)}, _nparams(model)
 
 
+def adm_run(model, ai: dict) -> PixelRun:
+    """The PixelRun of an official ADM: its network, its diffusion and sampler as the file's ``args`` say."""
+    s = ai["sampling"]
+    return PixelRun(generator="adm", model=model.cfg, diffusion=DiffusionConfig(**s["diffusion"]), steps=s["steps"],
+                    sampler=s["sampler"], eta=s["eta"], guidance=0.0)
+
+
+def _adm(ckpt, out: Path, write, **_):
+    model, ai = adm_from_official(ckpt)
+    write(out, to_dict(adm_run(model, ai)), model, {"ema": ai["ema"]},
+          {"ema": ai["ema"], "num_heads_from": ai["num_heads_from"], "sampling": ai["sampling"]})
+    return {"pixel": str(out)}, _nparams(model)
+
+
 def _mage(ckpt, out: Path, write, num_heads=None, decoder_num_heads=None, **_):
     model, mi = mage_from_official(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     subs, runs = _mage_submodels(ckpt, model.cfg), {}
@@ -128,6 +144,9 @@ def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
       or 1000 steps, ancestral sampling in ``args.num_sampling_steps`` (250) steps, guidance tau = ``args.cfg``
       - 1 on the first 3 channels (``official_first3``); SD-VAE latents for 4 channels). The MoCo encoder is
       not inside DiT files: ``encoder`` stays empty.
+    - ADM -> a ``pixel`` directory (``PixelRun`` with generator ``adm``: the U-Net, EMA weights when present; the
+      diffusion and sampler of the file's ``args``: guided-diffusion's linear schedule, learned sigma, respacing
+      ``gen_timestep_respacing`` with DDIM when ``use_ddim``). No MoCo encoder inside: ``encoder`` stays empty.
 
     Nothing is written before the file has been read safely and every module loaded strictly. A directory
     holding a different config is refused (rerunning the same conversion overwrites it). Returns a summary."""
@@ -137,7 +156,7 @@ def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
     source = {"source": src_name, "kind": kind, "epoch": ckpt.get("epoch"), "args": _args_dict(ckpt)}
     write = partial(_write, {"converted_from": f"official {kind}", "source": os.path.basename(src_name)}, source)
     out = Path(out_dir)
-    runs, params = {"rdm": _rdm, "mocov3": _mocov3, "vqgan": _vqgan, "dit": _dit, "mage": _mage}[kind](
+    runs, params = {"rdm": _rdm, "mocov3": _mocov3, "vqgan": _vqgan, "dit": _dit, "mage": _mage, "adm": _adm}[kind](
         ckpt, out, write, src_name=src_name, num_heads=num_heads, decoder_num_heads=decoder_num_heads,
         resolution=resolution)
     return {"kind": kind, "out": str(out), "runs": runs, "params": params, "source": src_name,

@@ -7,6 +7,7 @@ import torch
 
 from ..encoders import Encoder
 from ..tree import to_dict
+from .adm import adm_from_official
 from .dit import dit_from_official
 from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _nparams, _weights,
                    _with_heads)
@@ -15,7 +16,7 @@ from .mage import (_VQ_PREFIXES, _mage_submodels, mage_from_official, matching_m
 from .mocov3 import mocov3_from_official
 from .rdm import _NET, rdm_from_official
 
-KINDS = ("mocov3", "rdm", "mage", "vqgan", "dit")
+KINDS = ("mocov3", "rdm", "mage", "vqgan", "dit", "adm")
 # fixed (requires_grad=False) tables and buffers among the official MAGE keys: not "trainable parameters"
 _MAGE_FIXED = ("pos_embed", "decoder_pos_embed", "token_emb.position_ids")
 _UNKNOWN = "unknown (not stored; pass num_heads)"
@@ -31,7 +32,8 @@ def _h(heads: int, known: bool) -> str:
 
 def detect_kind(ckpt: Mapping[str, Any]) -> str:
     """The official format of a loaded checkpoint dict, from its keys: ``rdm`` (``model.diffusion_model.*``),
-    ``mage`` (``token_emb.word_embeddings.weight``), ``dit`` (``x_embedder`` / ``t_embedder``), ``vqgan``
+    ``mage`` (``token_emb.word_embeddings.weight``), ``dit`` (``x_embedder`` / ``t_embedder``), ``adm`` (a top-level
+    guided-diffusion U-Net: ``input_blocks.0.0`` + ``time_embed.0``), ``vqgan``
     (``quantize.embedding.weight`` + ``encoder.conv_in.weight``), ``mocov3`` (a ViT: ``*patch_embed.proj.weight``)."""
     sd = _weights(ckpt)
     keys = [k for k in sd if isinstance(k, str)]
@@ -41,6 +43,8 @@ def detect_kind(ckpt: Mapping[str, Any]) -> str:
         return "mage"
     if any(k.startswith(("x_embedder.", "t_embedder.")) for k in keys):
         return "dit"
+    if "input_blocks.0.0.weight" in sd and "time_embed.0.weight" in sd:
+        return "adm"
     if any(p + "quantize.embedding.weight" in sd and p + "encoder.conv_in.weight" in sd for p in _VQ_PREFIXES):
         return "vqgan"
     if any(k.endswith("patch_embed.proj.weight") or k.endswith("patch_embed.proj.0.weight") for k in keys):
@@ -129,6 +133,15 @@ def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
         vq, vi = vqgan_from_official(ckpt)
         info.update(_vq_summary(vq, vi), class_conditional=False, ema=False, prefix=vi["prefix"],
                     note="resolution is not stored; 256 px assumed (pass resolution= to convert otherwise)")
+    elif kind == "adm":
+        c, ai, known, fields = _generator_summary(adm_from_official, ckpt, sd, ())
+        cond = {"rep": f"representation-conditioned ({c.rep_dim}-d)", "class": f"{c.num_classes} classes",
+                "none": "unconditional"}[c.cond]
+        info.update(fields, class_conditional=c.cond == "class",
+                    architecture=f"ADM U-Net {c.model_channels} x {list(c.channel_mult)}, {c.num_res_blocks} res "
+                                 f"blocks per level, attention at downsampling {list(c.attention_resolutions)}, on "
+                                 f"{c.image_size}x{c.image_size}x{c.in_channels}, "
+                                 f"{'learned sigma' if c.learn_sigma else 'eps only'}, {cond}")
     else:
         c, di, known, fields = _generator_summary(dit_from_official, ckpt, sd, ("pos_embed",), num_heads=num_heads)
         cond = {"rep": f"representation-conditioned ({c.rep_dim}-d)", "class": f"{c.num_classes} classes",

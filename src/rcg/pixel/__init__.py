@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict
 
-from . import dit, mage
+from . import adm, dit, mage
+from .adm import ADM, ADM_PRESETS, ADMConfig, adm_config
 from .dit import DIT_PRESETS, DiT, DiTConfig, dit_config
 from .mage import MAGE, MAGE_PRESETS, MAGEConfig, mage_config
 
@@ -49,6 +50,8 @@ GENERATORS: Dict[str, Generator] = {
                       mage.image_shape, "fmnist-mage", "MAGE: masked generative transformer on VQ tokens (the paper's)"),
     "dit": Generator("dit", DiTConfig, DiT, "images", dit.sized, dit.trainer, dit.sampler, dit.to_unit,
                      dit.image_shape, "fmnist-dit", "DiT: diffusion transformer on pixels (or latents of a converted DiT)"),
+    "adm": Generator("adm", ADMConfig, ADM, "images", adm.sized, adm.trainer, adm.sampler, adm.to_unit,
+                     adm.image_shape, "fmnist-adm", "ADM: guided-diffusion U-Net on pixels (rep added to the time embedding)"),
 }
 
 
@@ -60,4 +63,4 @@ def generator(name: str) -> Generator:
 
 
 __all__ = ["Generator", "GENERATORS", "generator", "MAGE", "MAGEConfig", "MAGE_PRESETS", "mage_config", "DiT",
-           "DiTConfig", "DIT_PRESETS", "dit_config"]
+           "DiTConfig", "DIT_PRESETS", "dit_config", "ADM", "ADMConfig", "ADM_PRESETS", "adm_config"]

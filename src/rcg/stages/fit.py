@@ -80,10 +80,12 @@ _QUICK = FitPreset(
                            optim=OptimConfig(batch_size=16, lr=4e-3, schedule="cosine", min_lr=1e-4, bf16=None,
                                              log_every=100, ckpt_every=500)),
     rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], sample_steps=100, fd_samples=1000),
-    pixel={"mage": PIXEL_PRESETS["fmnist-mage"], "dit": PIXEL_PRESETS["fmnist-dit"]},
+    pixel={"mage": PIXEL_PRESETS["fmnist-mage"], "dit": PIXEL_PRESETS["fmnist-dit"],
+           "adm": PIXEL_PRESETS["fmnist-adm"]},
     # (clip art, 7.7k images, 32 px: the RDM's rep FD / floor is 63.7 after 400 steps, 1.60 after 1000, 1.12 after 1500)
     # (a DiT after 50k images drew noise on clip art; after 480k, 23 min at 32 px, clip-art-like shapes)
-    encoder_images=30_000, tokenizer_images=30_000, rdm_steps=1500, pixel_images={"mage": 50_000, "dit": 480_000},
+    encoder_images=30_000, tokenizer_images=30_000, rdm_steps=1500,
+    pixel_images={"mage": 50_000, "dit": 480_000, "adm": 100_000},      # (ADM: sized, not yet timed on clip art)
     tokenizer_ch=16,
     note="a CPU preview: MAGE ~15 min on 2 cores without native bf16 (10k images, 32 px); DiT ~30 min with it",
 )
@@ -100,9 +102,11 @@ _STANDARD = FitPreset(
                                          decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
                            optim=replace(PIXEL_PRESETS["fmnist-mage"].optim, batch_size=256, lr=1e-3)),
            "dit": replace(PIXEL_PRESETS["fmnist-dit"],
-                          model=replace(DIT_PRESETS["dit-fmnist"], hidden_size=384, depth=12, num_heads=6))},
+                          model=replace(DIT_PRESETS["dit-fmnist"], hidden_size=384, depth=12, num_heads=6)),
+           "adm": replace(PIXEL_PRESETS["fmnist-adm"],
+                          model=replace(PIXEL_PRESETS["fmnist-adm"].model, model_channels=128, num_res_blocks=2))},
     encoder_images=5_000_000, tokenizer_images=2_000_000, rdm_steps=40_000,
-    pixel_images={"mage": 10_000_000, "dit": 10_000_000}, views=4, tokenizer_ch=64, eval_images=5000,
+    pixel_images={"mage": 10_000_000, "dit": 10_000_000, "adm": 10_000_000}, views=4, tokenizer_ch=64, eval_images=5000,
     note="for one GPU (a few hours; sized, not yet timed on a GPU)",
 )
 FIT_PRESETS = {"quick": _QUICK, "standard": _STANDARD}
