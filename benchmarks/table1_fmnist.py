@@ -21,6 +21,7 @@ import torch
 
 from rcg import evaluate as E
 from rcg.config import DataConfig
+from rcg.pixel import GENERATORS
 from rcg.presets import PIXEL_PRESETS, TOKENIZER_PRESETS
 from rcg.tree import apply_overrides
 from rcg.sample import RCGSampler
@@ -30,7 +31,6 @@ from rcg.loaders import load, load_reps
 from rcg.stages import cache_reps, train_pixel, train_tokenizer
 
 COND = {"baseline": "none", "rcg": "rep", "rcg_guided": "rep", "oracle": "rep", "class_label": "class"}
-PRESET = {"mage": "fmnist-mage", "dit": "fmnist-dit"}
 
 
 def train_generator(gen: str, cond: str, work: Path, cache: Path, encoder: str, tokenizer: str) -> dict:
@@ -38,8 +38,9 @@ def train_generator(gen: str, cond: str, work: Path, cache: Path, encoder: str, 
     if (run / "summary.json").is_file():
         return json.loads((run / "summary.json").read_text())
     key = "model.cond"
-    over = [f"cache={cache}", f"encoder={encoder}", f"{key}={cond}"] + ([f"tokenizer={tokenizer}"] if gen == "mage" else [])
-    cfg = apply_overrides(PIXEL_PRESETS[PRESET[gen]], over)
+    tokens = GENERATORS[gen].inputs == "tokens"
+    over = [f"cache={cache}", f"encoder={encoder}", f"{key}={cond}"] + ([f"tokenizer={tokenizer}"] if tokens else [])
+    cfg = apply_overrides(PIXEL_PRESETS[GENERATORS[gen].preset], over)
     print(f"== training {gen} ({cond}) -> {run}", flush=True)
     return train_pixel(cfg, str(run), progress=False)
 
@@ -73,13 +74,14 @@ def main():
     gens = [g for g in a.generators.split(",") if g]
 
     tokenizer = a.tokenizer
-    if "mage" in gens and tokenizer is None:
+    if any(GENERATORS[g].inputs == "tokens" for g in gens) and tokenizer is None:
         tokenizer = str(work / "tokenizer")
         if not (work / "tokenizer" / "summary.json").is_file():
             train_tokenizer(TOKENIZER_PRESETS["fmnist-tokenizer"], tokenizer, progress=False)
     cache = work / "cache.safetensors"
     if not cache.is_file():          # one view per image: tokens (MAGE) and pixels (DiT) of the same crops
-        cache_reps(a.encoder, cache, views=1, tokenizer=tokenizer, pixels="dit" in gens, bf16=True, progress=False)
+        cache_reps(a.encoder, cache, views=1, tokenizer=tokenizer, progress=False, bf16=True,
+                   pixels=any(GENERATORS[g].inputs == "images" for g in gens))
     real = load_reps(cache)[0]["reps"].float()
 
     net = load("evalnet", a.evalnet, dev).module
@@ -111,18 +113,22 @@ def main():
                        "precision": m.get("precision"), "recall": m.get("recall"), "rep_fd": m["rep_fd"], "tau": tau,
                        "wall_s": round(time.time() - t0, 1), "train_wall_s": trained[cond].get("train_wall_s"),
                        "num_samples": m["num_samples"], "cond": cond,
-                       "sampler": {"steps": s.cfg.steps, "temperature": s.cfg.temperature if gen == "mage" else None,
-                                   "sampler": s.cfg.sampler if gen == "dit" else "mage-iterative"}}
+                       "sampler": {"steps": s.cfg.steps,
+                                   "temperature": s.cfg.temperature if GENERATORS[gen].inputs == "tokens" else None,
+                                   "sampler": s.cfg.sampler if gen != "mage" else "mage-iterative"}}
                 f.write_text(json.dumps(row, indent=2) + "\n")
                 print(json.dumps(row), flush=True)
     # the table holds every row measured in this work folder (earlier invocations too, e.g. one per generator)
     order = {n: i for i, n in enumerate(["baseline", "rcg", "class_label", "rcg_guided", "oracle"])}
-    rows = sorted((json.loads(f.read_text()) for f in rows_dir.glob("*.json")),
-                  key=lambda r: (r["generator"] != "mage", r["generator"], order.get(r["name"], 99), r["tau"]))
+    rows = [json.loads(f.read_text()) for f in rows_dir.glob("*.json")]
+    mine = {r["generator"] for r in rows}
+    old = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {"rows": []}
+    rows += [r for r in old["rows"] if r["generator"] not in mine]     # other generators' rows, measured elsewhere
+    rows.sort(key=lambda r: (r["generator"] != "mage", r["generator"], order.get(r["name"], 99), r["tau"]))
     meta = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "date": time.strftime("%Y-%m-%d"), "encoder": a.encoder, "rdm": a.rdm, "evalnet": a.evalnet,
             "feature_net": net.name, "feature_net_sha256": net.weights_sha256, "reference": "fmnist train (60000)",
-            "presets": PRESET, "taus": a.taus}
+            "presets": {g: GENERATORS[g].preset for g in sorted({r["generator"] for r in rows})}, "taus": a.taus}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
     print(f"\nwrote {a.out}\n")

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import assert_close, fixtures_dir, read_io
+from conftest import assert_close, fixture_dirs, fixtures_dir, read_io
 
 from rcg.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
 from rcg.store import fingerprint
@@ -308,17 +308,18 @@ SUFFIXES = (".pth.tar", ".pth", ".ckpt")
 
 
 def _fixture_cases():
-    d = fixtures_dir()
-    if d is None:
+    dirs = fixture_dirs()                          # every folder of RCG_OFFICIAL_FIXTURES (default: both shared ones)
+    if not dirs:
         return [pytest.param(None, id="disabled", marks=pytest.mark.skip(reason="RCG_OFFICIAL_FIXTURES is empty"))]
-    files = sorted(f for f in d.iterdir() if f.name.endswith(SUFFIXES)) if d.is_dir() else []
+    files = sorted((f for d in dirs if d.is_dir() for f in d.iterdir() if f.name.endswith(SUFFIXES)),
+                   key=lambda f: f.name)
     return [pytest.param(f, id=f.name) for f in files] or [pytest.param(None, id="missing")]
 
 
 def _io(path):
     if path is None:
-        pytest.fail(f"no official fixtures in {fixtures_dir()}: set RCG_OFFICIAL_FIXTURES to the folder holding them "
-                    f"(or to an empty string to disable the official parity tests)")
+        pytest.fail(f"no official fixtures in {':'.join(map(str, fixture_dirs()))}: set RCG_OFFICIAL_FIXTURES to the "
+                    f"folder(s) holding them, ':'-separated (or to an empty string to disable the parity tests)")
     stem = next(path.name[:-len(s)] for s in SUFFIXES if path.name.endswith(s))
     io_path = path.with_name(stem + "_io.safetensors")
     if not io_path.is_file():
@@ -334,6 +335,10 @@ def test_info_and_convert_fixture(path, tmp_path):
     kind = path.name.split("_")[0]
     heads = dict(num_heads=cfg.get("num_heads"), decoder_num_heads=cfg.get("decoder_num_heads")) \
         if kind == "mage" else (dict(num_heads=cfg.get("num_heads")) if kind == "dit" else {})
+    if kind == "ldm":               # heads and latent size are only in the training yaml (kept in the metadata)
+        yaml_path = tmp_path / "ldm.yaml"
+        yaml_path.write_text(__import__("yaml").safe_dump(cfg["ldm_yaml"]))
+        heads = dict(ldm_config=str(yaml_path))
     info = checkpoint_info(path, **heads)
     assert info["kind"] == kind and info["supported"]
     assert info["params"] > 0 and info["architecture"] and format_info(info)
@@ -417,6 +422,22 @@ def test_info_and_convert_fixture(path, tmp_path):
             assert torch.equal(vq.encode(io["images"])[1], io["ids"])
             assert torch.equal(vq.decode_ids(io["ids_dec"]), direct.decode_ids(io["ids_dec"]))
             assert_close("decoded_from_ids_dec", vq.decode_ids(io["ids_dec"]), io["decoded_from_ids_dec"], 1e-4)
+        elif kind in ("adm", "ldm"):              # full parity in tests/test_official_{adm,ldm}.py; here: the round trip
+            from rcg.official import adm_from_official, ldm_from_official
+            from rcg.sample import RCGSampler
+            rec = load("pixel", out)
+            model, pcfg = rec.module, rec.config
+            direct, dinfo = adm_from_official(path) if kind == "adm" else ldm_from_official(path, preset=cfg["ldm_yaml"])
+            assert pcfg.generator == kind and model.cfg == direct.cfg and info["ema"] == dinfo["ema"] is True
+            x = io["x"] if kind == "adm" else io["x_t"]
+            assert torch.equal(model(x, io["t"], io["rep"]), direct(x, io["t"], io["rep"]))
+            assert_close("out_ema", model(x, io["t"], io["rep"]), io["out_ema"], 1e-5)
+            if kind == "adm":
+                assert load("pixel", path).config == pcfg            # --pixel FILE samples as the converted run
+            if kind == "ldm":                                        # the MoCo v3 encoder inside the file
+                assert rec.fingerprints["encoder"] == fingerprint(load("encoder", pcfg.encoder).module)
+            img = RCGSampler(str(out), None, "cpu").images_from_reps(io["rep"][:1], [0], steps=2)
+            assert img.dtype == torch.uint8 and img.shape[:2] == (1, 3)
         else:
             from rcg.sample import RCGSampler
             rec = load("pixel", out)

@@ -302,8 +302,9 @@ def _add_tools(sub) -> None:
     p.add_argument("file")
     p.add_argument("--num-heads", type=int, help="attention heads (not stored in the weights) if not inferable")
     p.add_argument("--decoder-num-heads", type=int)
+    p.add_argument("--ldm-config", help="an LDM's training yaml (heads, latent size; default: the paper's LDM-8)")
     p.add_argument("--json", dest="show", action="store_const", const=_json)       # instead of format_info's text
-    _request(p, checkpoint_info, "path_or_dict=file num_heads decoder_num_heads", format_info)
+    _request(p, checkpoint_info, "path_or_dict=file num_heads decoder_num_heads ldm_config", format_info)
 
     p = sub.add_parser("convert", help="official checkpoint -> our run directory (safetensors + config.json)")
     p.add_argument("file")
@@ -311,7 +312,8 @@ def _add_tools(sub) -> None:
     p.add_argument("--num-heads", type=int)
     p.add_argument("--decoder-num-heads", type=int)
     p.add_argument("--resolution", type=int, help="image size of a VQGAN file (not stored in it; default 256)")
-    _request(p, convert, "path_or_dict=file out_dir=out num_heads decoder_num_heads resolution", _json)
+    p.add_argument("--ldm-config", help="an LDM's training yaml (heads, latent size; default: the paper's LDM-8)")
+    _request(p, convert, "path_or_dict=file out_dir=out num_heads decoder_num_heads resolution ldm_config", _json)
 
     p = sub.add_parser("fit", help="one command from a folder of images to a trained RCG system",
                        description="Train every stage on the images under FOLDER (recursive; unlabelled unless "

@@ -9,7 +9,7 @@ executed). Every kind comes back as one :class:`Loaded` record: the module (eval
     encoder     train-encoder               MoCo v3 .pth.tar
     tokenizer   train-tokenizer             MAGE's VQGAN .ckpt (256 px)
     rdm         train-rdm                   RCG's RDM .pth (EMA weights)
-    pixel       train-pixel (any generator) MAGE .pth (no config: sample it through a paper preset); ADM .pth
+    pixel       train-pixel (any generator) MAGE .pth (no config: sample it through a paper preset); ADM, LDM .pth
     evalnet     train-evalnet               -
 """
 from __future__ import annotations
@@ -44,12 +44,16 @@ class Loaded:
 
 # readers of the official files, by kind (rcg.official); each returns (module, info)
 def _official_pixel(src):
-    """An official pixel generator file: MAGE (no config: sampled through a paper preset) or ADM (with the
-    PixelRun its ``args`` describe, so that it samples as it is)."""
+    """An official pixel generator file: MAGE (no config: sampled through a paper preset), or ADM / LDM (with the
+    PixelRun their ``args`` describe, so that they sample as they are)."""
     ckpt = official.safe_load(src)
-    if official.detect_kind(ckpt) == "adm":
+    kind = official.detect_kind(ckpt)
+    if kind == "adm":
         model, info = official.adm_from_official(ckpt)
         return model, {**info, "run_config": official.convert_adm_run(model, info)}
+    if kind == "ldm":
+        model, info = official.ldm_from_official(ckpt)
+        return model, {**info, "run_config": official.convert_ldm_run(model, info)}
     return official.mage_from_official(ckpt)
 
 

@@ -11,6 +11,7 @@ from .encoders import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig
 from .evalnet import EvalNetConfig
 from .pixel.adm import ADM_PRESETS
 from .pixel.dit import DIT_PRESETS
+from .pixel.ldm import LDM_DIFFUSION, LDM_PRESETS
 from .pixel.mage import MAGE_PRESETS
 from .rdm import RDM_PRESETS
 from .tokenizer import VQConfig
@@ -115,6 +116,13 @@ PIXEL_PRESETS = {
     "fmnist-adm": PixelRun(generator="adm", model=ADM_PRESETS["adm-fmnist"], steps=25, sampler="ddim", eta=0.0,
                            sample_bf16=None,
                            optim=OptimConfig(epochs=2, batch_size=64, lr=1e-3, weight_decay=0.0, ema_decay=0.999,
+                                             warmup_epochs=0.1, grad_clip=1.0, bf16=None, log_every=20,
+                                             ckpt_every=200)),
+    # LDM on 32 px (our VQ tokenizer trained at 32 px as the frozen first stage: --tokenizer RUN), eps on RCG's
+    # scaled-linear schedule, DDIM 50 steps eta 1 (the official sampler, shorter)
+    "fmnist-ldm": PixelRun(generator="ldm", model=LDM_PRESETS["ldm-fmnist"], diffusion=DiffusionConfig(**LDM_DIFFUSION),
+                           steps=50, sampler="ddim", eta=1.0, sample_bf16=None,
+                           optim=OptimConfig(epochs=4, batch_size=128, lr=1e-3, weight_decay=0.01, ema_decay=0.999,
                                              warmup_epochs=0.1, grad_clip=1.0, bf16=None, log_every=20,
                                              ckpt_every=200)),
 }

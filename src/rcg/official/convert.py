@@ -16,6 +16,7 @@ from ..tree import to_dict
 from .adm import adm_from_official
 from .dit import dit_from_official
 from .info import detect_kind
+from .ldm import ldm_from_official, ldm_yaml
 from .load import CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _nparams
 from .mage import _mage_submodels, mage_from_official, matching_mage_preset, vqgan_from_official
 from .mocov3 import mocov3_from_official
@@ -23,7 +24,7 @@ from .rdm import rdm_from_official
 
 # official kind -> the kind of rcg.loaders.load that reads the converted directory
 LOAD_KINDS = {"rdm": "rdm", "mocov3": "encoder", "vqgan": "tokenizer", "mage": "pixel", "dit": "pixel",
-              "adm": "pixel"}
+              "adm": "pixel", "ldm": "pixel"}
 
 
 def _write(meta: dict, source: dict, out, config: dict, module, more_meta=None, more_source=None) -> None:
@@ -100,6 +101,26 @@ def _adm(ckpt, out: Path, write, **_):
     return {"pixel": str(out)}, _nparams(model)
 
 
+def ldm_run(model, li: dict, encoder: str = "") -> PixelRun:
+    """The PixelRun of an official LDM: its U-Net and first stage, its schedule, the official DDIM of its args."""
+    s = li["sampling"]
+    return PixelRun(generator="ldm", model=model.cfg, diffusion=DiffusionConfig(**li["diffusion"]), encoder=encoder,
+                    steps=s["steps"], sampler="ddim", eta=s["eta"], guidance=0.0)
+
+
+def _ldm(ckpt, out: Path, write, ldm_config=None, **_):
+    model, li = ldm_from_official(ckpt, preset=ldm_yaml(ldm_config))
+    runs, fps = {}, {}
+    if li["has_pretrained_encoder"]:                # the MoCo v3 encoder the LDM trained on, inside the file
+        enc, ei = mocov3_from_official(ckpt)
+        write(out / "encoder", _encoder_run(enc), enc, {"submodel": "pretrained_encoder"},
+              {"submodel": "pretrained_encoder", "num_heads_from": ei["num_heads_from"]})
+        runs["encoder"], fps["encoder_fingerprint"] = str(out.resolve() / "encoder"), fingerprint(enc)
+    write(out, {**to_dict(ldm_run(model, li, runs.get("encoder", ""))), **fps}, model, {"ema": li["ema"]},
+          {"ema": li["ema"], "sources": li["sources"], "dropped": li["dropped"]})
+    return {"pixel": str(out), **runs}, _nparams(model)
+
+
 def _mage(ckpt, out: Path, write, num_heads=None, decoder_num_heads=None, **_):
     model, mi = mage_from_official(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     subs, runs = _mage_submodels(ckpt, model.cfg), {}
@@ -124,7 +145,7 @@ def _mage(ckpt, out: Path, write, num_heads=None, decoder_num_heads=None, **_):
 
 
 def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
-            decoder_num_heads: Optional[int] = None, resolution: Optional[int] = None) -> dict:
+            decoder_num_heads: Optional[int] = None, resolution: Optional[int] = None, ldm_config=None) -> dict:
     """Official checkpoint -> our run directory (``rcg convert FILE OUT``): ``config.json`` +
     ``checkpoint.safetensors`` (atomic) + ``official.json`` (provenance), read back by ``rcg.loaders.load``:
 
@@ -147,6 +168,11 @@ def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
     - ADM -> a ``pixel`` directory (``PixelRun`` with generator ``adm``: the U-Net, EMA weights when present; the
       diffusion and sampler of the file's ``args``: guided-diffusion's linear schedule, learned sigma, respacing
       ``gen_timestep_respacing`` with DDIM when ``use_ddim``). No MoCo encoder inside: ``encoder`` stays empty.
+    - LDM -> a ``pixel`` directory (``PixelRun`` with generator ``ldm``: the EMA U-Net and the frozen VQ first stage,
+      the schedule of its buffers, the official DDIM with the ``ldm_steps`` / ``eta`` of its args) and, from the
+      ``pretrained_encoder`` inside, ``out_dir/encoder``. Head size and latent size are not stored: they come from
+      ``ldm_config`` (the training yaml, a path or mapping; ``rcg convert --ldm-config``), else the ``ldm-8``
+      preset (the paper's).
 
     Nothing is written before the file has been read safely and every module loaded strictly. A directory
     holding a different config is refused (rerunning the same conversion overwrites it). Returns a summary."""
@@ -156,8 +182,9 @@ def convert(path_or_dict: PathOrDict, out_dir, num_heads: Optional[int] = None,
     source = {"source": src_name, "kind": kind, "epoch": ckpt.get("epoch"), "args": _args_dict(ckpt)}
     write = partial(_write, {"converted_from": f"official {kind}", "source": os.path.basename(src_name)}, source)
     out = Path(out_dir)
-    runs, params = {"rdm": _rdm, "mocov3": _mocov3, "vqgan": _vqgan, "dit": _dit, "mage": _mage, "adm": _adm}[kind](
+    runs, params = {"rdm": _rdm, "mocov3": _mocov3, "vqgan": _vqgan, "dit": _dit, "mage": _mage, "adm": _adm,
+                     "ldm": _ldm}[kind](
         ckpt, out, write, src_name=src_name, num_heads=num_heads, decoder_num_heads=decoder_num_heads,
-        resolution=resolution)
+        resolution=resolution, ldm_config=ldm_config)
     return {"kind": kind, "out": str(out), "runs": runs, "params": params, "source": src_name,
             "load_with": f"rcg.loaders.load({LOAD_KINDS[kind]!r}, {str(out)!r})"}

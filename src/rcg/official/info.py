@@ -9,6 +9,7 @@ from ..encoders import Encoder
 from ..tree import to_dict
 from .adm import adm_from_official
 from .dit import dit_from_official
+from .ldm import ldm_from_official, ldm_summary, ldm_yaml, looks_like_ldm
 from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _nparams, _weights,
                    _with_heads)
 from .mage import (_VQ_PREFIXES, _mage_submodels, mage_from_official, matching_mage_preset, split_mage_checkpoint,
@@ -16,14 +17,14 @@ from .mage import (_VQ_PREFIXES, _mage_submodels, mage_from_official, matching_m
 from .mocov3 import mocov3_from_official
 from .rdm import _NET, rdm_from_official
 
-KINDS = ("mocov3", "rdm", "mage", "vqgan", "dit", "adm")
+KINDS = ("mocov3", "rdm", "mage", "vqgan", "dit", "adm", "ldm")
 # fixed (requires_grad=False) tables and buffers among the official MAGE keys: not "trainable parameters"
 _MAGE_FIXED = ("pos_embed", "decoder_pos_embed", "token_emb.position_ids")
 _UNKNOWN = "unknown (not stored; pass num_heads)"
 # the official training / sampling arguments ``checkpoint_info`` reports
 _ARGS_SHOWN = ("model", "dit_model", "config", "pretrained_enc_arch", "epochs", "batch_size", "blr", "lr", "rdm_steps",
                "eta", "temp", "num_iter", "cfg", "rep_drop_prob", "mask_ratio_mu", "rep_cond", "class_cond",
-               "num_sampling_steps")
+               "num_sampling_steps", "ldm_steps", "gen_timestep_respacing", "use_ddim")
 
 
 def _h(heads: int, known: bool) -> str:
@@ -34,9 +35,12 @@ def detect_kind(ckpt: Mapping[str, Any]) -> str:
     """The official format of a loaded checkpoint dict, from its keys: ``rdm`` (``model.diffusion_model.*``),
     ``mage`` (``token_emb.word_embeddings.weight``), ``dit`` (``x_embedder`` / ``t_embedder``), ``adm`` (a top-level
     guided-diffusion U-Net: ``input_blocks.0.0`` + ``time_embed.0``), ``vqgan``
-    (``quantize.embedding.weight`` + ``encoder.conv_in.weight``), ``mocov3`` (a ViT: ``*patch_embed.proj.weight``)."""
+    (``quantize.embedding.weight`` + ``encoder.conv_in.weight``), ``mocov3`` (a ViT: ``*patch_embed.proj.weight``),
+    ``ldm`` (``model.diffusion_model.*`` beside ``first_stage_model.*``)."""
     sd = _weights(ckpt)
     keys = [k for k in sd if isinstance(k, str)]
+    if looks_like_ldm(ckpt):                     # its U-Net is under model.diffusion_model.* too, beside a first stage
+        return "ldm"
     if any(k.startswith(_NET) for k in keys):
         return "rdm"
     if "token_emb.word_embeddings.weight" in sd:
@@ -88,7 +92,7 @@ def _generator_summary(loader, ckpt, official_sd: Mapping[str, Any], fixed, **he
 
 
 def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
-                    decoder_num_heads: Optional[int] = None) -> dict:
+                    decoder_num_heads: Optional[int] = None, ldm_config=None) -> dict:
     """What an official checkpoint is (``rcg info``): ``kind`` (mocov3, rdm, mage, vqgan, dit), ``supported``,
     ``architecture`` (one line), ``params`` (of the module we load), ``config`` (ours, every dimension from the
     file), ``class_conditional``, ``ema`` (EMA weights present: RDM LitEma shadows, a MAGE/DiT ``model_ema``),
@@ -96,7 +100,8 @@ def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
     details. Read with :func:`safe_load` (an unsafe pickle raises :class:`UnsafeCheckpointError`); the file is
     loaded once and each module is built, loaded strictly, counted and freed. Heads are not stored in the
     weights: ``num_heads`` / ``decoder_num_heads`` override the inference rules, and a width they cannot
-    decide is reported as ``num_heads: None`` (the counts do not depend on it)."""
+    decide is reported as ``num_heads: None`` (the counts do not depend on it). ``ldm_config``: an LDM's
+    training yaml (heads and latent size are only there; default: the paper's ``ldm-8`` values)."""
     ckpt = _checkpoint(path_or_dict)
     kind = detect_kind(ckpt)
     sd = _weights(ckpt)
@@ -133,6 +138,12 @@ def checkpoint_info(path_or_dict: PathOrDict, num_heads: Optional[int] = None,
         vq, vi = vqgan_from_official(ckpt)
         info.update(_vq_summary(vq, vi), class_conditional=False, ema=False, prefix=vi["prefix"],
                     note="resolution is not stored; 256 px assumed (pass resolution= to convert otherwise)")
+    elif kind == "ldm":
+        model, li = ldm_from_official(ckpt, preset=ldm_yaml(ldm_config))
+        info.update(ldm_summary(model, li))
+        del model
+        if li["has_pretrained_encoder"]:
+            info["submodels"] = {"pretrained_encoder": _encoder_summary(*mocov3_from_official(ckpt))}
     elif kind == "adm":
         c, ai, known, fields = _generator_summary(adm_from_official, ckpt, sd, ())
         cond = {"rep": f"representation-conditioned ({c.rep_dim}-d)", "class": f"{c.num_classes} classes",

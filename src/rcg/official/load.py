@@ -125,3 +125,19 @@ def _with_heads(loader, ckpt, **heads):
 def _indices(keys, pattern: str) -> set:
     """The integers ``pattern``'s first group matches at the start of ``keys`` (e.g. the block numbers)."""
     return {int(m.group(1)) for k in keys for m in [re.match(pattern, k)] if m}
+
+
+def _lit_ema_weights(sd: Mapping[str, Any], module: torch.nn.Module, prefix: str, what: str) -> dict:
+    """The LitEma shadows (LDM / RDM ``model_ema``) of ``module``'s parameters, by our parameter names: shadow of
+    parameter ``n`` = ``"model_ema." + (prefix + n)`` with every dot removed (LitEma keeps the names relative to
+    the wrapped ``model``, e.g. ``prefix="diffusion_model."``). {} when the file has no shadows; an error naming
+    the missing ones when it has only some."""
+    shadows = _strip(sd, "model_ema.")
+    if not any(k not in ("decay", "num_updates") for k in shadows):
+        return {}
+    names = {n: (prefix + n).replace(".", "") for n, _ in module.named_parameters()}
+    missing = [n for n, s in names.items() if s not in shadows]
+    if missing:
+        raise CheckpointFormatError(f"{what}: EMA shadows missing for {missing[:5]} (pass ema=False to load the raw "
+                                    f"weights)")
+    return {n: shadows[s] for n, s in names.items()}

@@ -8,8 +8,8 @@ import torch
 
 from ..diffusion import GaussianDiffusion
 from ..rdm import RDM, RDMConfig
-from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _indices, _load_strict, _not_a, _shape,
-                   _strip)
+from .load import (CheckpointFormatError, PathOrDict, _args_dict, _checkpoint, _indices, _lit_ema_weights, _load_strict,
+                   _not_a, _shape, _strip)
 
 _NET = "model.diffusion_model."
 
@@ -51,15 +51,10 @@ def rdm_from_official(path_or_dict: PathOrDict, ema: bool = True) -> Tuple[RDM, 
     _load_strict(model, ours, what)
 
     # LitEma shadows: "model_ema." + ("diffusion_model." + name).replace(".", "")
-    shadows = _strip(sd, "model_ema.")
-    used_ema = ema and any(k not in ("decay", "num_updates") for k in shadows)
+    shadows = _lit_ema_weights(sd, model.net, "diffusion_model.", what) if ema else {}
+    used_ema = bool(shadows)
     if used_ema:
-        names = {n: ("diffusion_model." + n).replace(".", "") for n, _ in model.net.named_parameters()}
-        missing = [n for n, s in names.items() if s not in shadows]
-        if missing:
-            raise CheckpointFormatError(f"{what}: EMA shadows missing for {missing[:5]} "
-                                        f"(pass ema=False to load the raw weights)")
-        _load_strict(model.net, {n: shadows[s] for n, s in names.items()}, what + " (EMA)")
+        _load_strict(model.net, shadows, what + " (EMA)")
     info: Dict[str, Any] = {"kind": "rdm", "config": asdict(cfg), "ema": used_ema, "epoch": ckpt.get("epoch"),
                             "has_pretrained_encoder": any(k.startswith("pretrained_encoder.") for k in sd),
                             "args": _args_dict(ckpt)}

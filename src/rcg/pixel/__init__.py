@@ -14,7 +14,9 @@ nothing else in rcg branches on a generator's name. Each entry says what the gen
 - ``sampler(model, run) -> sample``: ``sample(rep, labels, generators, steps, temperature, guidance)`` -> the
   generator's output (tokens, or images in [-1, 1] / latents), one sample per generator (per-image seeds);
 - ``to_unit(output, tokenizer) -> float images in [0, 1]``;
-- ``image_shape(run, tokenizer) -> (channels, resolution)`` of the images it makes.
+- ``image_shape(run, tokenizer) -> (channels, resolution)`` of the images it makes;
+- ``prepare(model, tokenizer) -> model`` (optional): installs a frozen part trained by another stage before
+  training (the LDM's first stage from the run's tokenizer). ``sized`` then also gets ``tokenizer_config``.
 
 ``run`` is the :class:`rcg.config.PixelRun` of the generator (its sampling defaults and, for diffusion
 generators, its diffusion); this layer reads it without importing the config layer.
@@ -22,11 +24,12 @@ generators, its diffusion); this layer reads it without importing the config lay
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
-from . import adm, dit, mage
+from . import adm, dit, ldm, mage
 from .adm import ADM, ADM_PRESETS, ADMConfig, adm_config
 from .dit import DIT_PRESETS, DiT, DiTConfig, dit_config
+from .ldm import LDM, LDM_PRESETS, LDMConfig, ldm_config
 from .mage import MAGE, MAGE_PRESETS, MAGEConfig, mage_config
 
 
@@ -43,6 +46,7 @@ class Generator:
     image_shape: Callable
     preset: str                  # its CPU-sized train-pixel preset (rcg.presets.PIXEL_PRESETS)
     about: str = ""
+    prepare: Optional[Callable] = None
 
 
 GENERATORS: Dict[str, Generator] = {
@@ -52,6 +56,9 @@ GENERATORS: Dict[str, Generator] = {
                      dit.image_shape, "fmnist-dit", "DiT: diffusion transformer on pixels (or latents of a converted DiT)"),
     "adm": Generator("adm", ADMConfig, ADM, "images", adm.sized, adm.trainer, adm.sampler, adm.to_unit,
                      adm.image_shape, "fmnist-adm", "ADM: guided-diffusion U-Net on pixels (rep added to the time embedding)"),
+    "ldm": Generator("ldm", LDMConfig, LDM, "images", ldm.sized, ldm.trainer, ldm.sampler, ldm.to_unit,
+                     ldm.image_shape, "fmnist-ldm", "LDM: latent-diffusion U-Net, the representation as one "
+                     "cross-attention token (frozen VQ first stage)", ldm.prepare),
 }
 
 
@@ -63,4 +70,5 @@ def generator(name: str) -> Generator:
 
 
 __all__ = ["Generator", "GENERATORS", "generator", "MAGE", "MAGEConfig", "MAGE_PRESETS", "mage_config", "DiT",
-           "DiTConfig", "DIT_PRESETS", "dit_config", "ADM", "ADMConfig", "ADM_PRESETS", "adm_config"]
+           "DiTConfig", "DIT_PRESETS", "dit_config", "ADM", "ADMConfig", "ADM_PRESETS", "adm_config", "LDM", "LDMConfig",
+           "LDM_PRESETS", "ldm_config"]

@@ -122,6 +122,10 @@ def train_pixel(cfg: PixelRun, out: str, device: Optional[str] = None, progress:
     reps, labels = tensors["reps"].float(), tensors.get("labels")
     if cfg.cond == "class" and labels is None:
         raise ValueError(f"model.cond=class needs labels, but {cfg.cache} has none")
+    tok = load("tokenizer", cfg.tokenizer) if spec.prepare is not None and cfg.tokenizer else None
+    if tok is not None:                # a frozen part of the generator (the LDM's first stage), fingerprinted
+        sizes = {**sizes, "tokenizer_config": tok.module.cfg}
+        record = {**record, "tokenizer_fingerprint": tok.fingerprints["self"]}
     model = spec.sized(cfg.model, {**sizes, "rep_dim": reps.shape[1]})
     if cfg.cond == "class":
         model = replace(model, num_classes=int(meta.get("num_classes") or int(labels.max()) + 1))
@@ -129,7 +133,10 @@ def train_pixel(cfg: PixelRun, out: str, device: Optional[str] = None, progress:
     record = {"encoder_fingerprint": enc_fp, **record}
 
     def build(run_dir):
-        model = spec.network(cfg.model).to(dev)
+        model = spec.network(cfg.model)
+        if spec.prepare is not None:
+            model = spec.prepare(model, tok.module if tok is not None else None)
+        model = model.to(dev)
         loss_of = spec.trainer(model, cfg)
         x_d, reps_d = x.to(dev), reps.to(dev)
         labels_d = labels.to(dev) if labels is not None else None
