@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import assert_close, fixture_dirs, fixtures_dir, read_io
+from conftest import assert_close, fixture_dirs, read_io
 
 from rcg.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
 from rcg.store import fingerprint
