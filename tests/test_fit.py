@@ -109,7 +109,7 @@ def test_fit_reuses_an_encoder_and_takes_its_channels(folder, tmp_path):
     assert (tmp_path / "b" / "references.png").is_file() and s["pixel"]["generator"] == "dit"
 
 
-@pytest.mark.parametrize("generator", ["mage", "dit"])
+@pytest.mark.parametrize("generator", ["mage", "dit", "adm"])
 @pytest.mark.parametrize("resolution", [32, 64, 128, 256])
 def test_stage_configs_fit_every_resolution(tmp_path, generator, resolution):
     """Every stage's config is valid at every resolution fit picks (a DiT's patches tile its input)."""
@@ -120,3 +120,16 @@ def test_stage_configs_fit_every_resolution(tmp_path, generator, resolution):
     assert pix.generator == generator and cfgs["encoder"].data.resolution == resolution
     if generator == "dit":
         assert pix.model.input_size == resolution and resolution % pix.model.patch_size == 0
+    if generator == "adm":                        # the U-Net, sized from the crops as train-pixel does, runs
+        import torch
+        from rcg.pixel import generator as spec
+        g = spec("adm")
+        net = g.network(g.sized(pix.model, {"images_shape": (2, 3, resolution, resolution), "rep_dim": 256})).eval()
+        with torch.no_grad():
+            out = net(torch.zeros(1, 3, resolution, resolution), torch.tensor([10]), torch.zeros(1, 256))
+        assert out.shape == (1, 6, resolution, resolution)
+
+
+def test_fit_says_which_generators_it_budgets(tmp_path):
+    with pytest.raises(ValueError, match="rcg fit has no ldm budget yet"):
+        plan(mixed_folder(tmp_path / "imgs", n=9), tmp_path / "run", generator="ldm")

@@ -330,7 +330,7 @@ def _add_tools(sub) -> None:
     p.add_argument("--labels", action="store_true", help="sub-folder names are class labels (kNN monitor)")
     p.add_argument("--encoder", help="reuse this encoder (a train-encoder run directory or an official MoCo v3 "
                                      ".pth.tar) instead of training one")
-    p.add_argument("--generator", default="mage", choices=list(GENERATORS))
+    p.add_argument("--generator", default="mage", choices=list(FIT_PRESETS["quick"].pixel))
     p.add_argument("--inception-weights", help="also report Inception FID (local pt_inception-2015-12-05 file)")
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                    help="override a stage's config, e.g. --set pixel.optim.lr=1e-3 (repeatable)")

@@ -145,6 +145,10 @@ def plan(data_dir, out, preset: str = "quick", resolution: Optional[int] = None,
     if preset not in FIT_PRESETS:
         raise ValueError(f"unknown fit preset {preset!r} (choices: {', '.join(FIT_PRESETS)})")
     pixel.generator(generator)                    # a clear error for a name the registry does not know
+    if generator not in FIT_PRESETS[preset].pixel:
+        raise ValueError(f"rcg fit has no {generator} budget yet (it does {', '.join(FIT_PRESETS[preset].pixel)}): "
+                         f"train it with the stage verbs (rcg train-tokenizer, cache-reps --pixels, train-pixel "
+                         f"--generator {generator} --tokenizer RUN)")
     if channels not in (None, 1, 3):
         raise ValueError(f"--channels must be 1 or 3, got {channels}")
     if encoder is not None and not Path(encoder).exists():
