@@ -39,6 +39,7 @@ def main():
                                       "view per held-out image (new images of the true distribution) vs the cache")
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the run's sample_steps)")
     ap.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the run's eta)")
+    ap.add_argument("--solver", choices=["ddim", "dpm++2m"], help="sampler (default: the run's)")
     ap.add_argument("--out", default="benchmarks/results/rdm_rep_fd.jsonl")
     a = ap.parse_args()
 
@@ -66,11 +67,12 @@ def main():
         eta = a.eta if a.eta is not None else (cfg.eta if cfg else 1.0)
         fds, t0 = [], time.time()
         for s in range(a.first_set, a.first_set + a.sets):
-            x = draw_reps(model, cfg, a.num, steps, eta, seed=s * a.num, batch_size=1000)["reps"]   # disjoint seeds
+            x = draw_reps(model, cfg, a.num, steps, eta, seed=s * a.num, batch_size=1000,
+                          solver=a.solver)["reps"]                     # disjoint seeds
             fds.append(fd_between(x, reps))
             print(f"  {run} set {s}: FD {fds[-1]:.4f}", flush=True)
         f = np.array(fds)
-        row = {"rdm": run, "steps": steps, "eta": eta, "num": a.num, "fd": fds, "fd_mean": float(f.mean()),
+        row = {"rdm": run, "steps": steps, "eta": eta, "solver": a.solver or getattr(cfg, "solver", "ddim"), "num": a.num, "fd": fds, "fd_mean": float(f.mean()),
                "sets": list(range(a.first_set, a.first_set + a.sets)),
                "fd_std": float(f.std(ddof=1)) if len(f) > 1 else 0.0, "floor_mean": floor["mean"],
                "floor_std": floor["std"], "subsets": a.subsets, "ratio": float(f.mean()) / floor["mean"],

@@ -177,3 +177,52 @@ def test_eta0_is_deterministic_and_return_first():
     with torch.no_grad():
         t = torch.full((3,), 901)
         assert torch.allclose(first_pred, m(x_T, t), atol=1e-4)   # pred_x0 of the first step = model x0
+
+
+def _gaussian_x0(diffusion, mu: float, s: float):
+    """The exact x0 prediction E[x0 | x_t] for data x0 ~ N(mu, s^2) per dimension (a known ODE to solve)."""
+    ac = diffusion.alphas_cumprod.double()
+
+    def fn(x, t):
+        a, var = ac[t].sqrt().view(-1, 1), (1 - ac[t]).view(-1, 1)
+        return (mu + a * s ** 2 / (a ** 2 * s ** 2 + var) * (x.double() - a * mu)).to(x.dtype)
+    return fn
+
+
+def test_dpm_solver_pp_2m_solves_the_probability_flow_ode_in_few_steps():
+    from rcg.diffusion import GaussianDiffusion
+    d = GaussianDiffusion(parameterization="x0")            # RCG's scaled-linear schedule, an x0 model
+    ts = d.dpm_solver_timesteps(20)
+    assert ts[0] == 999 and ts[-1] == 0 and bool((ts[1:] < ts[:-1]).all()) and len(ts) == 21
+    fn = _gaussian_x0(d, mu=1.5, s=0.3)
+    x_T = torch.randn(4000, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ode = d.ddim_sample(fn, x_T, 500, eta=0.0)               # the reference: DDIM 500 (eta 0 = the same ODE)
+    fast = d.dpm_solver_sample(fn, x_T, 20)
+    ddim20 = d.ddim_sample(fn, x_T, 20, eta=0.0)
+    err_fast, err_ddim = (fast - ode).abs().max().item(), (ddim20 - ode).abs().max().item()
+    assert err_fast < 0.2 * err_ddim and err_fast < 0.05, (err_fast, err_ddim)   # second order beats first
+    ac = d.alphas_cumprod.double()
+    a0, s0, aT, sT = ac[0].sqrt(), (1 - ac[0]).sqrt(), ac[999].sqrt(), (1 - ac[999]).sqrt()
+    assert abs(fast.mean().item() - a0 * 1.5) < 0.01               # the t = 0 marginal N(a0 mu, a0^2 s^2 + s0^2)
+    assert abs(fast.std().item() - (a0 ** 2 * 0.09 + s0 ** 2).sqrt()) < 0.01
+    x0 = fn(x_T, torch.full((4000,), 999))                          # one step is first order: the DDIM (eta 0) step
+    assert torch.allclose(d.dpm_solver_sample(fn, x_T, 1), s0 / sT * x_T + (a0 - s0 * aT / sT) * x0, atol=1e-6)
+
+
+def test_draw_reps_with_dpm_solver_is_per_sample_and_checked():
+    from rcg.config import RDMRun
+    from rcg.rdm import RDMConfig
+    from rcg.sample import draw_reps
+    torch.manual_seed(0)
+    model = RDM(RDMConfig(in_channels=8, time_embed_dim=16, model_channels=32, num_res_blocks=1)).eval()
+    with torch.no_grad():                                   # not the zero-initialised output: a non-trivial x0
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    cfg = RDMRun(model=model.cfg, solver="dpm++2m", sample_steps=6)
+    a = draw_reps(model, cfg, 6, seed=3, batch_size=6)["reps"]
+    b = draw_reps(model, cfg, 6, seed=3, batch_size=4)["reps"]              # image i from seed + i, any batch
+    assert a.shape == (6, 8) and torch.allclose(a, b, atol=1e-6) and torch.isfinite(a).all()
+    ddim = draw_reps(model, cfg, 6, seed=3, batch_size=6, solver="ddim", eta=0.0)["reps"]
+    assert (a - ddim).abs().max() > 1e-3                                    # the run's solver is used by default
+    with pytest.raises(ValueError, match="solver must be"):
+        draw_reps(model, cfg, 2, solver="euler")

@@ -189,11 +189,14 @@ def _add_reps(sub) -> None:
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's)")
     p.add_argument("--eta", type=float, help="DDIM eta (default: the run's)")
+    p.add_argument("--solver", choices=["ddim", "dpm++2m"],
+                   help="ddim (the paper's, with eta) or dpm++2m (DPM-Solver++ 2M: deterministic, 10-25 steps); "
+                        "default: the run's")
     p.add_argument("--class", dest="class_label", type=int, help="class label (class-conditional RDM)")
     p.add_argument("--seed", type=int, default=0,
                    help="representation i uses seed + i (so --num N --seed N gives N new ones)")
     p.add_argument("--batch-size", type=int, default=1000)
-    _request(p, sample_reps, "rdm_src=rdm out num steps eta seed label=class_label batch_size device progress")
+    _request(p, sample_reps, "rdm_src=rdm out num steps eta seed label=class_label batch_size device progress solver")
 
     p = sub.add_parser("rep-fd", help="Fréchet distance between two representation files")
     p.add_argument("a")

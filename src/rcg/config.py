@@ -115,6 +115,7 @@ class RDMRun:
     diffusion: DiffusionConfig = DiffusionConfig()
     sample_steps: int = 250      # DDIM steps (paper: 250, eta 1)
     eta: float = 1.0
+    solver: str = "ddim"         # ddim (the paper's; eta) | dpm++2m (DPM-Solver++ 2M: deterministic, few steps)
     fd_samples: int = 10000      # representations sampled for the rep-FD check at the end of training
     optim: OptimConfig = OptimConfig()
 

@@ -89,13 +89,13 @@ def cache_reps(encoder_src, out, views: int = 4, data_overrides=(), device=None,
 @torch.no_grad()
 def sample_reps(rdm_src, out=None, num: int = 1000, steps: Optional[int] = None, eta: Optional[float] = None,
                 seed: int = 0, label: Optional[int] = None, labels=None, batch_size: int = 1000, device=None,
-                progress: bool = True) -> dict:
+                progress: bool = True, solver: Optional[str] = None) -> dict:
     """Sample ``num`` representations from an RDM run directory or official file (sample i uses seed + i,
     whatever the batch size); optionally write them to ``out`` (safetensors with the encoder fingerprint)."""
     dev = torch.device(device) if device is not None else dist.setup()
     rec = load("rdm", rdm_src, dev)
     model, cfg, fp = rec.module, rec.config, rec.fingerprints.get("encoder")
-    result = draw_reps(model, cfg, num, steps, eta, seed, label, labels, batch_size, progress)
+    result = draw_reps(model, cfg, num, steps, eta, seed, label, labels, batch_size, progress, solver)
     if out is not None:
         save_tensors(out, result, {"kind": REPS_KIND, "encoder_fingerprint": fp or "unknown", "rdm": str(rdm_src),
                                    "steps": result["steps"].item(), "eta": result["eta"].item(), "seed": seed})
