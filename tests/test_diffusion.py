@@ -4,6 +4,7 @@ import torch
 
 from rcg.diffusion import GaussianDiffusion, scaled_linear_betas
 from rcg.rng import randn_per_sample
+from rcg.solvers import dpm_solver_sample, dpm_solver_timesteps
 from rcg.rdm import RDM, RDM_PRESETS
 
 
@@ -192,12 +193,12 @@ def _gaussian_x0(diffusion, mu: float, s: float):
 def test_dpm_solver_pp_2m_solves_the_probability_flow_ode_in_few_steps():
     from rcg.diffusion import GaussianDiffusion
     d = GaussianDiffusion(parameterization="x0")            # RCG's scaled-linear schedule, an x0 model
-    ts = d.dpm_solver_timesteps(20)
+    ts = dpm_solver_timesteps(d, 20)
     assert ts[0] == 999 and ts[-1] == 0 and bool((ts[1:] < ts[:-1]).all()) and len(ts) == 21
     fn = _gaussian_x0(d, mu=1.5, s=0.3)
     x_T = torch.randn(4000, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ode = d.ddim_sample(fn, x_T, 500, eta=0.0)               # the reference: DDIM 500 (eta 0 = the same ODE)
-    fast = d.dpm_solver_sample(fn, x_T, 20)
+    fast = dpm_solver_sample(d, fn, x_T, 20)
     ddim20 = d.ddim_sample(fn, x_T, 20, eta=0.0)
     err_fast, err_ddim = (fast - ode).abs().max().item(), (ddim20 - ode).abs().max().item()
     assert err_fast < 0.2 * err_ddim and err_fast < 0.05, (err_fast, err_ddim)   # second order beats first
@@ -206,7 +207,7 @@ def test_dpm_solver_pp_2m_solves_the_probability_flow_ode_in_few_steps():
     assert abs(fast.mean().item() - a0 * 1.5) < 0.01               # the t = 0 marginal N(a0 mu, a0^2 s^2 + s0^2)
     assert abs(fast.std().item() - (a0 ** 2 * 0.09 + s0 ** 2).sqrt()) < 0.01
     x0 = fn(x_T, torch.full((4000,), 999))                          # one step is first order: the DDIM (eta 0) step
-    assert torch.allclose(d.dpm_solver_sample(fn, x_T, 1), s0 / sT * x_T + (a0 - s0 * aT / sT) * x0, atol=1e-6)
+    assert torch.allclose(dpm_solver_sample(d, fn, x_T, 1), s0 / sT * x_T + (a0 - s0 * aT / sT) * x0, atol=1e-6)
 
 
 def test_draw_reps_with_dpm_solver_is_per_sample_and_checked():

@@ -320,46 +320,6 @@ class GaussianDiffusion(nn.Module):
                 first = (x, pred_x0)
         return (x, first) if return_first else x
 
-    # ------------------------------------------------------------------ DPM-Solver++ (2M)
-    def dpm_solver_timesteps(self, steps: int) -> torch.Tensor:
-        """``steps + 1`` timesteps from T - 1 down to 0, uniform in the log signal-to-noise ratio lambda (int64,
-        descending, distinct): where DPM-Solver++'s steps are evenly sized."""
-        if not 1 <= steps < self.num_steps:
-            raise ValueError(f"DPM-Solver++ steps must be in [1, {self.num_steps - 1}], got {steps}")
-        ac = self.alphas_cumprod.detach().double().cpu()
-        lam = 0.5 * (torch.log(ac) - torch.log1p(-ac))                  # increasing as t decreases
-        targets = torch.linspace(float(lam[-1]), float(lam[0]), steps + 1, dtype=torch.float64)
-        ts = torch.searchsorted(-lam, -targets).clamp(0, self.num_steps - 1).tolist()
-        out = []
-        for t in ts:                                                    # distinct, descending
-            t = min(t, out[-1] - 1) if out else t
-            out.append(max(t, steps - len(out)))
-        out[0], out[-1] = self.num_steps - 1, 0
-        return torch.tensor(out, dtype=torch.int64)
-
-    @torch.no_grad()
-    def dpm_solver_sample(self, model_fn: ModelFn, x_T: torch.Tensor, steps: int, progress: bool = False):
-        """DPM-Solver++ (2M; Lu et al. 2022, Algorithm 2): the multistep second-order solver of the probability-flow
-        ODE on the data (x0) prediction, over :meth:`dpm_solver_timesteps`; deterministic after ``x_T``, ``steps``
-        model calls, the first step first order. With ``h = lambda_t - lambda_s`` and ``r = h_prev / h``:
-        ``x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) D``, ``D = (1 + 1 / 2r) x0_s - (1 / 2r) x0_prev``.
-        Returns x at t = 0 (``alphas_cumprod[0]``), where the official DDIM ends too."""
-        ts = self.dpm_solver_timesteps(steps)
-        ac = self.alphas_cumprod.detach().double().cpu()
-        alpha, sigma = ac.sqrt(), (1 - ac).sqrt()
-        lam = torch.log(alpha) - torch.log(sigma)
-        x, dev, prev, h_prev = x_T, x_T.device, None, None
-        for k in _steps(steps, progress, f"DPM-Solver++ {steps} steps"):       # k = steps-1 ... 0: i = 0 ... steps-1
-            s_, t_ = int(ts[steps - 1 - k]), int(ts[steps - k])
-            tt = torch.full((x.shape[0],), s_, dtype=torch.int64, device=dev)
-            out = model_fn(x, tt).to(x.dtype)
-            x0 = self.x0_from_output(x, tt, out[:, :x.shape[1]] if self.learn_sigma else out)
-            h = float(lam[t_] - lam[s_])
-            d = x0 if prev is None else (1 + h / (2 * h_prev)) * x0 - (h / (2 * h_prev)) * prev
-            x = float(sigma[t_] / sigma[s_]) * x - float(alpha[t_] * math.expm1(-h)) * d
-            prev, h_prev = x0, h
-        return x
-
     def output_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the model should return for ``q_sample(x0, t, noise)`` under this ``parameterization``."""
         if self.parameterization == "x0":

@@ -23,6 +23,7 @@ from .images import decode_image
 from .loaders import find_part, load
 from .precision import autocast as bf16_autocast
 from .rng import per_sample, randn_per_sample
+from .solvers import dpm_solver_sample
 from .tree import to_dict
 
 
@@ -260,7 +261,7 @@ def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[f
         x_T = randn_per_sample((n, model.cfg.in_channels), gens, device=dev)
         y = labels[i:i + n].to(dev) if labels is not None else None
         fn = lambda x, t: model(x, t, y)  # noqa: E731
-        out = diffusion.dpm_solver_sample(fn, x_T, steps) if solver == "dpm++2m" else \
+        out = dpm_solver_sample(diffusion, fn, x_T, steps) if solver == "dpm++2m" else \
             diffusion.ddim_sample(fn, x_T, steps, eta, generators=gens)
         chunks.append(out.float().cpu())
         bar.update(n)
