@@ -72,15 +72,16 @@ def main():
             fds.append(fd_between(x, reps))
             print(f"  {run} set {s}: FD {fds[-1]:.4f}", flush=True)
         f = np.array(fds)
-        row = {"rdm": run, "steps": steps, "eta": eta, "solver": a.solver or getattr(cfg, "solver", "ddim"), "num": a.num, "fd": fds, "fd_mean": float(f.mean()),
+        row = {"rdm": run, "steps": steps, "eta": eta, "solver": a.solver or getattr(cfg, "solver", "ddim"),
+               "num": a.num, "fd": fds, "fd_mean": float(f.mean()),
                "sets": list(range(a.first_set, a.first_set + a.sets)),
                "fd_std": float(f.std(ddof=1)) if len(f) > 1 else 0.0, "floor_mean": floor["mean"],
                "floor_std": floor["std"], "subsets": a.subsets, "ratio": float(f.mean()) / floor["mean"],
                "excess": float(f.mean()) - floor["mean"], "sample_wall_s": round(time.time() - t0, 1),
                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
                "date": date.today().isoformat()}
-        print(f"{run}: FD {row['fd_mean']:.4f} +- {row['fd_std']:.4f} ({a.sets} sets, DDIM {steps}, eta {eta}) "
-              f"= {row['ratio']:.2f}x the floor; excess {row['excess']:.4f}", flush=True)
+        print(f"{run}: FD {row['fd_mean']:.4f} +- {row['fd_std']:.4f} ({a.sets} sets, {row['solver']} {steps} steps, "
+              f"eta {eta}) = {row['ratio']:.2f}x the floor; excess {row['excess']:.4f}", flush=True)
         with open(a.out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
 
