@@ -1,7 +1,7 @@
 """rcg: representation-conditioned image generation (RCG; Li, Katabi & He, NeurIPS 2024).
 
 A frozen self-supervised encoder maps an image to a representation; a representation diffusion model (RDM)
-learns to generate representations; a pixel generator (MAGE, DiT) makes an image conditioned on one.
+learns to generate representations; a pixel generator (MAGE, DiT, ADM, LDM) makes an image conditioned on one.
 
 Public names (imported on first use, so ``import rcg`` stays light): ``RCGPipeline`` (a trained system from one
 path: samples, variations, interpolation, ``save_pretrained``), ``RCGSampler`` (generation underneath),
@@ -23,10 +23,11 @@ Tensor conventions:
 
 Layers (each module imports only from its own layer or lower ones; tests/test_layers.py checks it):
     0 base        dist, rng, tree, store, layers, precision
-    1 networks    encoders, ssl, rdm, tokenizer, pixel/ (the generator registry), diffusion, guidance,
-                  augment, data, images, evalnet
+    1 networks    encoders, ssl, rdm, tokenizer, pixel/ (the generator registry: MAGE, DiT, ADM, LDM),
+                  diffusion, solvers, guidance, augment, data, prepared, images, evalnet
     2 configs     config, presets
-    3 machinery   train (the loop), official/ (official formats), loaders, sample, pipeline, evaluate/, paper
+    3 machinery   train (the loop), optim, feed, watch, official/ (official formats), loaders, sample, pipeline,
+                  evaluate/, paper
     4 stages      stages/ (one module per verb)
     5 front ends  cli, serve/ (the web playground)
 """
