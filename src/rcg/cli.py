@@ -220,13 +220,13 @@ def _sampling(p: argparse.ArgumentParser, paper=None) -> None:
 def _add_generation(sub) -> None:
     _training(sub, "train-tokenizer", "VQ tokenizer (MAGE's VQGAN architecture) on your images", train_tokenizer,
               P.TOKENIZER_PRESETS, "fmnist-tokenizer")
-    p = _training(sub, "train-pixel", "pixel generator (MAGE or DiT) conditioned on representations", train_pixel,
-                  P.PIXEL_PRESETS, "fmnist-mage")
+    p = _training(sub, "train-pixel", f"pixel generator ({', '.join(GENERATORS)}) conditioned on representations",
+                  train_pixel, P.PIXEL_PRESETS, "fmnist-mage")
     p.add_argument("--generator", choices=list(GENERATORS),
-                   help="mage (VQ tokens; default) or dit (pixels; default preset fmnist-dit)")
+                   help="; ".join(f"{g.about} (preset {g.preset})" for g in GENERATORS.values()) + " (default: mage)")
     p.add_argument("--cache", required=True, help="rcg cache-reps output: with --tokenizer for MAGE, --pixels for DiT")
     p.add_argument("--encoder", required=True, help="the encoder that made the cache")
-    p.add_argument("--tokenizer", help="MAGE: the tokenizer that made the cache's tokens")
+    p.add_argument("--tokenizer", help="MAGE: the tokenizer that made the cache's tokens; LDM: its first stage")
     p.add_argument("--cond", choices=["rep", "class", "none"], help="rep (RCG, default), class (labels), none")
     p.add_argument("--rdm", help="an RDM run on the same encoder: the sample grids written during training get a "
                                  "row of images from its samples")
