@@ -413,3 +413,18 @@ class GaussianDiffusion(nn.Module):
         if final_x0:
             x = pred_x0
         return (x, first) if return_first else x
+
+
+def image_loss(model_fn, diffusion: "GaussianDiffusion", drop_p: float, device):
+    """The training loss of a pixel-space diffusion generator (DiT, ADM), as the registry's trainers return it:
+    ``loss(images uint8, rep, labels, generator, rows, global_batch) -> (loss, {})`` on pixels in [-1, 1], with
+    timesteps, noise and condition dropout (probability ``drop_p``) drawn for the whole global batch from
+    ``generator`` and sliced by ``rows``; ``model_fn(x_t, t, rep, labels, null)`` is the network."""
+    def loss(x, rep, labels, generator, rows, global_batch):
+        g = global_batch
+        t = torch.randint(0, diffusion.num_steps, (g,), generator=generator)[rows].to(device)
+        noise = torch.randn((g,) + tuple(x.shape[1:]), generator=generator)[rows].to(device)
+        null = (torch.rand(g, generator=generator) < drop_p)[rows].to(device) if drop_p > 0 else None
+        x0 = x.float().div(127.5).sub(1.0)                     # the network uses only the condition of its cond
+        return diffusion.loss(lambda xt, tt: model_fn(xt, tt, rep, labels, null), x0, t, noise), {}
+    return loss

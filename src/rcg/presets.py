@@ -111,8 +111,8 @@ PIXEL_PRESETS = {
                            optim=OptimConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=0.0, ema_decay=0.999,
                                              warmup_epochs=0.1, grad_clip=1.0, bf16=None, log_every=20,
                                              ckpt_every=200)),
-    # ADM (the guided-diffusion U-Net) in pixel space on 28 px Fashion-MNIST, with DiT's CPU recipe; about 6x slower
-    # per image than fmnist-dit (80 img/s in fp32 on 2 cores at batch 64): 2 epochs
+    # ADM (the guided-diffusion U-Net) in pixel space on 28 px Fashion-MNIST, with DiT's CPU recipe; 25-42 img/s in
+    # bf16 at batch 64 on 2 cores shared with other jobs (far slower per image than fmnist-dit): 2 epochs
     "fmnist-adm": PixelRun(generator="adm", model=ADM_PRESETS["adm-fmnist"], steps=25, sampler="ddim", eta=0.0,
                            sample_bf16=None,
                            optim=OptimConfig(epochs=2, batch_size=64, lr=1e-3, weight_decay=0.0, ema_decay=0.999,

@@ -21,7 +21,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion import GaussianDiffusion, image_loss
 from ..guidance import guided_pass
 from ..layers import Attention, Mlp, class_condition, rep_condition, sincos_pos_embed, timestep_embedding
 from ..precision import resolve_bf16
@@ -280,17 +280,9 @@ def trainer(model: DiT, run):
         raise ValueError(f"diffusion.learn_sigma={run.diffusion.learn_sigma} but model.learn_sigma="
                          f"{c.learn_sigma}; set both the same")
     dev = next(model.parameters()).device
-    diffusion = _diffusion(run, dev)
     drop_p = {"rep": c.rep_drop_prob, "class": c.class_dropout_prob}.get(c.cond, 0.0)
-
-    def loss(x, rep, labels, generator, rows, global_batch):
-        g = global_batch
-        t = torch.randint(0, diffusion.num_steps, (g,), generator=generator)[rows].to(dev)
-        noise = torch.randn((g,) + tuple(x.shape[1:]), generator=generator)[rows].to(dev)
-        null = (torch.rand(g, generator=generator) < drop_p)[rows].to(dev) if drop_p > 0 else None
-        x0 = x.float().div(127.5).sub(1.0)                     # the network uses only the condition of its cond
-        return diffusion.loss(lambda xt, tt: model(xt, tt, rep, labels, null=null), x0, t, noise), {}
-    return loss
+    return image_loss(lambda xt, tt, rep, labels, null: model(xt, tt, rep, labels, null=null), _diffusion(run, dev), drop_p,
+                      dev)
 
 
 def sampler(model: DiT, run):
