@@ -33,13 +33,18 @@ from rcg.stages import cache_reps, train_pixel, train_tokenizer
 COND = {"baseline": "none", "rcg": "rep", "rcg_guided": "rep", "oracle": "rep", "class_label": "class"}
 
 
+def needs_tokenizer(gen: str) -> bool:
+    """MAGE trains on its tokens; the LDM's first stage is the tokenizer (the registry's prepare hook)."""
+    return GENERATORS[gen].inputs == "tokens" or GENERATORS[gen].prepare is not None
+
+
 def train_generator(gen: str, cond: str, work: Path, cache: Path, encoder: str, tokenizer: str) -> dict:
     run = work / f"{gen}-{cond}"
     if (run / "summary.json").is_file():
         return json.loads((run / "summary.json").read_text())
     key = "model.cond"
-    tokens = GENERATORS[gen].inputs == "tokens"
-    over = [f"cache={cache}", f"encoder={encoder}", f"{key}={cond}"] + ([f"tokenizer={tokenizer}"] if tokens else [])
+    over = [f"cache={cache}", f"encoder={encoder}", f"{key}={cond}"] + \
+        ([f"tokenizer={tokenizer}"] if needs_tokenizer(gen) else [])
     cfg = apply_overrides(PIXEL_PRESETS[GENERATORS[gen].preset], over)
     print(f"== training {gen} ({cond}) -> {run}", flush=True)
     return train_pixel(cfg, str(run), progress=False)
@@ -74,7 +79,7 @@ def main():
     gens = [g for g in a.generators.split(",") if g]
 
     tokenizer = a.tokenizer
-    if any(GENERATORS[g].inputs == "tokens" for g in gens) and tokenizer is None:
+    if any(needs_tokenizer(g) for g in gens) and tokenizer is None:
         tokenizer = str(work / "tokenizer")
         if not (work / "tokenizer" / "summary.json").is_file():
             train_tokenizer(TOKENIZER_PRESETS["fmnist-tokenizer"], tokenizer, progress=False)

@@ -17,6 +17,8 @@ from .rdm import RDMConfig
 from .tokenizer import VQConfig
 from .tree import build, from_dict, to_dict
 
+PIXEL_SAMPLERS = ("ddpm", "ddim", "dpm++2m")     # PixelRun.sampler of the diffusion generators (MAGE ignores it)
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -134,7 +136,8 @@ class PixelRun:
     steps: int = 20              # sampling defaults: MAGE decoding steps / DiT diffusion steps,
     temperature: float = 6.0     # MAGE choice temperature,
     guidance: float = 0.0        # guidance tau (DiT's scale is 1 + tau),
-    sampler: str = "ddpm"        # DiT: ddpm (ancestral, respaced to ``steps``) | ddim (eta ``eta``)
+    sampler: str = "ddpm"        # diffusion generators: ddpm (ancestral, respaced to ``steps``) | ddim (eta
+                                 # ``eta``) | dpm++2m (DPM-Solver++ 2M, deterministic, few steps)
     eta: float = 0.0
     sample_bf16: Optional[bool] = False   # DiT: bf16 autocast while sampling (None = auto; 1.4x on a bf16 CPU)
     official_first3: bool = False  # DiT: guidance on the first 3 output channels only (the official quirk)
@@ -149,8 +152,8 @@ class PixelRun:
         elif not isinstance(self.model, spec.config_class):
             raise ValueError(f"generator {self.generator!r} takes a {spec.config_class.__name__} as its model, "
                              f"got a {type(self.model).__name__}")
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
+        if self.sampler not in PIXEL_SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(PIXEL_SAMPLERS)}, got {self.sampler!r}")
 
     @property
     def cond(self) -> str:

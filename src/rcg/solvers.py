@@ -30,12 +30,23 @@ def dpm_solver_timesteps(diffusion: GaussianDiffusion, steps: int) -> torch.Tens
 
 @torch.no_grad()
 def dpm_solver_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, x_T: torch.Tensor, steps: int,
-                      progress: bool = False) -> torch.Tensor:
+                      progress: bool = False, clip_x0: bool = False, final_x0: bool = False) -> torch.Tensor:
     """DPM-Solver++ (2M; Lu et al. 2022, Algorithm 2): the multistep second-order solver of the probability-flow
     ODE on the data (x0) prediction, over :func:`dpm_solver_timesteps`; deterministic after ``x_T``, ``steps``
     model calls, the first step first order. With ``h = lambda_t - lambda_s`` and ``r = h_prev / h``:
     ``x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) D``, ``D = (1 + 1 / 2r) x0_s - (1 / 2r) x0_prev``.
-    Returns x at t = 0 (``alphas_cumprod[0]``), where the official DDIM ends too."""
+    Returns x at t = 0 (``alphas_cumprod[0]``), where the official DDIM ends too. ``clip_x0`` clips each data
+    prediction to [-1, 1] (pixel-space models, as their DDIM's ``clip_denoised``). ``final_x0`` spends the last
+    of the ``steps`` model calls on the data prediction at t = 0 and returns it (the DDIMs that end on
+    ``pred_x0``: DiT's, ADM's), instead of the x at t = 0, which keeps noise of std ``sqrt(1 - alphas_cumprod[0])``."""
+    if final_x0:
+        if steps < 2:
+            raise ValueError(f"DPM-Solver++ with final_x0 needs at least 2 steps, got {steps}")
+        x = dpm_solver_sample(diffusion, model_fn, x_T, steps - 1, progress, clip_x0)
+        tt = torch.zeros((x.shape[0],), dtype=torch.int64, device=x.device)
+        out = model_fn(x, tt).to(x.dtype)
+        x0 = diffusion.x0_from_output(x, tt, out[:, :x.shape[1]] if diffusion.learn_sigma else out)
+        return x0.clamp(-1.0, 1.0) if clip_x0 else x0
     ts = dpm_solver_timesteps(diffusion, steps)
     ac = diffusion.alphas_cumprod.detach().double().cpu()
     alpha, sigma = ac.sqrt(), (1 - ac).sqrt()
@@ -46,6 +57,8 @@ def dpm_solver_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, x_T: torc
         tt = torch.full((x.shape[0],), s_, dtype=torch.int64, device=dev)
         out = model_fn(x, tt).to(x.dtype)
         x0 = diffusion.x0_from_output(x, tt, out[:, :x.shape[1]] if diffusion.learn_sigma else out)
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
         h = float(lam[t_] - lam[s_])
         d = x0 if prev is None else (1 + h / (2 * h_prev)) * x0 - (h / (2 * h_prev)) * prev
         x = float(sigma[t_] / sigma[s_]) * x - float(alpha[t_] * math.expm1(-h)) * d

@@ -16,7 +16,8 @@ nothing else in rcg branches on a generator's name. Each entry says what the gen
 - ``to_unit(output, tokenizer) -> float images in [0, 1]``;
 - ``image_shape(run, tokenizer) -> (channels, resolution)`` of the images it makes;
 - ``prepare(model, tokenizer) -> model`` (optional): installs a frozen part trained by another stage before
-  training (the LDM's first stage from the run's tokenizer). ``sized`` then also gets ``tokenizer_config``.
+  training (the LDM's first stage from the run's tokenizer). ``sized``'s data then also hold ``tokenizer``
+  (the module) and ``images`` (the first 1024 crops).
 
 ``run`` is the :class:`rcg.config.PixelRun` of the generator (its sampling defaults and, for diffusion
 generators, its diffusion); this layer reads it without importing the config layer.

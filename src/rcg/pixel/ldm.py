@@ -26,6 +26,7 @@ from ..guidance import guided
 from ..layers import class_condition
 from ..precision import resolve_bf16
 from ..rng import randn_per_sample, uniform
+from ..solvers import dpm_solver_sample
 from ..tree import to_dict
 from .ldm_autoencoder import FirstStageConfig, first_stage
 from .ldm_unet import LDMUNet
@@ -51,6 +52,8 @@ class LDMConfig:
     num_classes: int = 0                 # cond="class"
     rep_drop_prob: float = 0.0           # training: fraction of reps replaced by null_rep (official: none)
     scale_factor: float = 1.0            # latents = scale_factor * encode(x) (RCG's VQ-f8: 1.0)
+    scale_by_std: bool = False           # train-pixel sets scale_factor = 1 / std of the training latents (LDM's
+                                         # scale_by_std, from the first 1024 crops) and stores it in config.json
     num_groups: int = 32                 # GroupNorm groups of the U-Net (official 32)
     dropout: float = 0.0
     first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
@@ -77,12 +80,13 @@ LDM_PRESETS: Dict[str, LDMConfig] = {
     # the paper's LDM-8 (RCG_FACTS: UNet 256 ch, mult 1-2-4, 2 blocks, attention at 4/2/1, 32-channel heads,
     # depth 1, context 256; VQ-f8 16384 x 4, 32x32x4 latents; scale_factor not set = 1.0)
     "ldm-8": LDMConfig(),
-    # CPU-sized, 32 px gray: our VQ tokenizer (rcg train-tokenizer at 32 px) as the first stage, 8x8x32 latents
-    "ldm-fmnist": LDMConfig(model_channels=64, num_res_blocks=1, attention_resolutions=(1, 2), channel_mult=(1, 2),
-                            num_head_channels=32, first_stage=FirstStageConfig(
+    # CPU-sized, 28 px gray: the fmnist-tokenizer (the one MAGE uses) as the first stage, 7x7x32 latents, so one
+    # U-Net level (7 does not halve); latents scaled to unit std (scale_by_std)
+    "ldm-fmnist": LDMConfig(model_channels=64, num_res_blocks=2, attention_resolutions=(1,), channel_mult=(1,),
+                            num_head_channels=32, scale_by_std=True, first_stage=FirstStageConfig(
                                 kind="rcg-vq", in_channels=1, out_channels=1, ch=16, ch_mult=(1, 2, 2),
                                 num_res_blocks=1, attn_resolutions=(), z_channels=32, embed_dim=32, n_embed=512,
-                                resolution=32, num_groups=8)),
+                                resolution=28, num_groups=8)),
 }
 
 
@@ -219,7 +223,8 @@ def ldm_generate(model: LDM, diffusion: GaussianDiffusion, generators=None, rep=
     """Images in about [-1, 1] (``decode``) or latents, one per generator (its initial noise and step noise
     come from it alone), or from ``x_T`` (step noise then from ``generators`` or the global RNG).
     ``"ddim"``: the official DDIM (:meth:`rcg.diffusion.GaussianDiffusion.ddim_sample`; RCG: 200 steps, eta 1,
-    ending at the final x); ``"ddpm"``: ancestral sampling on ``steps`` respaced steps."""
+    ending at the final x); ``"ddpm"``: ancestral sampling on ``steps`` respaced steps; ``"dpm++2m"``: DPM-Solver++ 2M
+    (:func:`rcg.solvers.dpm_solver_sample`, deterministic)."""
     c = model.cfg
     if x_T is None:
         dev = next(model.parameters()).device
@@ -232,8 +237,10 @@ def ldm_generate(model: LDM, diffusion: GaussianDiffusion, generators=None, rep=
         z = diffusion.ddim_sample(fn, x_T, steps, eta, generators=generators)
     elif sampler == "ddpm":
         z = diffusion.respaced(steps).ddpm_sample(fn, x_T, generators)
+    elif sampler == "dpm++2m":
+        z = dpm_solver_sample(diffusion, fn, x_T, steps)
     else:
-        raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+        raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'dpm++2m', got {sampler!r}")
     return model.decode(z).float() if decode else z
 
 
@@ -249,15 +256,24 @@ def _diffusion(run, device) -> GaussianDiffusion:
 
 def sized(cfg: LDMConfig, data: dict) -> LDMConfig:
     """``cfg`` with the image channels / size (the first stage's) and the rep width of the data; an rcg-vq first
-    stage takes the architecture of the run's tokenizer (``tokenizer_config``)."""
+    stage takes the architecture of the run's tokenizer (``tokenizer``, its module). With ``cfg.scale_by_std``
+    and a tokenizer, ``scale_factor`` is 1 / std of its latents of ``data["images"]`` (uint8 crops)."""
     _, C, H, _ = data["images_shape"]
     fs = replace(cfg.first_stage, in_channels=int(C), out_channels=int(C), resolution=int(H))
-    if cfg.first_stage.kind == "rcg-vq" and data.get("tokenizer_config") is not None:
-        fs = FirstStageConfig.from_vq(data["tokenizer_config"])
+    tok = data.get("tokenizer")
+    if cfg.first_stage.kind == "rcg-vq" and tok is not None:
+        fs = FirstStageConfig.from_vq(tok.cfg)
         if (fs.in_channels, fs.resolution) != (int(C), int(H)):
             raise ValueError(f"the tokenizer takes {fs.in_channels}x{fs.resolution}px images but the cache holds "
                              f"{C}x{H}px crops: train the tokenizer at the data's size")
-    return replace(cfg, first_stage=fs, rep_dim=int(data["rep_dim"]))
+    cfg = replace(cfg, first_stage=fs, rep_dim=int(data["rep_dim"]))
+    if cfg.scale_by_std and fs.kind == "rcg-vq" and tok is not None and data.get("images") is not None:
+        stage = first_stage(fs)
+        stage.vq.load_state_dict(tok.state_dict())
+        with torch.no_grad():
+            std = stage.encode(to_model_range(data["images"])).float().flatten().std()
+        cfg = replace(cfg, scale_factor=float(1.0 / std))
+    return cfg
 
 
 def prepare(model: LDM, tokenizer) -> LDM:

@@ -124,7 +124,7 @@ def train_pixel(cfg: PixelRun, out: str, device: Optional[str] = None, progress:
         raise ValueError(f"model.cond=class needs labels, but {cfg.cache} has none")
     tok = load("tokenizer", cfg.tokenizer) if spec.prepare is not None and cfg.tokenizer else None
     if tok is not None:                # a frozen part of the generator (the LDM's first stage), fingerprinted
-        sizes = {**sizes, "tokenizer_config": tok.module.cfg}
+        sizes = {**sizes, "tokenizer": tok.module, "images": x[:1024]}
         record = {**record, "tokenizer_fingerprint": tok.fingerprints["self"]}
     model = spec.sized(cfg.model, {**sizes, "rep_dim": reps.shape[1]})
     if cfg.cond == "class":
