@@ -110,3 +110,21 @@ def test_bf16_sampling_stays_close_to_fp32(system):
     s.cfg = replace(s.cfg, sample_bf16=True)
     half = s.images_from_reps(reps, range(4)).float()
     assert (full - half).abs().mean() < 6.0                        # out of 255: the same images, bf16 rounding
+
+
+def test_fast_settings_through_configure_and_the_cli(system, tmp_path):
+    root, _ = system
+    s = RCGSampler(str(root / "dit"), str(root / "rdm"), "cpu")
+    paper = next(s.stream(4, seed=0, batch_size=4))
+    s.configure(sampler="dpm++2m", steps=6, rdm_solver="dpm++2m", rdm_steps=5)
+    assert (s.cfg.sampler, s.cfg.steps, s.rdm_cfg.solver, s.rdm_cfg.sample_steps) == ("dpm++2m", 6, "dpm++2m", 5)
+    reps = s.reps_from_rdm([0, 1, 2, 3])
+    fast = s.images_from_reps(reps, [0, 1, 2, 3])
+    assert fast.shape == paper.shape and not torch.equal(fast, paper)
+    assert torch.equal(fast, torch.cat(list(s.stream(4, seed=0, batch_size=2))))   # the stream uses them too
+    assert main(["sample", "--pixel", str(root / "dit"), "--rdm", str(root / "rdm"), "--num", "4",
+                 "--sampler", "dpm++2m", "--steps", "6", "--rdm-solver", "dpm++2m", "--rdm-steps", "5",
+                 "--out", str(tmp_path / "fast.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "fast.npz")["arr_0"], fast.permute(0, 2, 3, 1).numpy())
+    with pytest.raises(ValueError, match="RDM"):
+        RCGSampler(str(root / "dit"), None, "cpu").configure(rdm_steps=5)

@@ -215,6 +215,12 @@ def _sampling(p: argparse.ArgumentParser, paper=None) -> None:
     g.add_argument("--steps", type=int, help="decoding / sampling steps")
     g.add_argument("--temperature", type=float, help="choice temperature (annealed linearly to 0)")
     g.add_argument("--guidance", type=float, help="representation guidance tau (0 = off; linear schedule)")
+    if paper is not None:
+        g.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"],
+                       help="diffusion generators (DiT, ADM, LDM): ancestral, DDIM, or DPM-Solver++ 2M (fast)")
+        g.add_argument("--rdm-solver", choices=["ddim", "dpm++2m"],
+                       help="the RDM's sampler: the paper's DDIM, or DPM-Solver++ 2M (e.g. --rdm-steps 10)")
+        g.add_argument("--rdm-steps", type=int, help="RDM sampling steps (paper: DDIM 250)")
 
 
 def _add_generation(sub) -> None:
@@ -243,7 +249,7 @@ def _add_generation(sub) -> None:
     p.add_argument("--class", dest="class_label", type=int, help="class N, with a class-conditional RDM")
     _sampling(p, paper=p)
     _request(p, sample_command, "pixel rdm out num seed batch_size references=reference label=class_label device "
-                                "preset weights mage steps temperature guidance", str)
+                                "preset weights mage steps temperature guidance sampler rdm_solver rdm_steps", str)
 
     p = sub.add_parser("interpolate", help="a strip of images from mixes of two images' representations")
     p.add_argument("a", help="first image file")
@@ -282,7 +288,7 @@ def _add_generation(sub) -> None:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--json", help="also write the results here")
     _request(p, run_eval, "npz folder pixel rdm num seed preset weights mage guidance temperature steps "
-                          "inception_weights evalnet ref ref_data ref_cache rep_reference batch_size out_json=json "
+                          "sampler rdm_solver rdm_steps inception_weights evalnet ref ref_data ref_cache rep_reference batch_size out_json=json "
                           "device progress", _json,
              ref_data=lambda a: a.ref_data and C.DataConfig(a.ref_data, path=a.ref_dir, split=a.ref_split,
                                                             resolution=a.resolution or 28, channels=a.channels or 1))

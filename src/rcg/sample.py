@@ -6,6 +6,7 @@ Writers: a grid PNG, a folder of PNGs, or an npz (``arr_0`` (N, H, W, C) uint8, 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -15,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import dist, pixel
-from .config import DiffusionConfig
+from .config import DiffusionConfig, RDMRun
 from .data import check_channels, check_resolution
 from .diffusion import GaussianDiffusion
 from .encoders import Encoder
@@ -113,6 +114,28 @@ class RCGSampler:
         self.generate = self.spec.sampler(model, cfg)
         self.rdm, self.rdm_cfg = rdm, rdm_cfg
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        return self
+
+    def configure(self, sampler: Optional[str] = None, steps: Optional[int] = None,
+                  rdm_solver: Optional[str] = None, rdm_steps: Optional[int] = None) -> "RCGSampler":
+        """Change the sampling settings in place (None keeps the run's): ``sampler`` of a diffusion generator
+        (``"ddpm"``, ``"ddim"``, ``"dpm++2m"``), its ``steps`` (MAGE: decoding steps), and the RDM's solver
+        (``"ddim"``, ``"dpm++2m"``) and steps. Returns ``self``.
+
+        >>> s = RCGSampler("runs/dit", "runs/rdm").configure("dpm++2m", 10, "dpm++2m", 10)   # doctest: +SKIP
+        """
+        if sampler is not None and self.spec.inputs == "tokens":
+            raise ValueError(f"--sampler applies to the diffusion generators, not {self.spec.name} (its decoding "
+                             f"steps are --steps)")
+        change = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
+        if change:
+            self.cfg = replace(self.cfg, **change)
+            self.generate = self.spec.sampler(self.model, self.cfg)
+        change = {k: v for k, v in (("solver", rdm_solver), ("sample_steps", rdm_steps)) if v is not None}
+        if change:
+            if self.rdm is None:
+                raise ValueError("--rdm-solver / --rdm-steps need an RDM (--rdm RUN_DIR)")
+            self.rdm_cfg = replace(self.rdm_cfg if self.rdm_cfg is not None else RDMRun(model=self.rdm.cfg), **change)
         return self
 
     @classmethod

@@ -15,8 +15,8 @@ from .sample import load_sampler
 
 
 def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weights=None, mage=None,
-             num: int = 10000, seed: int = 0, guidance=None,
-             temperature=None, steps=None, inception_weights=None, evalnet=None, ref=None, ref_data=None,
+             num: int = 10000, seed: int = 0, guidance=None, temperature=None, steps=None, sampler=None,
+             rdm_solver=None, rdm_steps=None, inception_weights=None, evalnet=None, ref=None, ref_data=None,
              ref_cache=None, rep_reference=None, batch_size: int = 250, out_json=None, device=None,
              progress: bool = True) -> dict:
     """``rcg eval``: metrics of generated images (an npz, a folder, or ``num`` samples streamed from a
@@ -33,7 +33,7 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weight
     dev = dist.setup(device)
     if not dist.is_main():
         if npz is None and folder is None:      # help generate; rank 0 gathers and scores
-            s = load_sampler(pixel, rdm, dev, preset, weights, mage)
+            s = load_sampler(pixel, rdm, dev, preset, weights, mage).configure(sampler, None, rdm_solver, rdm_steps)
             for _ in s.stream(num, seed=seed, batch_size=batch_size, steps=steps, temperature=temperature,
                               guidance=guidance):
                 pass

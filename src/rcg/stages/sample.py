@@ -23,10 +23,12 @@ def load_sampler(pixel=None, rdm=None, device=None, preset=None, weights=None, m
 
 
 def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=None, label=None, device=None,
-                   preset=None, weights=None, mage=None, **kw) -> str:
+                   preset=None, weights=None, mage=None, sampler=None, rdm_solver=None, rdm_steps=None,
+                   **kw) -> str:
     """``rcg sample``: unconditional (RDM), class-conditional RDM (``label``), or variations of reference
-    images (each row: the reference, then ``num`` images conditioned on its representation)."""
-    s = load_sampler(pixel, rdm, device, preset, weights, mage)
+    images (each row: the reference, then ``num`` images conditioned on its representation). ``sampler``,
+    ``rdm_solver``, ``rdm_steps``: :meth:`RCGSampler.configure`."""
+    s = load_sampler(pixel, rdm, device, preset, weights, mage).configure(sampler, None, rdm_solver, rdm_steps)
     if references and not dist.is_main():
         return ""
     if references:
