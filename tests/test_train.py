@@ -1,5 +1,6 @@
 """The shared training loop: schedules, EMA, batching, resume by rerun, NaN handling, checkpoints."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn as nn
 from rcg.store import (CheckpointError, load_state, load_tensors, prepare_run_dir, save_state,
                             save_tensors)
 from rcg.config import OptimConfig
-from rcg.optim import EMA, lr_at
+from rcg.optim import EMA, lr_at, make_optimizer
 from rcg.train import EpochBatches, Job, TrainingError, fit
 
 
@@ -193,3 +194,27 @@ def test_fused_ema_update_equals_the_loop_to_float_rounding():
     for k in loop.shadow:
         torch.testing.assert_close(fused.shadow[k], loop.shadow[k], rtol=0, atol=1e-6)
         assert not torch.equal(fused.shadow[k], dict(model.named_parameters())[k])   # it averages, not copies
+
+
+def test_fused_adamw_equals_the_loop_and_resumes_its_state():
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(7, 32), nn.LayerNorm(32), nn.Linear(32, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = nets[0][0].weight.detach().clone()
+    o = OptimConfig(lr=1e-2, weight_decay=0.05, wd_exclude_1d=True)
+    fused = make_optimizer(list(nets[0].parameters()), o)
+    loop = make_optimizer(list(nets[1].parameters()), replace(o, fused=False))
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    x, y = torch.randn(16, 7), torch.randn(16, 3)
+    for step in range(20):
+        for net, opt in zip(nets, (fused, loop)):
+            opt.zero_grad()
+            nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+        if step == 9:                                   # a loop checkpoint resumes under the fused kernel
+            state = loop.state_dict()
+            loop = make_optimizer(list(nets[1].parameters()), o)
+            loop.load_state_dict(state)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert (nets[0][0].weight - start).abs().max() > 1e-2       # it trained

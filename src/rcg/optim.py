@@ -79,10 +79,18 @@ def lr_at(step: int, steps_per_epoch: int, total_steps: int, o: OptimConfig) -> 
 
 
 def make_optimizer(params: List[nn.Parameter], o: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over ``params``; with ``wd_exclude_1d`` no weight decay on biases and norm weights."""
+    """AdamW over ``params``; with ``wd_exclude_1d`` no weight decay on biases and norm weights. ``o.fused``:
+    the fused kernel (True: required; None: where torch has it for the parameters' device and dtype, else the
+    torch default: the loop on the CPU, foreach on CUDA; False: that default)."""
     if o.wd_exclude_1d:
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     else:
         groups = [{"params": params, "weight_decay": o.weight_decay}]
+    if o.fused is not False:
+        try:
+            return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), fused=True)
+        except (RuntimeError, ValueError):
+            if o.fused:
+                raise
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
