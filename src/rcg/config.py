@@ -120,7 +120,7 @@ class RDMRun:
     sample_steps: int = 250      # DDIM steps (paper: 250, eta 1)
     eta: float = 1.0
     solver: str = "ddim"         # ddim (the paper's; eta) | dpm++2m (DPM-Solver++ 2M: deterministic, few steps)
-    fd_samples: int = 10000      # representations sampled for the rep-FD check at the end of training
+    fd_samples: int = 10000      # representations sampled for the rep-FD check at the end of training (0: none)
     optim: OptimConfig = OptimConfig()
 
 
@@ -141,7 +141,8 @@ class PixelRun:
     sampler: str = "ddpm"        # diffusion generators: ddpm (ancestral, respaced to ``steps``) | ddim (eta
                                  # ``eta``) | dpm++2m (DPM-Solver++ 2M, deterministic, few steps)
     eta: float = 0.0
-    sample_bf16: Optional[bool] = False   # DiT: bf16 autocast while sampling (None = auto; 1.4x on a bf16 CPU)
+    sample_bf16: Optional[bool] = False   # bf16 autocast while sampling (None = auto, where native; DiT 1.4x on
+                                          # a bf16 CPU); False for the paper presets (the official fp32)
     official_first3: bool = False  # DiT: guidance on the first 3 output channels only (the official quirk)
     autoencoder: str = ""        # DiT on latents (a converted official DiT): the autoencoder rcg does not ship
     latent_scale: float = 0.18215

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..guidance import guided_pass, linear_tau
 from ..layers import Attention, Mlp, class_condition, rep_condition
+from ..precision import resolve_bf16
 from ..rng import uniform
 
 
@@ -367,11 +368,15 @@ def trainer(model: MAGE, run):
 
 def sampler(model: MAGE, run):
     """sample(rep, labels, generators, steps, temperature, guidance) -> tokens (B, num_tokens); unset settings
-    are the run's. The model uses only the condition of its ``cond``."""
+    are the run's. The model uses only the condition of its ``cond``. ``run.sample_bf16``: the transformer under
+    bf16 autocast (logits, Gumbel draws and confidences stay float32); off by default, as the official code."""
+    dev = next(model.parameters()).device
+
     def sample(rep, labels, generators, steps=None, temperature=None, guidance=None):
-        return mage_generate(model, rep, labels, steps or run.steps,
-                             run.temperature if temperature is None else temperature,
-                             run.guidance if guidance is None else guidance, generators, len(generators))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=resolve_bf16(run.sample_bf16, dev)):
+            return mage_generate(model, rep, labels, steps or run.steps,
+                                 run.temperature if temperature is None else temperature,
+                                 run.guidance if guidance is None else guidance, generators, len(generators))
     return sample
 
 

@@ -59,6 +59,8 @@ def train_rdm(cfg: RDMRun, out: str, device: Optional[str] = None, progress: boo
             return diffusion.loss(lambda xt, tt: model(xt, tt, y), reps_d[idx], t, noise), {}
 
         def finish(run_dir):
+            if cfg.fd_samples == 0:                    # the check turned off
+                return {}
             return rep_fd_check(run_dir, reps, labels if cfg.class_cond else None, cfg, dev, progress,
                                 image_index=tensors.get("image_index"))
 
