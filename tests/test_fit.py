@@ -107,9 +107,15 @@ def test_fit_reuses_an_encoder_and_takes_its_channels(folder, tmp_path):
                    progress=False, device="cpu")
     assert not (tmp_path / "b" / "encoder").exists() and not (tmp_path / "b" / "tokenizer").exists()
     assert (tmp_path / "b" / "references.png").is_file() and s["pixel"]["generator"] == "dit"
+    ldm = {**TINY, "pixel": ["model.model_channels=16", "model.num_head_channels=8", "model.num_groups=8",
+                             "optim.epochs=1", "optim.batch_size=16", "steps=2"]}
+    s = fit_folder(folder, tmp_path / "c", encoder=str(first / "encoder"), generator="ldm", overrides=ldm,
+                   progress=False, device="cpu")                   # the LDM trains the tokenizer: its first stage
+    assert (tmp_path / "c" / "tokenizer" / "summary.json").is_file() and s["pixel"]["generator"] == "ldm"
+    assert (tmp_path / "c" / "samples.png").is_file() and (tmp_path / "c" / "interpolation.png").is_file()
 
 
-@pytest.mark.parametrize("generator", ["mage", "dit", "adm"])
+@pytest.mark.parametrize("generator", ["mage", "dit", "adm", "ldm"])
 @pytest.mark.parametrize("resolution", [32, 64, 128, 256])
 def test_stage_configs_fit_every_resolution(tmp_path, generator, resolution):
     """Every stage's config is valid at every resolution fit picks (a DiT's patches tile its input)."""
@@ -128,8 +134,26 @@ def test_stage_configs_fit_every_resolution(tmp_path, generator, resolution):
         with torch.no_grad():
             out = net(torch.zeros(1, 3, resolution, resolution), torch.tensor([10]), torch.zeros(1, 256))
         assert out.shape == (1, 6, resolution, resolution)
+    if generator == "ldm":                        # its first stage is the tokenizer fit trains, which it loads
+        import torch
+        from rcg.pixel import generator as spec
+        from rcg.pixel.ldm import install_first_stage
+        from rcg.tokenizer import VQModel
+        tok = VQModel(cfgs["tokenizer"].model).eval()
+        g = spec("ldm")
+        net = g.network(g.sized(pix.model, {"images_shape": (2, 3, resolution, resolution), "rep_dim": 256,
+                                            "tokenizer": tok}))
+        net = install_first_stage(net, tok).eval()
+        lat = net.cfg.latent_size
+        assert lat == resolution // 2 ** (len(cfgs["tokenizer"].model.ch_mult) - 1)
+        with torch.no_grad():
+            eps = net(torch.zeros(1, net.cfg.latent_channels, lat, lat), torch.tensor([10]), torch.zeros(1, 256))
+            assert eps.shape == (1, net.cfg.latent_channels, lat, lat)
+            assert net.decode(eps).shape == (1, 3, resolution, resolution)
 
 
-def test_fit_says_which_generators_it_budgets(tmp_path):
-    with pytest.raises(ValueError, match="rcg fit has no ldm budget yet"):
-        plan(mixed_folder(tmp_path / "imgs", n=9), tmp_path / "run", generator="ldm")
+def test_fit_budgets_every_generator_of_the_registry():
+    from rcg.pixel import GENERATORS
+    from rcg.stages.fit import FIT_PRESETS
+    for name, pre in FIT_PRESETS.items():
+        assert set(pre.pixel) == set(GENERATORS) == set(pre.pixel_images), name

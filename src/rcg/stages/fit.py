@@ -27,6 +27,7 @@ from ..data import DataError, ImageSet, load_image_folder, load_image_tensors, s
 from ..images import scan_image_folder
 from ..encoders import EncoderConfig
 from ..pixel.dit import DIT_PRESETS
+from ..pixel.ldm_autoencoder import FirstStageConfig
 from ..tokenizer import VQConfig
 from .. import dist, pixel
 from ..evaluate import fd_between
@@ -81,11 +82,11 @@ _QUICK = FitPreset(
                                              log_every=100, ckpt_every=500)),
     rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], sample_steps=100, fd_samples=1000),
     pixel={"mage": PIXEL_PRESETS["fmnist-mage"], "dit": PIXEL_PRESETS["fmnist-dit"],
-           "adm": PIXEL_PRESETS["fmnist-adm"]},
+           "adm": PIXEL_PRESETS["fmnist-adm"], "ldm": PIXEL_PRESETS["fmnist-ldm"]},
     # (clip art, 7.7k images, 32 px: the RDM's rep FD / floor is 63.7 after 400 steps, 1.60 after 1000, 1.12 after 1500)
     # (a DiT after 50k images drew noise on clip art; after 480k, 23 min at 32 px, clip-art-like shapes)
     encoder_images=30_000, tokenizer_images=30_000, rdm_steps=1500,
-    pixel_images={"mage": 50_000, "dit": 480_000, "adm": 100_000},      # (ADM: sized, not yet timed on clip art)
+    pixel_images={"mage": 50_000, "dit": 480_000, "adm": 100_000, "ldm": 100_000},   # (ADM, LDM: sized, not timed)
     tokenizer_ch=16,
     note="a CPU preview: MAGE ~15 min on 2 cores without native bf16 (10k images, 32 px); DiT ~30 min with it",
 )
@@ -104,9 +105,11 @@ _STANDARD = FitPreset(
            "dit": replace(PIXEL_PRESETS["fmnist-dit"],
                           model=replace(DIT_PRESETS["dit-fmnist"], hidden_size=384, depth=12, num_heads=6)),
            "adm": replace(PIXEL_PRESETS["fmnist-adm"],
-                          model=replace(PIXEL_PRESETS["fmnist-adm"].model, model_channels=128, num_res_blocks=2))},
+                          model=replace(PIXEL_PRESETS["fmnist-adm"].model, model_channels=128, num_res_blocks=2)),
+           "ldm": replace(PIXEL_PRESETS["fmnist-ldm"],
+                          model=replace(PIXEL_PRESETS["fmnist-ldm"].model, model_channels=192))},
     encoder_images=5_000_000, tokenizer_images=2_000_000, rdm_steps=40_000,
-    pixel_images={"mage": 10_000_000, "dit": 10_000_000, "adm": 10_000_000}, views=4, tokenizer_ch=64, eval_images=5000,
+    pixel_images={"mage": 10_000_000, "dit": 10_000_000, "adm": 10_000_000, "ldm": 10_000_000}, views=4, tokenizer_ch=64, eval_images=5000,
     note="for one GPU (a few hours; sized, not yet timed on a GPU)",
 )
 FIT_PRESETS = {"quick": _QUICK, "standard": _STANDARD}
@@ -209,6 +212,8 @@ def stage_configs(p: FitPlan, run: Path, n_train: int, mean, std, overrides: dic
     pix = pre.pixel[p.request["generator"]]
     if hasattr(pix.model, "patch_size"):          # patch generators: patches of 1/8 of the image side (the
         pix = replace(pix, model=replace(pix.model, input_size=r, patch_size=max(2, r // 8)))   # size fits both)
+    if hasattr(pix.model, "first_stage"):         # the LDM: its frozen first stage is the tokenizer trained here
+        pix = replace(pix, model=replace(pix.model, first_stage=FirstStageConfig.from_vq(tok.model)))
     pix = replace(pix, optim=_budget(pix.optim, rows, pre.pixel_images[p.request["generator"]]))
     cfgs = {"encoder": enc, "tokenizer": tok, "rdm": rdm, "pixel": pix}
     return {k: apply_overrides(v, overrides.get(k, [])) for k, v in cfgs.items()}
@@ -274,7 +279,8 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
     times_path = run / "stage_times.json"
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
     summary = {"request": p.request, "preset": preset}
-    tokens = pixel.generator(generator).inputs == "tokens"      # a tokenizer to train first
+    spec = pixel.generator(generator)
+    tokens = spec.inputs == "tokens" or spec.prepare is not None     # a tokenizer to train first (LDM: its first stage)
     total_stages = 7 if tokens else 6
     counter = iter(range(1, total_stages + 1))
 
@@ -315,9 +321,11 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
         trained("tokenizer", f"VQ tokenizer, {m.resolution // 2 ** (len(m.ch_mult) - 1)}^2 tokens "
                              f"({seen('tokenizer', n):,} images seen)", train_tokenizer, cfgs["tokenizer"])
     cache = run / "cache.safetensors"
-    summary["cache"] = stage("cache", f"representations{' and tokens' if tok_dir else ' and crops'} of {pre.views} "
+    crops = spec.inputs == "images"
+    summary["cache"] = stage("cache", f"representations and {'crops' if crops else 'tokens'} of {pre.views} "
                                       f"view(s) of every training image -> {cache}",
-                             lambda: _cache(enc_dir, cache, tok_dir, train, p, pre, device, progress))
+                             lambda: _cache(enc_dir, cache, None if crops else tok_dir, train, p, pre, device,
+                                            progress))
     trained("rdm", f"representation diffusion ({seen('rdm', rows) // cfgs['rdm'].optim.batch_size:,} steps)", train_rdm,
             replace(cfgs["rdm"], cache=str(cache), encoder=enc_dir))
     trained("pixel", f"{generator.upper()} on representations ({seen('pixel', rows):,} images seen)", train_pixel,
