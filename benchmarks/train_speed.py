@@ -3,7 +3,9 @@ overheads of issue 18, side by side in one process, alternating:
 
 - ``before``: the EMA as the per-parameter Python loop (:meth:`rcg.optim.EMA.update_reference`) and AdamW's
   per-parameter loop (``optim.fused=false``), as the code was;
-- ``after``: the defaults (``torch._foreach_lerp_`` EMA, fused AdamW).
+- ``after``: the defaults (``torch._foreach_lerp_`` EMA, fused AdamW);
+- ``compiled`` (with ``--compiled``): ``after`` plus ``--compile`` (torch.compile of the model's blocks; its
+  compile time falls before the first logged step and is left out).
 
 Each measurement is a real ``rcg train-rdm`` / ``train-pixel`` run of its CPU preset for ``--steps`` steps in a
 fresh directory; the rate is taken between the first and the last logged step (setup and the first steps left
@@ -33,6 +35,7 @@ from rcg.optim import EMA
 from rcg.precision import native_bf16
 from rcg.presets import PIXEL_PRESETS, RDM_RUN_PRESETS
 from rcg.stages import train_pixel, train_rdm
+from rcg.train import Runtime
 
 STAGES = {"rdm": ("fmnist-rdm", train_rdm), "mage": ("fmnist-mage", train_pixel), "dit": ("fmnist-dit", train_pixel)}
 
@@ -81,6 +84,7 @@ def main():
     ap.add_argument("--stages", default="rdm,mage")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compiled", action="store_true", help="also measure after + --compile")
     ap.add_argument("--out", default="benchmarks/results/train_speed.json")
     a = ap.parse_args()
     from rcg.loaders import load_reps
@@ -89,27 +93,33 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for stage in a.stages.split(","):
             _, fn = STAGES[stage]
-            rates = {"before": [], "after": []}
+            names = ["before", "after"] + (["compiled"] if a.compiled else [])
+            rates = {k: [] for k in names}
             for r in range(a.rounds):
-                for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                for name in names if r % 2 == 0 else names[::-1]:
                     cfg = config(stage, a, name, a.steps)
                     out = Path(tmp) / f"{stage}-{name}-{r}"
                     with mode(name):
-                        fn(cfg, str(out), "cpu", progress=False)
+                        fn(cfg, str(out), "cpu", progress=False, runtime=Runtime(compile=name == "compiled"))
                     rates[name].append(rate(out))
                     print(f"{stage} {name} round {r}: {rates[name][-1]:.1f} img/s", flush=True)
             med = {k: statistics.median(v) for k, v in rates.items()}
             results[stage] = {"before_img_per_s": round(med["before"], 1), "after_img_per_s": round(med["after"], 1),
                               "ratio": round(med["after"] / med["before"], 3), "rounds": rates,
                               "preset": STAGES[stage][0], "steps": a.steps}
+            if a.compiled:
+                results[stage].update(compiled_img_per_s=round(med["compiled"], 1),
+                                      compiled_ratio=round(med["compiled"] / med["before"], 3))
     meta = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(torch.device("cpu")),
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"stages": results, "meta": meta}, indent=2) + "\n")
-    print(f"\nwrote {a.out}\n\n| stage | before img/s | after img/s | ratio |\n|---|---|---|---|")
+    print(f"\nwrote {a.out}\n\n| stage | before img/s | after img/s | ratio | compiled img/s | ratio |")
+    print("|---|---|---|---|---|---|")
     for s, r in results.items():
-        print(f"| {s} ({r['preset']}) | {r['before_img_per_s']} | {r['after_img_per_s']} | {r['ratio']}x |")
+        print(f"| {s} ({r['preset']}) | {r['before_img_per_s']} | {r['after_img_per_s']} | {r['ratio']}x | "
+              f"{r.get('compiled_img_per_s', '-')} | {r.get('compiled_ratio', '-')}x |")
 
 
 if __name__ == "__main__":
