@@ -114,6 +114,9 @@ def test_cli_eval_streams_generated_images_against_cached_reference(system, tmp_
     assert 0 <= res["precision"] <= 1 and (tmp_path / "ref.npz").is_file()
     assert main(argv) == 0                                   # second time: the cached reference statistics
     assert json.loads((tmp_path / "r.json").read_text())["fid_dom"] == pytest.approx(res["fid_dom"], rel=1e-5)
+    assert main(argv + ["--rdm-solver", "dpm++2m", "--rdm-steps", "4"]) == 0      # other representations
+    fast = json.loads((tmp_path / "r.json").read_text())
+    assert fast["num_samples"] == 12 and fast["rep_fd"] != pytest.approx(res["rep_fd"], rel=1e-6)
 
 
 def test_demo_runs_every_stage_and_writes_its_images(system, tmp_path):

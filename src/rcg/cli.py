@@ -288,8 +288,8 @@ def _add_generation(sub) -> None:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--json", help="also write the results here")
     _request(p, run_eval, "npz folder pixel rdm num seed preset weights mage guidance temperature steps "
-                          "sampler rdm_solver rdm_steps inception_weights evalnet ref ref_data ref_cache rep_reference batch_size out_json=json "
-                          "device progress", _json,
+                          "sampler rdm_solver rdm_steps inception_weights evalnet ref ref_data ref_cache "
+                          "rep_reference batch_size out_json=json device progress", _json,
              ref_data=lambda a: a.ref_data and C.DataConfig(a.ref_data, path=a.ref_dir, split=a.ref_split,
                                                             resolution=a.resolution or 28, channels=a.channels or 1))
 

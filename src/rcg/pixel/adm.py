@@ -371,8 +371,8 @@ def adm_generate(model: ADM, generators, rep: Optional[torch.Tensor] = None, lab
     (B, C, H, W), as ``engine_adm.gen_img``: ``sampler="ddim"`` = respacing ``f"ddim{steps}"`` and
     ``ddim_sample_loop`` (eta ``eta``; the README's ``--use_ddim``); ``"ddpm"`` = respacing ``str(steps)`` and the
     ancestral ``p_sample_loop`` with the learned variance (the README's evaluation: 250); ``"dpm++2m"`` =
-    DPM-Solver++ 2M on the full schedule (not in the official code; deterministic, ``steps`` model calls). ``clip_denoised`` clips
-    pred_x0 to [-1, 1]. ``guidance`` is tau on the eps channels (needs a ``null_rep`` / null class).
+    DPM-Solver++ 2M on the full schedule (not in the official code; deterministic, ``steps`` model calls).
+    ``clip_denoised`` clips pred_x0 to [-1, 1]. ``guidance`` is tau on the eps channels (needs a ``null_rep`` / null class).
     ``diffusion``: :func:`adm_diffusion`'s keyword arguments (default ADM's)."""
     c = model.cfg
     dev = next(model.parameters()).device

@@ -48,7 +48,7 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weight
     elif folder is not None:
         batches = E.iterate_image_folder(folder, batch_size)
     else:
-        s = load_sampler(pixel, rdm, dev, preset, weights, mage)
+        s = load_sampler(pixel, rdm, dev, preset, weights, mage).configure(sampler, None, rdm_solver, rdm_steps)
         batches = s.stream(num, seed=seed, batch_size=batch_size, steps=steps, temperature=temperature,
                            guidance=guidance)
         if rep_reference is not None:

@@ -109,7 +109,8 @@ _STANDARD = FitPreset(
            "ldm": replace(PIXEL_PRESETS["fmnist-ldm"],
                           model=replace(PIXEL_PRESETS["fmnist-ldm"].model, model_channels=192))},
     encoder_images=5_000_000, tokenizer_images=2_000_000, rdm_steps=40_000,
-    pixel_images={"mage": 10_000_000, "dit": 10_000_000, "adm": 10_000_000, "ldm": 10_000_000}, views=4, tokenizer_ch=64, eval_images=5000,
+    pixel_images={"mage": 10_000_000, "dit": 10_000_000, "adm": 10_000_000, "ldm": 10_000_000}, views=4,
+    tokenizer_ch=64, eval_images=5000,
     note="for one GPU (a few hours; sized, not yet timed on a GPU)",
 )
 FIT_PRESETS = {"quick": _QUICK, "standard": _STANDARD}
