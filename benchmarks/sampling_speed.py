@@ -48,12 +48,10 @@ SETTINGS = {
 
 def system(run: str, rdm: str, dev, setting: dict) -> RCGSampler:
     s = RCGSampler(run, rdm, dev)
-    gen = s.spec.name
+    mage = s.spec.name == "mage"
     s.cfg = replace(s.cfg, sample_bf16=setting["bf16"])            # configure below rebuilds the sampler
-    if gen == "mage":
-        return s.configure(steps=setting["mage_steps"], rdm_solver=setting["rdm_solver"],
-                           rdm_steps=setting["rdm_steps"])
-    return s.configure(sampler=setting["dit_sampler"], steps=setting["dit_steps"], rdm_solver=setting["rdm_solver"],
+    return s.configure(sampler=None if mage else setting["dit_sampler"],
+                       steps=setting["mage_steps" if mage else "dit_steps"], rdm_solver=setting["rdm_solver"],
                        rdm_steps=setting["rdm_steps"])
 
 
@@ -90,15 +88,14 @@ def main():
     rows = []
     for name in a.settings.split(","):
         setting = SETTINGS[name]
-        first = next(iter(runs.values()))
-        s0 = system(first, a.rdm, dev, setting)
+        systems = {gen: system(run, a.rdm, dev, setting) for gen, run in runs.items()}
+        s0 = next(iter(systems.values()))
         res, rdm_s = timed(lambda: draw_reps(s0.rdm, s0.rdm_cfg, a.num, batch_size=a.batch))
         reps = res["reps"]
         rdm_fd = fd_between(reps, real)
         print(f"{name}: {a.num} RDM samples ({setting['rdm_solver']}, {setting['rdm_steps']} steps) in {rdm_s:.1f} s, "
               f"RDM rep FD {rdm_fd:.3f}", flush=True)
-        for gen, run in runs.items():
-            s = system(run, a.rdm, dev, setting)
+        for gen, s in systems.items():
             shape = s.image_shape
             data = DataConfig(a.data, split="train", resolution=shape[1], channels=shape[0])
             ref = E.reference_stats(lambda: load_dataset(data), net, source_name=str(data), progress=False,

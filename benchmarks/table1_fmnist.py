@@ -33,18 +33,13 @@ from rcg.stages import cache_reps, train_pixel, train_tokenizer
 COND = {"baseline": "none", "rcg": "rep", "rcg_guided": "rep", "oracle": "rep", "class_label": "class"}
 
 
-def needs_tokenizer(gen: str) -> bool:
-    """MAGE trains on its tokens; the LDM's first stage is the tokenizer (the registry's prepare hook)."""
-    return GENERATORS[gen].inputs == "tokens" or GENERATORS[gen].prepare is not None
-
-
 def train_generator(gen: str, cond: str, work: Path, cache: Path, encoder: str, tokenizer: str) -> dict:
     run = work / f"{gen}-{cond}"
     if (run / "summary.json").is_file():
         return json.loads((run / "summary.json").read_text())
     key = "model.cond"
     over = [f"cache={cache}", f"encoder={encoder}", f"{key}={cond}"] + \
-        ([f"tokenizer={tokenizer}"] if needs_tokenizer(gen) else [])
+        ([f"tokenizer={tokenizer}"] if GENERATORS[gen].needs_tokenizer else [])
     cfg = apply_overrides(PIXEL_PRESETS[GENERATORS[gen].preset], over)
     print(f"== training {gen} ({cond}) -> {run}", flush=True)
     return train_pixel(cfg, str(run), progress=False)
@@ -79,7 +74,7 @@ def main():
     gens = [g for g in a.generators.split(",") if g]
 
     tokenizer = a.tokenizer
-    if any(needs_tokenizer(g) for g in gens) and tokenizer is None:
+    if any(GENERATORS[g].needs_tokenizer for g in gens) and tokenizer is None:
         tokenizer = str(work / "tokenizer")
         if not (work / "tokenizer" / "summary.json").is_file():
             train_tokenizer(TOKENIZER_PRESETS["fmnist-tokenizer"], tokenizer, progress=False)

@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 
-from rcg.tree import apply_overrides
+from rcg.loaders import load_reps
 from rcg.optim import EMA
 from rcg.precision import native_bf16
 from rcg.presets import PIXEL_PRESETS, RDM_RUN_PRESETS
 from rcg.stages import train_pixel, train_rdm
 from rcg.train import Runtime
+from rcg.tree import apply_overrides
 
 STAGES = {"rdm": ("fmnist-rdm", train_rdm), "mage": ("fmnist-mage", train_pixel), "dit": ("fmnist-dit", train_pixel)}
 
@@ -87,7 +88,6 @@ def main():
     ap.add_argument("--compiled", action="store_true", help="also measure after + --compile")
     ap.add_argument("--out", default="benchmarks/results/train_speed.json")
     a = ap.parse_args()
-    from rcg.loaders import load_reps
     a.num_images = len(load_reps(a.cache)[0]["reps"])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

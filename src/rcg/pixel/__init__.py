@@ -49,6 +49,11 @@ class Generator:
     about: str = ""
     prepare: Optional[Callable] = None
 
+    @property
+    def needs_tokenizer(self) -> bool:
+        """Trains on a tokenizer run: its tokens (MAGE) or as a frozen part (the LDM's first stage)."""
+        return self.inputs == "tokens" or self.prepare is not None
+
 
 GENERATORS: Dict[str, Generator] = {
     "mage": Generator("mage", MAGEConfig, MAGE, "tokens", mage.sized, mage.trainer, mage.sampler, mage.to_unit,

@@ -190,11 +190,13 @@ def install_first_stage(model: LDM, source: nn.Module) -> LDM:
 
 
 @torch.no_grad()
-def fit_scale_factor(model: LDM, images: torch.Tensor) -> float:
-    """LDM's ``scale_by_std``: 1 / std of the first stage's latents of ``images`` (uint8 or [-1, 1] floats)."""
+def fit_scale_factor(model: nn.Module, images: torch.Tensor) -> float:
+    """LDM's ``scale_by_std``: 1 / std of the first stage's latents of ``images`` (uint8 or [-1, 1] floats);
+    ``model`` an LDM or its first stage."""
+    stage = getattr(model, "first_stage_model", model)
     x = to_model_range(images) if images.dtype == torch.uint8 else images
-    dev = next(model.parameters()).device
-    return float(1.0 / model.first_stage_model.encode(x.to(dev)).float().flatten().std())
+    dev = next(stage.parameters()).device
+    return float(1.0 / stage.encode(x.to(dev)).float().flatten().std())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,9 +272,7 @@ def sized(cfg: LDMConfig, data: dict) -> LDMConfig:
     if cfg.scale_by_std and fs.kind == "rcg-vq" and tok is not None and data.get("images") is not None:
         stage = first_stage(fs)
         stage.vq.load_state_dict(tok.state_dict())
-        with torch.no_grad():
-            std = stage.encode(to_model_range(data["images"])).float().flatten().std()
-        cfg = replace(cfg, scale_factor=float(1.0 / std))
+        cfg = replace(cfg, scale_factor=fit_scale_factor(stage, data["images"]))
     return cfg
 
 

@@ -281,7 +281,7 @@ def fit_folder(data_dir, out, preset: str = "quick", resolution: Optional[int] =
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
     summary = {"request": p.request, "preset": preset}
     spec = pixel.generator(generator)
-    tokens = spec.inputs == "tokens" or spec.prepare is not None     # a tokenizer to train first (LDM: its first stage)
+    tokens = spec.needs_tokenizer                                  # a tokenizer to train first (LDM: its first stage)
     total_stages = 7 if tokens else 6
     counter = iter(range(1, total_stages + 1))
 
