@@ -225,5 +225,6 @@ def test_draw_reps_with_dpm_solver_is_per_sample_and_checked():
     assert a.shape == (6, 8) and torch.allclose(a, b, atol=1e-6) and torch.isfinite(a).all()
     ddim = draw_reps(model, cfg, 6, seed=3, batch_size=6, solver="ddim", eta=0.0)["reps"]
     assert (a - ddim).abs().max() > 1e-3                                    # the run's solver is used by default
+    assert int(draw_reps(model, cfg, 1)["solver"]) == 1 and int(draw_reps(model, cfg, 1, solver="ddim")["solver"]) == 0
     with pytest.raises(ValueError, match="solver must be"):
         draw_reps(model, cfg, 2, solver="euler")

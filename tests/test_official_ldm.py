@@ -328,3 +328,39 @@ def test_train_on_our_tokenizer_first_stage():
     dit_like.diffusion = {**L.LDM_DIFFUSION, "learn_sigma": True}
     with pytest.raises(ValueError, match="learn_sigma"):
         L.trainer(model, dit_like)
+
+
+def test_trainer_v_parameterization_targets_v():
+    """fmnist-ldm's option: with parameterization "v" the loss is the MSE to sqrt(abar) eps - sqrt(1 - abar) z
+    (recomputed here from the same draws), not to eps; sampling from a v model stays finite."""
+    torch.manual_seed(0)
+    cfg = L.LDMConfig(model_channels=16, num_res_blocks=1, attention_resolutions=(1,), channel_mult=(1,),
+                      num_head_channels=8, num_groups=8, rep_dim=12,
+                      first_stage=FirstStageConfig(kind="rcg-vq", in_channels=1, out_channels=1, ch=8, ch_mult=(1, 2),
+                                                   num_res_blocks=1, attn_resolutions=(), z_channels=4, embed_dim=4,
+                                                   n_embed=16, resolution=16, num_groups=4))
+    model = L.LDM(cfg).eval()
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, rep = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8), torch.randn(4, 12)
+    runs = {p: _run(cfg) for p in ("eps", "v")}
+    for p, r in runs.items():
+        r.diffusion = {**L.LDM_DIFFUSION, "parameterization": p}
+    got = {p: L.trainer(model, r)(x, rep, None, torch.Generator().manual_seed(3), slice(0, 4), 4)[0]
+           for p, r in runs.items()}
+    g = torch.Generator().manual_seed(3)                  # the trainer's draws, in its order
+    with torch.no_grad():
+        z = model.encode(L.to_model_range(x)).float()
+        t = torch.randint(0, 1000, (4,), generator=g)
+        noise = torch.randn(z.shape, generator=g)
+        # the scaled-linear schedule, from its definition: betas = linspace(sqrt(0.0015), sqrt(0.0195))^2
+        betas = torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=torch.float64) ** 2
+        ab = torch.cumprod(1 - betas, 0)[t].float()[:, None, None, None]
+        out = model(ab.sqrt() * z + (1 - ab).sqrt() * noise, t, rep).float()
+    v = ab.sqrt() * noise - (1 - ab).sqrt() * z
+    assert torch.allclose(got["v"], ((out - v) ** 2).mean(), rtol=1e-4)
+    assert torch.allclose(got["eps"], ((out - noise) ** 2).mean(), rtol=1e-4)
+    assert not torch.allclose(got["v"], got["eps"], rtol=1e-2)
+    img = L.sampler(model, runs["v"])(rep[:1], None, [torch.Generator().manual_seed(0)])
+    assert img.shape == (1, 1, 16, 16) and torch.isfinite(img).all()

@@ -61,7 +61,9 @@ def test_sampled_reps_do_not_depend_on_batch_size(chain):
 
 def test_sample_reps_file_and_rep_fd_command(chain, tmp_path):
     root, _, _ = chain
-    sample_reps(root / "rdm", tmp_path / "s.safetensors", num=64, steps=5, device="cpu", progress=False)
+    sample_reps(root / "rdm", tmp_path / "s.safetensors", num=64, steps=5, device="cpu", progress=False,
+                solver="dpm++2m")
+    assert load_tensors(tmp_path / "s.safetensors")[1]["solver"] == "dpm++2m"      # the file says how it was drawn
     res = rep_fd(tmp_path / "s.safetensors", root / "reps.safetensors")
     assert res["n_a"] == 64 and res["n_b"] == 256 and res["rep_fd"] > 0
     assert rep_fd(root / "reps.safetensors", root / "reps.safetensors")["rep_fd"] == pytest.approx(0, abs=1e-6)

@@ -251,20 +251,29 @@ def encode_images(encoder: Encoder, images: torch.Tensor, batch_size: int = 500,
     return torch.cat(out)
 
 
+RDM_SOLVERS = ("ddim", "dpm++2m")
+
+
+def rdm_sampler_name(solver: str, steps: int, eta: float) -> str:
+    """How an RDM sampler is named in messages: "DDIM 250 steps, eta 1.0" or "DPM-Solver++ 2M, 20 steps"."""
+    return f"DDIM {steps} steps, eta {eta}" if solver == "ddim" else f"DPM-Solver++ 2M, {steps} steps"
+
+
 @torch.no_grad()
 def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[float] = None, seed: int = 0,
               label: Optional[int] = None, labels=None, batch_size: int = 1000, progress: bool = False,
               solver: Optional[str] = None) -> dict:
     """Samples of a loaded RDM (``cfg``: its RDMRun, or None for the paper's sampler settings): the official DDIM
     (``solver`` "ddim", with ``eta``) or DPM-Solver++ 2M ("dpm++2m", deterministic; ``eta`` unused); default the
-    run's. {"reps" (num, D) float32 on the CPU, "labels" when class-conditional, "steps", "eta"}."""
+    run's. {"reps" (num, D) float32 on the CPU, "labels" when class-conditional, "steps", "eta", "solver"
+    (0 = ddim, 1 = dpm++2m: every value is a tensor, to be stored)}."""
 
     dev = next(model.parameters()).device
     dcfg = cfg.diffusion if cfg is not None else DiffusionConfig()
     steps = steps or (cfg.sample_steps if cfg is not None else 250)
     eta = (cfg.eta if cfg is not None else 1.0) if eta is None else eta
     solver = solver or getattr(cfg, "solver", "ddim")
-    if solver not in ("ddim", "dpm++2m"):
+    if solver not in RDM_SOLVERS:
         raise ValueError(f"RDM solver must be 'ddim' or 'dpm++2m', got {solver!r}")
     diffusion = GaussianDiffusion(**to_dict(dcfg)).to(dev)
     ncls = model.cfg.num_classes
@@ -289,7 +298,8 @@ def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[f
         chunks.append(out.float().cpu())
         bar.update(n)
     bar.close()
-    result = {"reps": torch.cat(chunks), "steps": torch.tensor(steps), "eta": torch.tensor(float(eta))}
+    result = {"reps": torch.cat(chunks), "steps": torch.tensor(steps), "eta": torch.tensor(float(eta)),
+              "solver": torch.tensor(RDM_SOLVERS.index(solver))}
     if labels is not None:
         result["labels"] = labels.clone()
     return result

@@ -8,8 +8,9 @@ replaces it for samples selected by ``null`` (training: a ``rep_drop_prob`` frac
 ``cond="class"``: the context is ``cond_stage_model.embedding(labels)`` (LDM's ClassEmbedder; no null class);
 ``"none"``: its single row (the official unconditional LDM is a 1-class ClassEmbedder). Latents are
 ``scale_factor * first_stage.encode(x)`` of images ``x`` in [-1, 1] (``x / 255 * 2 - 1``); decoding divides by
-``scale_factor`` and quantises. Diffusion: eps prediction on the scaled-linear schedule (:data:`LDM_DIFFUSION`),
-sampled by the official DDIM (200 steps, eta 1 in RCG; last step to ``alphas_cumprod[0]``). Guidance tau
+``scale_factor`` and quantises. Diffusion: eps prediction (v as an option: ``fmnist-ldm``) on the scaled-linear
+schedule (:data:`LDM_DIFFUSION`), sampled by the official DDIM (200 steps, eta 1 in RCG; last step to
+``alphas_cumprod[0]``). Guidance tau
 (``cond + tau (cond - uncond)``, the official scale ``s = 1 + tau``) runs one pass on ``[uncond; cond]``, the
 official LDM sampler's batching.
 """
@@ -149,7 +150,7 @@ class LDM(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, rep: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, null: Optional[torch.Tensor] = None,
                 generator=None) -> torch.Tensor:
-        """eps (B, C, h, w) of latents ``x`` (any h, w the U-Net's levels divide: it is convolutional, and
+        """eps (or v) (B, C, h, w) of latents ``x`` (any h, w the U-Net's levels divide: it is convolutional, and
         ``latent_size`` is only the size it samples at). In training mode with ``null=None`` a ``rep_drop_prob``
         fraction of the reps is replaced by ``null_rep`` (draws from ``generator``)."""
         c, B = self.cfg, x.shape[0]
@@ -204,7 +205,7 @@ def fit_scale_factor(model: nn.Module, images: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------------
 def ldm_eps(model: LDM, x: torch.Tensor, t: torch.Tensor, rep=None, labels=None, guidance: float = 0.0,
             uncond: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """eps at (x, t); with ``guidance`` tau != 0 one pass on ``x_in = [x; x]``, contexts ``[uncond; cond]``
+    """The network's output (eps, or v per the run's parameterization) at (x, t); with ``guidance`` tau != 0 one pass on ``x_in = [x; x]``, contexts ``[uncond; cond]``
     (unconditional first, as the official LDM sampler), combined by :func:`rcg.guidance.guided`. ``uncond``
     (B, rep_dim): an explicit unconditional context (official ``unconditional_conditioning``); default the
     learned null condition."""
@@ -252,7 +253,7 @@ def ldm_generate(model: LDM, diffusion: GaussianDiffusion, generators=None, rep=
 def _diffusion(run, device) -> GaussianDiffusion:
     d = to_dict(run.diffusion)
     if d.get("learn_sigma"):
-        raise ValueError("the LDM predicts eps only: use diffusion.learn_sigma=false (rcg.pixel.ldm.LDM_DIFFUSION)")
+        raise ValueError("the LDM has no learned variance: use diffusion.learn_sigma=false (rcg.pixel.ldm.LDM_DIFFUSION)")
     return GaussianDiffusion(**d).to(device)
 
 
@@ -288,8 +289,8 @@ def prepare(model: LDM, tokenizer) -> LDM:
 
 
 def trainer(model: LDM, run):
-    """loss(images uint8, rep, labels, generator, rows, global_batch): eps MSE of ``run.diffusion`` on the frozen
-    first stage's latents of the images in [-1, 1]; timesteps, noise and rep dropout drawn for the global batch."""
+    """loss(images uint8, rep, labels, generator, rows, global_batch): the MSE to ``run.diffusion``'s target (eps,
+    the official; or v) on the frozen first stage's latents of the images in [-1, 1]; timesteps, noise and rep dropout drawn for the global batch."""
     c = model.cfg
     dev = next(model.parameters()).device
     diffusion = _diffusion(run, dev)

@@ -15,7 +15,7 @@ from ..evaluate import fd_between, rep_fd_plan
 from ..loaders import load, load_reps
 from ..rdm import RDM
 from ..rng import EpochBatches
-from ..sample import draw_reps
+from ..sample import draw_reps, rdm_sampler_name
 from ..train import Job, Runtime, steps_for
 from ..watch import Preview
 from ..tree import to_dict
@@ -119,7 +119,7 @@ def rep_fd_check(run_dir, reps: torch.Tensor, labels, cfg, dev, progress: bool, 
     res = {"rep_fd": fd, "rep_fd_floor": floor["mean"], "rep_fd_floor_std": floor["std"],
            "rep_fd_floor_subsets": plan["floor_sets"], "rep_fd_ratio": ratio,
            "rep_fd_samples": m, "rep_fd_protocol": protocol, "rep_fd_reference_size": plan["reference_size"],
-           "sample_steps": cfg.sample_steps, "eta": cfg.eta, "sample_wall_s": wall}
+           "sample_steps": cfg.sample_steps, "eta": cfg.eta, "solver": cfg.solver, "sample_wall_s": wall}
     if protocol == "subsets":
         what = (f"sampled {m} vs all {len(reps)} real; floor: {m} real vs all {len(reps)}, "
                 f"mean +- std of {plan['floor_sets']} random subsets")
@@ -128,7 +128,7 @@ def rep_fd_check(run_dir, reps: torch.Tensor, labels, cfg, dev, progress: bool, 
         what = (f"sampled {m} vs {plan['reference_size']} real (half B, by {floor['by']}); floor: {m} real of "
                 f"half A vs half B, mean +- std of {plan['floor_sets']} splits")
     print(f"representation FD ({protocol}: {what}): sampled {fd:.4f} vs floor {floor['mean']:.4f} +- "
-          f"{floor['std']:.4f}; ratio {ratio:.2f}; DDIM {cfg.sample_steps} steps, eta {cfg.eta}")
+          f"{floor['std']:.4f}; ratio {ratio:.2f}; {rdm_sampler_name(cfg.solver, cfg.sample_steps, cfg.eta)}")
     for note in plan["notes"]:
         print(f"  note: {note}")
     return res

@@ -17,7 +17,7 @@ from ..precision import autocast as bf16_autocast
 from ..precision import describe as describe_precision
 from ..precision import precision_name, resolve_bf16
 from ..rng import view_generator
-from ..sample import draw_reps
+from ..sample import RDM_SOLVERS, draw_reps, rdm_sampler_name
 from ..store import CheckpointError, save_tensors
 from ..tree import apply_overrides
 
@@ -97,9 +97,12 @@ def sample_reps(rdm_src, out=None, num: int = 1000, steps: Optional[int] = None,
     model, cfg, fp = rec.module, rec.config, rec.fingerprints.get("encoder")
     result = draw_reps(model, cfg, num, steps, eta, seed, label, labels, batch_size, progress, solver)
     if out is not None:
+        solver = RDM_SOLVERS[int(result["solver"])]
         save_tensors(out, result, {"kind": REPS_KIND, "encoder_fingerprint": fp or "unknown", "rdm": str(rdm_src),
-                                   "steps": result["steps"].item(), "eta": result["eta"].item(), "seed": seed})
-        print(f"wrote {out}: {num} representations (DDIM {result['steps'].item()} steps, eta {result['eta'].item()})")
+                                   "steps": result["steps"].item(), "eta": result["eta"].item(), "solver": solver,
+                                   "seed": seed})
+        print(f"wrote {out}: {num} representations "
+              f"({rdm_sampler_name(solver, result['steps'].item(), result['eta'].item())})")
     return result
 
 
