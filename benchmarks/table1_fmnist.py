@@ -112,7 +112,8 @@ def main():
                 row = {"generator": gen, "name": name, "fid": m["fid_dom"], "is": m["is_dom"],
                        "precision": m.get("precision"), "recall": m.get("recall"), "rep_fd": m["rep_fd"], "tau": tau,
                        "wall_s": round(time.time() - t0, 1), "train_wall_s": trained[cond].get("train_wall_s"),
-                       "num_samples": m["num_samples"], "cond": cond,
+                       "num_samples": m["num_samples"], "cond": cond, "rdm": a.rdm if cond == "rep" else None,
+                       "feature_net_sha256": net.weights_sha256, "date": time.strftime("%Y-%m-%d"),
                        "sampler": {"steps": s.cfg.steps,
                                    "temperature": s.cfg.temperature if GENERATORS[gen].inputs == "tokens" else None,
                                    "sampler": s.cfg.sampler if gen != "mage" else "mage-iterative"}}
@@ -128,7 +129,10 @@ def main():
     meta = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "date": time.strftime("%Y-%m-%d"), "encoder": a.encoder, "rdm": a.rdm, "evalnet": a.evalnet,
             "feature_net": net.name, "feature_net_sha256": net.weights_sha256, "reference": "fmnist train (60000)",
-            "presets": {g: GENERATORS[g].preset for g in sorted({r["generator"] for r in rows})}, "taus": a.taus}
+            "presets": {g: GENERATORS[g].preset for g in sorted({r["generator"] for r in rows})}, "taus": a.taus,
+            "note": "meta describes the last invocation; each row names its own rdm and feature net where it was "
+                    "recorded (rows without these fields came from an earlier evalnet run of the same preset): "
+                    "compare FIDs within one generator"}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
     print(f"\nwrote {a.out}\n")

@@ -93,7 +93,8 @@ ADM_PRESETS: Dict[str, ADMConfig] = {
     # CPU-sized, 32 px colour: 32/16/8 px levels, attention at 8 px (1.4M parameters)
     "adm-tiny": ADMConfig(image_size=32, model_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2),
                           attention_resolutions=(4,), num_head_channels=32),
-    # the Fashion-MNIST CPU preset: 28 px gray, 28/14/7 px levels, attention at 7 px, 10 % rep dropout (guidance)
+    # the Fashion-MNIST CPU preset: 28 px gray, 28/14/7 px levels of width 32/32/64, attention at 7 px, 10 % rep
+    # dropout (guidance)
     "adm-fmnist": ADMConfig(image_size=28, in_channels=1, model_channels=32, num_res_blocks=1, channel_mult=(1, 1, 2),
                             attention_resolutions=(4,), num_head_channels=32, rep_drop_prob=0.1),
 }
