@@ -10,9 +10,8 @@ replaces it for samples selected by ``null`` (training: a ``rep_drop_prob`` frac
 ``scale_factor * first_stage.encode(x)`` of images ``x`` in [-1, 1] (``x / 255 * 2 - 1``); decoding divides by
 ``scale_factor`` and quantises. Diffusion: eps prediction (v as an option: ``fmnist-ldm``) on the scaled-linear
 schedule (:data:`LDM_DIFFUSION`), sampled by the official DDIM (200 steps, eta 1 in RCG; last step to
-``alphas_cumprod[0]``). Guidance tau
-(``cond + tau (cond - uncond)``, the official scale ``s = 1 + tau``) runs one pass on ``[uncond; cond]``, the
-official LDM sampler's batching.
+``alphas_cumprod[0]``). Guidance tau (``cond + tau (cond - uncond)``, the official scale ``s = 1 + tau``) runs
+one pass on ``[uncond; cond]``, the official LDM sampler's batching.
 """
 from __future__ import annotations
 
@@ -205,10 +204,10 @@ def fit_scale_factor(model: nn.Module, images: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------------
 def ldm_eps(model: LDM, x: torch.Tensor, t: torch.Tensor, rep=None, labels=None, guidance: float = 0.0,
             uncond: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The network's output (eps, or v per the run's parameterization) at (x, t); with ``guidance`` tau != 0 one pass on ``x_in = [x; x]``, contexts ``[uncond; cond]``
-    (unconditional first, as the official LDM sampler), combined by :func:`rcg.guidance.guided`. ``uncond``
-    (B, rep_dim): an explicit unconditional context (official ``unconditional_conditioning``); default the
-    learned null condition."""
+    """The network's output (eps, or v per the run's parameterization) at (x, t); with ``guidance`` tau != 0 one
+    pass on ``x_in = [x; x]``, contexts ``[uncond; cond]`` (unconditional first, as the official LDM sampler),
+    combined by :func:`rcg.guidance.guided`. ``uncond`` (B, rep_dim): an explicit unconditional context (official
+    ``unconditional_conditioning``); default the learned null condition."""
     if guidance == 0:
         return model(x, t, rep, labels)
     B = x.shape[0]
@@ -253,7 +252,8 @@ def ldm_generate(model: LDM, diffusion: GaussianDiffusion, generators=None, rep=
 def _diffusion(run, device) -> GaussianDiffusion:
     d = to_dict(run.diffusion)
     if d.get("learn_sigma"):
-        raise ValueError("the LDM has no learned variance: use diffusion.learn_sigma=false (rcg.pixel.ldm.LDM_DIFFUSION)")
+        raise ValueError("the LDM has no learned variance: use diffusion.learn_sigma=false "
+                         "(rcg.pixel.ldm.LDM_DIFFUSION)")
     return GaussianDiffusion(**d).to(device)
 
 
@@ -290,7 +290,8 @@ def prepare(model: LDM, tokenizer) -> LDM:
 
 def trainer(model: LDM, run):
     """loss(images uint8, rep, labels, generator, rows, global_batch): the MSE to ``run.diffusion``'s target (eps,
-    the official; or v) on the frozen first stage's latents of the images in [-1, 1]; timesteps, noise and rep dropout drawn for the global batch."""
+    the official; or v) on the frozen first stage's latents of the images in [-1, 1]; timesteps, noise and rep
+    dropout drawn for the global batch."""
     c = model.cfg
     dev = next(model.parameters()).device
     diffusion = _diffusion(run, dev)
