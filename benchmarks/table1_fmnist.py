@@ -112,7 +112,7 @@ def main():
                 row = {"generator": gen, "name": name, "fid": m["fid_dom"], "is": m["is_dom"],
                        "precision": m.get("precision"), "recall": m.get("recall"), "rep_fd": m["rep_fd"], "tau": tau,
                        "wall_s": round(time.time() - t0, 1), "train_wall_s": trained[cond].get("train_wall_s"),
-                       "num_samples": m["num_samples"], "cond": cond, "rdm": a.rdm if cond == "rep" else None,
+                       "num_samples": m["num_samples"], "cond": cond, "rdm": a.rdm if name in ("rcg", "rcg_guided") else None,
                        "feature_net_sha256": net.weights_sha256, "date": time.strftime("%Y-%m-%d"),
                        "sampler": {"steps": s.cfg.steps,
                                    "temperature": s.cfg.temperature if GENERATORS[gen].inputs == "tokens" else None,
