@@ -189,7 +189,7 @@ def _add_reps(sub) -> None:
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's)")
     p.add_argument("--eta", type=float, help="DDIM eta (default: the run's)")
-    p.add_argument("--solver", choices=["ddim", "dpm++2m"],
+    p.add_argument("--solver", choices=C.RDM_SOLVERS,
                    help="ddim (the paper's, with eta) or dpm++2m (DPM-Solver++ 2M: deterministic, 10-25 steps); "
                         "default: the run's")
     p.add_argument("--class", dest="class_label", type=int, help="class label (class-conditional RDM)")
@@ -216,9 +216,9 @@ def _sampling(p: argparse.ArgumentParser, paper=None) -> None:
     g.add_argument("--temperature", type=float, help="choice temperature (annealed linearly to 0)")
     g.add_argument("--guidance", type=float, help="representation guidance tau (0 = off; linear schedule)")
     if paper is not None:
-        g.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"],
+        g.add_argument("--sampler", choices=C.PIXEL_SAMPLERS,
                        help="diffusion generators (DiT, ADM, LDM): ancestral, DDIM, or DPM-Solver++ 2M (fast)")
-        g.add_argument("--rdm-solver", choices=["ddim", "dpm++2m"],
+        g.add_argument("--rdm-solver", choices=C.RDM_SOLVERS,
                        help="the RDM's sampler: the paper's DDIM, or DPM-Solver++ 2M (e.g. --rdm-steps 10)")
         g.add_argument("--rdm-steps", type=int, help="RDM sampling steps (paper: DDIM 250)")
 

@@ -18,6 +18,7 @@ from .tokenizer import VQConfig
 from .tree import build, from_dict, to_dict
 
 PIXEL_SAMPLERS = ("ddpm", "ddim", "dpm++2m")     # PixelRun.sampler of the diffusion generators (MAGE ignores it)
+RDM_SOLVERS = ("ddim", "dpm++2m")                # RDMRun.solver
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ PIXEL_PRESETS = {
                                              ckpt_every=200)),
     # ADM (the guided-diffusion U-Net) in pixel space on 28 px Fashion-MNIST, with DiT's CPU recipe. Widths 32/32/64
     # (channel_mult (1, 1, 2)): 150 img/s against 99 for 32/64/64 in a probe (bf16, batch 64, 1 thread of a Zen 4);
-    # 50-69 img/s per run with 4-5 jobs on 2 cores, so 6 epochs took ~90 min there (far slower than fmnist-dit)
+    # 48-69 img/s per run with 4-5 jobs on 2 cores, so 6 epochs took ~90 min there (far slower than fmnist-dit)
     "fmnist-adm": PixelRun(generator="adm", model=ADM_PRESETS["adm-fmnist"], steps=25, sampler="ddim", eta=0.0,
                            sample_bf16=None,
                            optim=OptimConfig(epochs=6, batch_size=64, lr=1e-3, weight_decay=0.0, ema_decay=0.999,

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import dist, pixel
-from .config import DiffusionConfig, RDMRun
+from .config import RDM_SOLVERS, DiffusionConfig, RDMRun
 from .data import check_channels, check_resolution
 from .diffusion import GaussianDiffusion
 from .encoders import Encoder
@@ -249,9 +249,6 @@ def encode_images(encoder: Encoder, images: torch.Tensor, batch_size: int = 500,
         with bf16_autocast(dev, bf16):
             out.append((encoder.features(x) if features else encoder.encode(x)).float().cpu())
     return torch.cat(out)
-
-
-RDM_SOLVERS = ("ddim", "dpm++2m")
 
 
 def rdm_sampler_name(solver: str, steps: int, eta: float) -> str:

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import augment, dist
-from ..config import DataConfig
+from ..config import RDM_SOLVERS, DataConfig
 from ..data import load_dataset
 from ..evaluate import fd_between
 from ..loaders import REPS_KIND, load, load_reps
@@ -17,7 +17,7 @@ from ..precision import autocast as bf16_autocast
 from ..precision import describe as describe_precision
 from ..precision import precision_name, resolve_bf16
 from ..rng import view_generator
-from ..sample import RDM_SOLVERS, draw_reps, rdm_sampler_name
+from ..sample import draw_reps, rdm_sampler_name
 from ..store import CheckpointError, save_tensors
 from ..tree import apply_overrides
 
