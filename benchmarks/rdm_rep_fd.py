@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rcg.config import RDM_SOLVERS
 from rcg.evaluate import fd_between, subset_fd_floor
 from rcg.loaders import load, load_reps
 from rcg.sample import draw_reps
@@ -39,7 +40,7 @@ def main():
                                       "view per held-out image (new images of the true distribution) vs the cache")
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the run's sample_steps)")
     ap.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the run's eta)")
-    ap.add_argument("--solver", choices=["ddim", "dpm++2m"], help="sampler (default: the run's)")
+    ap.add_argument("--solver", choices=RDM_SOLVERS, help="sampler (default: the run's)")
     ap.add_argument("--out", default="benchmarks/results/rdm_rep_fd.jsonl")
     a = ap.parse_args()
 

@@ -210,6 +210,29 @@ def test_dpm_solver_pp_2m_solves_the_probability_flow_ode_in_few_steps():
     assert torch.allclose(dpm_solver_sample(d, fn, x_T, 1), s0 / sT * x_T + (a0 - s0 * aT / sT) * x0, atol=1e-6)
 
 
+def test_sde_dpm_solver_reaches_the_data_marginal_and_is_per_sample():
+    from rcg.diffusion import GaussianDiffusion
+    from rcg.rng import per_sample
+    d = GaussianDiffusion(parameterization="x0", beta_start=1e-4)           # fmnist-rdm-v's schedule, an x0 model
+    fn = _gaussian_x0(d, mu=1.5, s=0.3)                                       # the exact x0 of N(1.5, 0.3^2) data
+    x_T = torch.randn(4000, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sde = dpm_solver_sample(d, fn, x_T, 20, eta=1.0, generators=None)
+    ac = d.alphas_cumprod.double()
+    a0, s0 = ac[0].sqrt(), (1 - ac[0]).sqrt()
+    assert abs(sde.mean().item() - a0 * 1.5) < 0.01                            # N(a0 mu, a0^2 s^2 + s0^2) at t = 0
+    assert abs(sde.std().item() - (a0 ** 2 * 0.09 + s0 ** 2).sqrt()) < 0.01
+    ode = dpm_solver_sample(d, fn, x_T, 20)
+    assert (sde - ode).abs().mean() > 0.05                                    # the noise is really drawn
+    assert torch.equal(dpm_solver_sample(d, fn, x_T, 20, eta=0.0), ode)       # eta 0 is the ODE solver
+    gens = lambda: per_sample(range(5, 11))                                    # noqa: E731
+    a = dpm_solver_sample(d, fn, x_T[:6], 8, eta=1.0, generators=gens())
+    b = torch.cat([dpm_solver_sample(d, fn, x_T[:6][i:i + 2], 8, eta=1.0, generators=gens()[i:i + 2])
+                   for i in range(0, 6, 2)])
+    assert torch.allclose(a, b, atol=1e-12)                                   # sample i's noise: its generator
+    with pytest.raises(ValueError, match="eta"):
+        dpm_solver_sample(d, fn, x_T, 4, eta=-1.0)
+
+
 def test_draw_reps_with_dpm_solver_is_per_sample_and_checked():
     from rcg.config import RDMRun
     from rcg.rdm import RDMConfig
@@ -226,5 +249,8 @@ def test_draw_reps_with_dpm_solver_is_per_sample_and_checked():
     ddim = draw_reps(model, cfg, 6, seed=3, batch_size=6, solver="ddim", eta=0.0)["reps"]
     assert (a - ddim).abs().max() > 1e-3                                    # the run's solver is used by default
     assert int(draw_reps(model, cfg, 1)["solver"]) == 1 and int(draw_reps(model, cfg, 1, solver="ddim")["solver"]) == 0
+    sde = [draw_reps(model, cfg, 6, seed=3, batch_size=n, solver="dpm++2m-sde") for n in (6, 4)]
+    assert torch.allclose(sde[0]["reps"], sde[1]["reps"], atol=1e-6) and int(sde[0]["solver"]) == 2
+    assert (sde[0]["reps"] - a).abs().max() > 1e-3                          # stochastic, not the ODE solver
     with pytest.raises(ValueError, match="solver must be"):
         draw_reps(model, cfg, 2, solver="euler")

@@ -190,8 +190,8 @@ def _add_reps(sub) -> None:
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's)")
     p.add_argument("--eta", type=float, help="DDIM eta (default: the run's)")
     p.add_argument("--solver", choices=C.RDM_SOLVERS,
-                   help="ddim (the paper's, with eta) or dpm++2m (DPM-Solver++ 2M: deterministic, 10-25 steps); "
-                        "default: the run's")
+                   help="ddim (the paper's, with eta), dpm++2m (DPM-Solver++ 2M: deterministic, 10-25 steps) or "
+                        "dpm++2m-sde (its stochastic form, 20-25 steps); default: the run's")
     p.add_argument("--class", dest="class_label", type=int, help="class label (class-conditional RDM)")
     p.add_argument("--seed", type=int, default=0,
                    help="representation i uses seed + i (so --num N --seed N gives N new ones)")
@@ -219,7 +219,8 @@ def _sampling(p: argparse.ArgumentParser, paper=None) -> None:
         g.add_argument("--sampler", choices=C.PIXEL_SAMPLERS,
                        help="diffusion generators (DiT, ADM, LDM): ancestral, DDIM, or DPM-Solver++ 2M (fast)")
         g.add_argument("--rdm-solver", choices=C.RDM_SOLVERS,
-                       help="the RDM's sampler: the paper's DDIM, or DPM-Solver++ 2M (e.g. --rdm-steps 10)")
+                       help="the RDM's sampler: the paper's DDIM, or DPM-Solver++ 2M / its SDE form "
+                            "(e.g. --rdm-steps 20)")
         g.add_argument("--rdm-steps", type=int, help="RDM sampling steps (paper: DDIM 250)")
 
 

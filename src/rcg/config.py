@@ -18,7 +18,7 @@ from .tokenizer import VQConfig
 from .tree import build, from_dict, to_dict
 
 PIXEL_SAMPLERS = ("ddpm", "ddim", "dpm++2m")     # PixelRun.sampler of the diffusion generators (MAGE ignores it)
-RDM_SOLVERS = ("ddim", "dpm++2m")                # RDMRun.solver
+RDM_SOLVERS = ("ddim", "dpm++2m", "dpm++2m-sde")  # RDMRun.solver
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,7 @@ class RDMRun:
     sample_steps: int = 250      # DDIM steps (paper: 250, eta 1)
     eta: float = 1.0
     solver: str = "ddim"         # ddim (the paper's; eta) | dpm++2m (DPM-Solver++ 2M: deterministic, few steps)
+                                 # | dpm++2m-sde (its stochastic form, eta 1: few steps, noise like DDIM eta 1)
     fd_samples: int = 10000      # representations sampled for the rep-FD check at the end of training (0: none)
     optim: OptimConfig = OptimConfig()
 

@@ -120,7 +120,7 @@ class RCGSampler:
                   rdm_solver: Optional[str] = None, rdm_steps: Optional[int] = None) -> "RCGSampler":
         """Change the sampling settings in place (None keeps the run's): ``sampler`` of a diffusion generator
         (``"ddpm"``, ``"ddim"``, ``"dpm++2m"``), its ``steps`` (MAGE: decoding steps), and the RDM's solver
-        (``"ddim"``, ``"dpm++2m"``) and steps. Returns ``self``.
+        (``"ddim"``, ``"dpm++2m"``, ``"dpm++2m-sde"``) and steps. Returns ``self``.
 
         >>> s = RCGSampler("runs/dit", "runs/rdm").configure("dpm++2m", 10, "dpm++2m", 10)   # doctest: +SKIP
         """
@@ -252,8 +252,10 @@ def encode_images(encoder: Encoder, images: torch.Tensor, batch_size: int = 500,
 
 
 def rdm_sampler_name(solver: str, steps: int, eta: float) -> str:
-    """How an RDM sampler is named in messages: "DDIM 250 steps, eta 1.0" or "DPM-Solver++ 2M, 20 steps"."""
-    return f"DDIM {steps} steps, eta {eta}" if solver == "ddim" else f"DPM-Solver++ 2M, {steps} steps"
+    """How an RDM sampler is named in messages: "DDIM 250 steps, eta 1.0", "DPM-Solver++ 2M, 20 steps", ..."""
+    if solver == "ddim":
+        return f"DDIM {steps} steps, eta {eta}"
+    return f"SDE-DPM-Solver++ 2M, {steps} steps" if solver == "dpm++2m-sde" else f"DPM-Solver++ 2M, {steps} steps"
 
 
 @torch.no_grad()
@@ -261,9 +263,10 @@ def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[f
               label: Optional[int] = None, labels=None, batch_size: int = 1000, progress: bool = False,
               solver: Optional[str] = None) -> dict:
     """Samples of a loaded RDM (``cfg``: its RDMRun, or None for the paper's sampler settings): the official DDIM
-    (``solver`` "ddim", with ``eta``) or DPM-Solver++ 2M ("dpm++2m", deterministic; ``eta`` unused); default the
-    run's. {"reps" (num, D) float32 on the CPU, "labels" when class-conditional, "steps", "eta", "solver"
-    (0 = ddim, 1 = dpm++2m: every value is a tensor, to be stored)}."""
+    (``solver`` "ddim", with ``eta``), DPM-Solver++ 2M ("dpm++2m", deterministic; ``eta`` unused) or its stochastic
+    form ("dpm++2m-sde", eta 1, its noise from the per-sample generators); default the run's. {"reps" (num, D)
+    float32 on the CPU, "labels" when class-conditional, "steps", "eta", "solver" (the index in RDM_SOLVERS: every
+    value is a tensor, to be stored)}."""
 
     dev = next(model.parameters()).device
     dcfg = cfg.diffusion if cfg is not None else DiffusionConfig()
@@ -271,7 +274,7 @@ def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[f
     eta = (cfg.eta if cfg is not None else 1.0) if eta is None else eta
     solver = solver or getattr(cfg, "solver", "ddim")
     if solver not in RDM_SOLVERS:
-        raise ValueError(f"RDM solver must be 'ddim' or 'dpm++2m', got {solver!r}")
+        raise ValueError(f"RDM solver must be one of {', '.join(RDM_SOLVERS)}, got {solver!r}")
     diffusion = GaussianDiffusion(**to_dict(dcfg)).to(dev)
     ncls = model.cfg.num_classes
     if ncls > 0 and label is None and labels is None:
@@ -290,7 +293,8 @@ def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[f
         x_T = randn_per_sample((n, model.cfg.in_channels), gens, device=dev)
         y = labels[i:i + n].to(dev) if labels is not None else None
         fn = lambda x, t: model(x, t, y)  # noqa: E731
-        out = dpm_solver_sample(diffusion, fn, x_T, steps) if solver == "dpm++2m" else \
+        out = dpm_solver_sample(diffusion, fn, x_T, steps, eta=1.0 if solver == "dpm++2m-sde" else 0.0,
+                                generators=gens) if solver.startswith("dpm++") else \
             diffusion.ddim_sample(fn, x_T, steps, eta, generators=gens)
         chunks.append(out.float().cpu())
         bar.update(n)

@@ -1,14 +1,15 @@
 """Few-step samplers for the diffusion processes of :mod:`rcg.diffusion` (layer 1): DPM-Solver++ 2M (Lu et al.,
 "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models", 2022), the multistep
-second-order solver of the probability-flow ODE on the data prediction, for any parameterization the process
-converts to x0 (RCG's x0 RDM, v, eps)."""
+second-order solver of the probability-flow ODE on the data prediction, and its stochastic form (SDE-DPM-Solver++
+2M, ``eta`` > 0), for any parameterization the process converts to x0 (RCG's x0 RDM, v, eps)."""
 from __future__ import annotations
 
 import math
+from typing import List, Optional
 
 import torch
 
-from .diffusion import GaussianDiffusion, ModelFn, _steps
+from .diffusion import GaussianDiffusion, ModelFn, _noise, _steps
 
 
 def dpm_solver_timesteps(diffusion: GaussianDiffusion, steps: int) -> torch.Tensor:
@@ -30,11 +31,16 @@ def dpm_solver_timesteps(diffusion: GaussianDiffusion, steps: int) -> torch.Tens
 
 @torch.no_grad()
 def dpm_solver_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, x_T: torch.Tensor, steps: int,
-                      progress: bool = False, clip_x0: bool = False, final_x0: bool = False) -> torch.Tensor:
+                      progress: bool = False, clip_x0: bool = False, final_x0: bool = False, eta: float = 0.0,
+                      generators: Optional[List[torch.Generator]] = None) -> torch.Tensor:
     """DPM-Solver++ (2M; Lu et al. 2022, Algorithm 2): the multistep second-order solver of the probability-flow
-    ODE on the data (x0) prediction, over :func:`dpm_solver_timesteps`; deterministic after ``x_T``, ``steps``
+    ODE on the data (x0) prediction, over :func:`dpm_solver_timesteps`; deterministic after ``x_T`` (eta 0), ``steps``
     model calls, the first step first order. With ``h = lambda_t - lambda_s`` and ``r = h_prev / h``:
     ``x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) D``, ``D = (1 + 1 / 2r) x0_s - (1 / 2r) x0_prev``.
+    ``eta`` > 0: the solver of the reverse SDE instead (SDE-DPM-Solver++ 2M, midpoint form; ``eta`` = 1 is the
+    full SDE, whose noise, like DDIM's with eta 1, corrects the model's errors along the way):
+    ``x_t = (sigma_t / sigma_s) e^(-eta h) x_s + alpha_t (1 - e^(-(1 + eta) h)) D + sigma_t sqrt(1 - e^(-2 eta h)) z``
+    with ``z`` from ``generators`` (one per sample) or else the global RNG; ``eta`` = 0 is the ODE solver exactly.
     Returns x at t = 0 (``alphas_cumprod[0]``), where the official DDIM ends too. ``clip_x0`` clips each data
     prediction to [-1, 1] (pixel-space models, as their DDIM's ``clip_denoised``). ``final_x0`` spends the last
     of the ``steps`` model calls on the data prediction at t = 0 and returns it (the DDIMs that end on
@@ -42,11 +48,13 @@ def dpm_solver_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, x_T: torc
     if final_x0:
         if steps < 2:
             raise ValueError(f"DPM-Solver++ with final_x0 needs at least 2 steps, got {steps}")
-        x = dpm_solver_sample(diffusion, model_fn, x_T, steps - 1, progress, clip_x0)
+        x = dpm_solver_sample(diffusion, model_fn, x_T, steps - 1, progress, clip_x0, eta=eta, generators=generators)
         tt = torch.zeros((x.shape[0],), dtype=torch.int64, device=x.device)
         out = model_fn(x, tt).to(x.dtype)
         x0 = diffusion.x0_from_output(x, tt, out[:, :x.shape[1]] if diffusion.learn_sigma else out)
         return x0.clamp(-1.0, 1.0) if clip_x0 else x0
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
     ts = dpm_solver_timesteps(diffusion, steps)
     ac = diffusion.alphas_cumprod.detach().double().cpu()
     alpha, sigma = ac.sqrt(), (1 - ac).sqrt()
@@ -61,6 +69,11 @@ def dpm_solver_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, x_T: torc
             x0 = x0.clamp(-1.0, 1.0)
         h = float(lam[t_] - lam[s_])
         d = x0 if prev is None else (1 + h / (2 * h_prev)) * x0 - (h / (2 * h_prev)) * prev
-        x = float(sigma[t_] / sigma[s_]) * x - float(alpha[t_] * math.expm1(-h)) * d
+        if eta > 0:
+            x = float(sigma[t_] / sigma[s_] * math.exp(-eta * h)) * x \
+                - float(alpha[t_] * math.expm1(-(1 + eta) * h)) * d \
+                + float(sigma[t_] * math.sqrt(-math.expm1(-2 * eta * h))) * _noise(x, generators)
+        else:
+            x = float(sigma[t_] / sigma[s_]) * x - float(alpha[t_] * math.expm1(-h)) * d
         prev, h_prev = x0, h
     return x

@@ -80,7 +80,7 @@ _QUICK = FitPreset(
                                           n_embed=512, num_groups=8), mse_weight=1.0,
                            optim=OptimConfig(batch_size=16, lr=4e-3, schedule="cosine", min_lr=1e-4, bf16=None,
                                              log_every=100, ckpt_every=500)),
-    rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], sample_steps=100, fd_samples=1000),
+    rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], sample_steps=100, solver="ddim", fd_samples=1000),
     pixel={"mage": PIXEL_PRESETS["fmnist-mage"], "dit": PIXEL_PRESETS["fmnist-dit"],
            "adm": PIXEL_PRESETS["fmnist-adm"], "ldm": PIXEL_PRESETS["fmnist-ldm"]},
     # (clip art, 7.7k images, 32 px: the RDM's rep FD / floor is 63.7 after 400 steps, 1.60 after 1000, 1.12 after 1500)
@@ -97,7 +97,7 @@ _STANDARD = FitPreset(
     tokenizer=replace(_QUICK.tokenizer, model=replace(_QUICK.tokenizer.model, num_res_blocks=2, n_embed=1024,
                                                       num_groups=16),
                       optim=replace(_QUICK.tokenizer.optim, batch_size=64, lr=2e-3)),
-    rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], fd_samples=5000),
+    rdm=replace(RDM_RUN_PRESETS["fmnist-rdm-v"], sample_steps=250, solver="ddim", fd_samples=5000),
     pixel={"mage": replace(PIXEL_PRESETS["fmnist-mage"],
                            model=replace(PIXEL_PRESETS["fmnist-mage"].model, embed_dim=384, depth=8, num_heads=8,
                                          decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
