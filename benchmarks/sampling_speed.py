@@ -6,8 +6,8 @@ Settings (``SETTINGS``):
 
 - ``paper``: the RDM's DDIM 250 steps, eta 1; MAGE 20 decoding steps; DiT ancestral sampling on 250 respaced
   steps (the official evaluation settings, RCG_FACTS); float32;
-- ``fast``: DPM-Solver++ 2M for the RDM (``--fast-rdm-steps``) and the DiT (``--fast-dit-steps``); MAGE the same
-  20 steps; bf16 autocast where the CPU has it natively.
+- ``fast``: DPM-Solver++ 2M for the RDM (``--fast-rdm-solver``, ``--fast-rdm-steps``) and the DiT
+  (``--fast-dit-steps``); MAGE the same 20 steps; bf16 autocast where the CPU has it natively.
 
 The representations of one setting are drawn once (timed) and shared by the generators (same seeds), so the
 images/s of a row is ``num / (RDM seconds + generator seconds)``; metrics are computed afterwards, untimed.
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from rcg import evaluate as E
-from rcg.config import DataConfig
+from rcg.config import RDM_SOLVERS, DataConfig
 from rcg.data import load_dataset
 from rcg.dist import setup as setup_torch
 from rcg.evaluate import fd_between
@@ -71,13 +71,15 @@ def main():
     ap.add_argument("--num", type=int, default=10000)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--settings", default="paper,fast")
+    ap.add_argument("--fast-rdm-solver", choices=RDM_SOLVERS, default=SETTINGS["fast"]["rdm_solver"],
+                    help="the fast setting's RDM solver (dpm++2m-sde for a v RDM such as fmnist-rdm-v)")
     ap.add_argument("--fast-rdm-steps", type=int, default=SETTINGS["fast"]["rdm_steps"])
     ap.add_argument("--fast-dit-steps", type=int, default=SETTINGS["fast"]["dit_steps"])
     ap.add_argument("--data", default="fmnist", help="reference images of the FID (fmnist train)")
     ap.add_argument("--work", default="runs/sampling-speed", help="keeps the FID reference statistics")
     ap.add_argument("--out", default="benchmarks/results/sampling_speed.json")
     a = ap.parse_args()
-    SETTINGS["fast"].update(rdm_steps=a.fast_rdm_steps, dit_steps=a.fast_dit_steps)
+    SETTINGS["fast"].update(rdm_solver=a.fast_rdm_solver, rdm_steps=a.fast_rdm_steps, dit_steps=a.fast_dit_steps)
     dev = setup_torch()
     Path(a.work).mkdir(parents=True, exist_ok=True)
     runs = {g: r for g, r in (("mage", a.mage), ("dit", a.dit)) if r}
