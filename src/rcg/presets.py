@@ -75,7 +75,7 @@ RDM_RUN_PRESETS = {
 # narrowest directions). Rep FD / floor (benchmarks/rdm_rep_fd.py, mean of several 10k sample sets): DDIM 250
 # steps (the paper's) 1.29x, DDIM 100 1.43x (24 epochs: 1.46x; the fmnist-rdm recipe: 3.46x). Sampled by the
 # stochastic DPM-Solver++ 2M in 25 steps: on one run, 5 sets each, FD 0.149 vs DDIM 250's 0.137 (1.09x) from
-# 10x fewer model calls; the deterministic solver reaches only 0.20 at 20 or 25 steps (BENCHMARKS.md).
+# 10x fewer model calls; the deterministic solver reaches only 0.19-0.20 at 20 or 25 steps (BENCHMARKS.md).
 RDM_RUN_PRESETS["fmnist-rdm-v"] = replace(RDM_RUN_PRESETS["fmnist-rdm"], sample_steps=25, solver="dpm++2m-sde",
                                           diffusion=DiffusionConfig(beta_start=1e-4, parameterization="v"),
                                           optim=replace(RDM_RUN_PRESETS["fmnist-rdm"].optim, epochs=48))

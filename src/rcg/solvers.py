@@ -69,11 +69,8 @@ def dpm_solver_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, x_T: torc
             x0 = x0.clamp(-1.0, 1.0)
         h = float(lam[t_] - lam[s_])
         d = x0 if prev is None else (1 + h / (2 * h_prev)) * x0 - (h / (2 * h_prev)) * prev
+        x = float(sigma[t_] / sigma[s_] * math.exp(-eta * h)) * x - float(alpha[t_] * math.expm1(-(1 + eta) * h)) * d
         if eta > 0:
-            x = float(sigma[t_] / sigma[s_] * math.exp(-eta * h)) * x \
-                - float(alpha[t_] * math.expm1(-(1 + eta) * h)) * d \
-                + float(sigma[t_] * math.sqrt(-math.expm1(-2 * eta * h))) * _noise(x, generators)
-        else:
-            x = float(sigma[t_] / sigma[s_]) * x - float(alpha[t_] * math.expm1(-h)) * d
+            x = x + float(sigma[t_] * math.sqrt(-math.expm1(-2 * eta * h))) * _noise(x, generators)
         prev, h_prev = x0, h
     return x
