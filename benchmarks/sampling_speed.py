@@ -7,7 +7,8 @@ Settings (``SETTINGS``):
 - ``paper``: the RDM's DDIM 250 steps, eta 1; MAGE 20 decoding steps; DiT ancestral sampling on 250 respaced
   steps (the official evaluation settings, RCG_FACTS); float32;
 - ``fast``: DPM-Solver++ 2M for the RDM (``--fast-rdm-solver``, ``--fast-rdm-steps``) and the DiT
-  (``--fast-dit-steps``); MAGE the same 20 steps; bf16 autocast where the CPU has it natively.
+  (``--fast-dit-solver``, ``--fast-dit-steps``); MAGE 12 decoding steps (``--fast-mage-steps``; the
+  ``fmnist-mage`` preset's); bf16 autocast where the CPU has it natively.
 
 The representations of one setting are drawn once (timed) and shared by the generators (same seeds), so the
 images/s of a row is ``num / (RDM seconds + generator seconds)``; metrics are computed afterwards, untimed.
@@ -16,7 +17,9 @@ images/s of a row is ``num / (RDM seconds + generator seconds)``; metrics are co
         --evalnet runs/fmnist-evalnet --cache runs/cache.safetensors [--num 10000]
 
 Writes ``benchmarks/results/sampling_speed.json``: ``{"rows": [{"generator", "setting", "img_per_s", "fid",
-"rep_fd", "rdm_steps", "pixel_steps", ...}], "meta": {...}}``.
+"rep_fd", "rdm_steps", "pixel_steps", ...}], "meta": {generator: {...}}}``. The rows and meta of the generators
+measured replace theirs in an existing file and keep the others', so the MAGE and the DiT path can be measured
+by two processes side by side (one thread each) into one file.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 
 from rcg import evaluate as E
-from rcg.config import RDM_SOLVERS, DataConfig
+from rcg.config import PIXEL_SAMPLERS, RDM_SOLVERS, DataConfig
 from rcg.data import load_dataset
 from rcg.dist import setup as setup_torch
 from rcg.evaluate import fd_between
@@ -41,7 +44,7 @@ from rcg.sample import RCGSampler, draw_reps
 SETTINGS = {
     "paper": {"rdm_solver": "ddim", "rdm_steps": 250, "mage_steps": 20, "dit_sampler": "ddpm", "dit_steps": 250,
               "bf16": False},
-    "fast": {"rdm_solver": "dpm++2m", "rdm_steps": 20, "mage_steps": 20, "dit_sampler": "dpm++2m", "dit_steps": 10,
+    "fast": {"rdm_solver": "dpm++2m", "rdm_steps": 20, "mage_steps": 12, "dit_sampler": "dpm++2m", "dit_steps": 10,
              "bf16": None},
 }
 
@@ -74,12 +77,16 @@ def main():
     ap.add_argument("--fast-rdm-solver", choices=RDM_SOLVERS, default=SETTINGS["fast"]["rdm_solver"],
                     help="the fast setting's RDM solver (dpm++2m-sde for a v RDM such as fmnist-rdm-v)")
     ap.add_argument("--fast-rdm-steps", type=int, default=SETTINGS["fast"]["rdm_steps"])
+    ap.add_argument("--fast-dit-solver", choices=PIXEL_SAMPLERS,
+                    default=SETTINGS["fast"]["dit_sampler"])
     ap.add_argument("--fast-dit-steps", type=int, default=SETTINGS["fast"]["dit_steps"])
+    ap.add_argument("--fast-mage-steps", type=int, default=SETTINGS["fast"]["mage_steps"])
     ap.add_argument("--data", default="fmnist", help="reference images of the FID (fmnist train)")
     ap.add_argument("--work", default="runs/sampling-speed", help="keeps the FID reference statistics")
     ap.add_argument("--out", default="benchmarks/results/sampling_speed.json")
     a = ap.parse_args()
-    SETTINGS["fast"].update(rdm_solver=a.fast_rdm_solver, rdm_steps=a.fast_rdm_steps, dit_steps=a.fast_dit_steps)
+    SETTINGS["fast"].update(rdm_solver=a.fast_rdm_solver, rdm_steps=a.fast_rdm_steps, dit_sampler=a.fast_dit_solver,
+                            dit_steps=a.fast_dit_steps, mage_steps=a.fast_mage_steps)
     dev = setup_torch()
     Path(a.work).mkdir(parents=True, exist_ok=True)
     runs = {g: r for g, r in (("mage", a.mage), ("dit", a.dit)) if r}
@@ -120,14 +127,19 @@ def main():
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "rdm": a.rdm, "runs": runs,
             "evalnet": a.evalnet, "feature_net": net.name, "settings": SETTINGS}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
+    out = Path(a.out)
+    old = json.loads(out.read_text()) if out.exists() else {"rows": [], "meta": {}}
+    if "rows" in old.get("meta", {}) or "cpu_capability" in old.get("meta", {}):
+        old["meta"] = {}                                       # an older file's single meta: replaced
+    rows = [r for r in old["rows"] if r["generator"] not in runs] + rows
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "meta": {**old["meta"], **{g: meta for g in runs}}}, indent=2) + "\n")
     print(f"\nwrote {a.out}\n\n| generator | setting | img/s | FID (dom) | rep FD | RDM rep FD | RDM steps | pixel steps |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['generator']} | {r['setting']} | {r['img_per_s']} | {r['fid']:.2f} | {r['rep_fd']:.3f} | "
               f"{r['rdm_rep_fd']:.3f} | {r['rdm_solver']} {r['rdm_steps']} | {r['pixel_sampler']} {r['pixel_steps']} |")
-    for gen in runs:
+    for gen in sorted({r["generator"] for r in rows}):
         by = {r["setting"]: r for r in rows if r["generator"] == gen}
         if {"paper", "fast"} <= set(by):
             p, f = by["paper"], by["fast"]

@@ -126,8 +126,8 @@ def test_guidance_zero_is_conditional():
     # guidance 0: one conditional pass of batch B per step, no unconditional pass
     calls = []
     orig = m.logits
-    m.logits = lambda ids, rep=None, labels=None, null=None: calls.append((ids.shape[0], null)) or orig(ids, rep,
-                                                                                                      labels, null)
+    m.logits = lambda ids, rep=None, labels=None, null=None, positions=None: calls.append((ids.shape[0], null)) or \
+        orig(ids, rep, labels, null, positions)
     t0 = mage_generate(m, rep, steps=6, guidance=0.0, generators=_gens([1, 2, 3]))
     assert calls == [(3, None)] * 6
     calls.clear()
@@ -140,6 +140,34 @@ def test_guidance_zero_is_conditional():
     a = mage_generate(m, rep_null, steps=6, guidance=0.0, generators=_gens([1, 2, 3]))
     b = mage_generate(m, rep_null, steps=6, guidance=3.0, generators=_gens([1, 2, 3]))
     assert torch.equal(a, b)
+
+
+def test_tokens_are_drawn_from_the_softmax_of_the_logits():
+    """Each unknown token is a draw of Categorical(logits): over many seeds the frequencies of one step's codes
+    match softmax(logits) (peaked logits of known values replace the network), and the logits are asked only at
+    the unknown positions."""
+    m = _model().eval()
+    L, C, N = m.cfg.num_tokens, m.cfg.codebook_size, 4000
+    base = 2.0 * torch.randn(L, C, generator=torch.Generator().manual_seed(0))
+    asked = []
+
+    def fake(ids, rep=None, labels=None, null=None, positions=None):
+        asked.append(positions[0].tolist())
+        return base.expand(ids.shape[0], -1, -1).gather(1, positions.unsqueeze(-1).expand(-1, -1, C))
+    m.logits = fake
+    tokens = mage_generate(m, _rep(N), steps=1, generators=_gens(range(N)))
+    freq = torch.zeros(L, C).scatter_add_(1, tokens.T, torch.ones(L, N)) / N
+    tv = 0.5 * (freq - base.softmax(-1)).abs().sum(-1)            # total variation per position
+    assert float(tv.mean()) < 0.05, float(tv.mean())               # ~0.03 expected from N draws; argmax ~0.5
+    del m.logits
+    _, hist = mage_generate(m, _rep(2), steps=4, generators=_gens([0, 1]), return_history=True)
+    m.logits = lambda *a, positions=None, **k: asked.append(positions[0].tolist()) or \
+        MAGE.logits(m, *a, positions=positions, **k)
+    asked.clear()
+    mage_generate(m, _rep(2), steps=4, generators=_gens([0, 1]))
+    assert asked[0] == list(range(L))
+    for k in range(1, 4):                                          # step k: the positions still masked
+        assert asked[k] == (hist[k - 1][0] == m.cfg.mask_id).nonzero()[:, 0].tolist()
 
 
 @pytest.mark.parametrize("guidance", [0.0, 1.5])

@@ -217,7 +217,8 @@ def _sampling(p: argparse.ArgumentParser, paper=None) -> None:
     g.add_argument("--guidance", type=float, help="representation guidance tau (0 = off; linear schedule)")
     if paper is not None:
         g.add_argument("--sampler", choices=C.PIXEL_SAMPLERS,
-                       help="diffusion generators (DiT, ADM, LDM): ancestral, DDIM, or DPM-Solver++ 2M (fast)")
+                       help="diffusion generators (DiT, ADM, LDM): ancestral, DDIM, or DPM-Solver++ 2M / its SDE form "
+                            "(fast)")
         g.add_argument("--rdm-solver", choices=C.RDM_SOLVERS,
                        help="the RDM's sampler: the paper's DDIM, or DPM-Solver++ 2M / its SDE form "
                             "(e.g. --rdm-steps 20)")

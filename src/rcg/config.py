@@ -17,7 +17,7 @@ from .rdm import RDMConfig
 from .tokenizer import VQConfig
 from .tree import build, from_dict, to_dict
 
-PIXEL_SAMPLERS = ("ddpm", "ddim", "dpm++2m")     # PixelRun.sampler of the diffusion generators (MAGE ignores it)
+PIXEL_SAMPLERS = ("ddpm", "ddim", "dpm++2m", "dpm++2m-sde")   # PixelRun.sampler of the diffusion generators (not MAGE)
 RDM_SOLVERS = ("ddim", "dpm++2m", "dpm++2m-sde")  # RDMRun.solver
 
 

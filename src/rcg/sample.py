@@ -24,7 +24,7 @@ from .images import decode_image
 from .loaders import find_part, load
 from .precision import autocast as bf16_autocast
 from .rng import per_sample, randn_per_sample
-from .solvers import dpm_solver_sample
+from .solvers import DPM_SOLVERS, dpm_solver_sample
 from .tree import to_dict
 
 
@@ -119,7 +119,7 @@ class RCGSampler:
     def configure(self, sampler: Optional[str] = None, steps: Optional[int] = None,
                   rdm_solver: Optional[str] = None, rdm_steps: Optional[int] = None) -> "RCGSampler":
         """Change the sampling settings in place (None keeps the run's): ``sampler`` of a diffusion generator
-        (``"ddpm"``, ``"ddim"``, ``"dpm++2m"``), its ``steps`` (MAGE: decoding steps), and the RDM's solver
+        (``"ddpm"``, ``"ddim"``, ``"dpm++2m"``, ``"dpm++2m-sde"``), its ``steps`` (MAGE: decoding steps), and the RDM's solver
         (``"ddim"``, ``"dpm++2m"``, ``"dpm++2m-sde"``) and steps. Returns ``self``.
 
         >>> s = RCGSampler("runs/dit", "runs/rdm").configure("dpm++2m", 10, "dpm++2m", 10)   # doctest: +SKIP
@@ -293,8 +293,8 @@ def draw_reps(model, cfg, num: int, steps: Optional[int] = None, eta: Optional[f
         x_T = randn_per_sample((n, model.cfg.in_channels), gens, device=dev)
         y = labels[i:i + n].to(dev) if labels is not None else None
         fn = lambda x, t: model(x, t, y)  # noqa: E731
-        out = dpm_solver_sample(diffusion, fn, x_T, steps, eta=1.0 if solver == "dpm++2m-sde" else 0.0,
-                                generators=gens) if solver.startswith("dpm++") else \
+        out = dpm_solver_sample(diffusion, fn, x_T, steps, eta=DPM_SOLVERS[solver],
+                                generators=gens) if solver in DPM_SOLVERS else \
             diffusion.ddim_sample(fn, x_T, steps, eta, generators=gens)
         chunks.append(out.float().cpu())
         bar.update(n)

@@ -29,6 +29,9 @@ def dpm_solver_timesteps(diffusion: GaussianDiffusion, steps: int) -> torch.Tens
     return torch.tensor(out, dtype=torch.int64)
 
 
+DPM_SOLVERS = {"dpm++2m": 0.0, "dpm++2m-sde": 1.0}   # solver name -> eta of dpm_solver_sample (the ODE, the SDE)
+
+
 @torch.no_grad()
 def dpm_solver_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, x_T: torch.Tensor, steps: int,
                       progress: bool = False, clip_x0: bool = False, final_x0: bool = False, eta: float = 0.0,

@@ -33,7 +33,7 @@ from ..guidance import guided_pass
 from ..layers import class_condition, rep_condition, timestep_embedding
 from ..precision import resolve_bf16
 from ..rng import randn_per_sample, uniform
-from ..solvers import dpm_solver_sample
+from ..solvers import DPM_SOLVERS, dpm_solver_sample
 from ..tree import to_dict
 
 
@@ -372,7 +372,8 @@ def adm_generate(model: ADM, generators, rep: Optional[torch.Tensor] = None, lab
     (B, C, H, W), as ``engine_adm.gen_img``: ``sampler="ddim"`` = respacing ``f"ddim{steps}"`` and
     ``ddim_sample_loop`` (eta ``eta``; the README's ``--use_ddim``); ``"ddpm"`` = respacing ``str(steps)`` and the
     ancestral ``p_sample_loop`` with the learned variance (the README's evaluation: 250); ``"dpm++2m"`` =
-    DPM-Solver++ 2M on the full schedule (not in the official code; deterministic, ``steps`` model calls).
+    DPM-Solver++ 2M on the full schedule (not in the official code; deterministic, ``steps`` model calls;
+    ``"dpm++2m-sde"`` its stochastic form, eta 1).
     ``clip_denoised`` clips pred_x0 to [-1, 1]. ``guidance`` is tau on the eps channels (needs a ``null_rep`` / null class).
     ``diffusion``: :func:`adm_diffusion`'s keyword arguments (default ADM's)."""
     c = model.cfg
@@ -381,11 +382,11 @@ def adm_generate(model: ADM, generators, rep: Optional[torch.Tensor] = None, lab
 
     def fn(x, t):
         return guided_pass(model, (x, t, rep, labels), guidance, c.in_channels).float()
-    if sampler == "dpm++2m":             # on the full schedule; the solver picks its own timesteps
+    if sampler in DPM_SOLVERS:           # on the full schedule; the solver picks its own timesteps
         return dpm_solver_sample(adm_diffusion("", **(diffusion or {})).to(dev), fn, x_T, steps, progress,
-                                 clip_x0=clip_denoised, final_x0=True)
+                                 clip_x0=clip_denoised, final_x0=True, eta=DPM_SOLVERS[sampler], generators=generators)
     if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"sampler must be 'ddpm', 'ddim' or 'dpm++2m', got {sampler!r}")
+        raise ValueError(f"sampler must be 'ddpm', 'ddim', {' or '.join(map(repr, DPM_SOLVERS))}, got {sampler!r}")
     spaced = adm_diffusion(f"ddim{steps}" if sampler == "ddim" else str(steps), **(diffusion or {})).to(dev)
     if sampler == "ddim":
         return spaced.ddim_sample_spaced(fn, x_T, eta, generators, clip_denoised, progress)

@@ -26,7 +26,7 @@ from ..guidance import guided_pass
 from ..layers import Attention, Mlp, class_condition, rep_condition, sincos_pos_embed, timestep_embedding
 from ..precision import resolve_bf16
 from ..rng import randn_per_sample, uniform
-from ..solvers import dpm_solver_sample
+from ..solvers import DPM_SOLVERS, dpm_solver_sample
 from ..tree import to_dict
 
 
@@ -244,7 +244,8 @@ def dit_generate(model: DiT, diffusion, generators, rep: Optional[torch.Tensor] 
     ``sampler="ddpm"``: ancestral sampling on ``diffusion.respaced(steps)`` with the learned variance;
     ``"ddim"``: :meth:`rcg.diffusion.GaussianDiffusion.ddim_sample` (eps channels only; the last step's
     predicted x0 is returned, without the official sampler's leftover noise); ``"dpm++2m"``: DPM-Solver++ 2M
-    (:func:`rcg.solvers.dpm_solver_sample`, deterministic, ``steps`` model calls). ``guidance`` is tau
+    (:func:`rcg.solvers.dpm_solver_sample`, deterministic, ``steps`` model calls; ``"dpm++2m-sde"`` its
+    stochastic form, eta 1). ``guidance`` is tau
     (DiT's scale 1 + tau) on the eps channels, by :func:`rcg.guidance.guided_pass` (``official_first3``: the
     official first-3-channels form). ``clip_denoised`` clips the predicted x0 to [-1, 1] (pixel space)."""
     c = model.cfg
@@ -257,9 +258,10 @@ def dit_generate(model: DiT, diffusion, generators, rep: Optional[torch.Tensor] 
         return diffusion.respaced(steps).ddpm_sample(fn, x_T, generators, clip_denoised=clip_denoised)
     if sampler == "ddim":
         return diffusion.ddim_sample(fn, x_T, steps, eta, generators=generators, final_x0=True)
-    if sampler == "dpm++2m":
-        return dpm_solver_sample(diffusion, fn, x_T, steps, final_x0=True)          # as DiT's DDIM: no clipping
-    raise ValueError(f"sampler must be 'ddpm', 'ddim' or 'dpm++2m', got {sampler!r}")
+    if sampler in DPM_SOLVERS:                                                      # as DiT's DDIM: no clipping
+        return dpm_solver_sample(diffusion, fn, x_T, steps, final_x0=True, eta=DPM_SOLVERS[sampler],
+                                 generators=generators)
+    raise ValueError(f"sampler must be 'ddpm', 'ddim', {' or '.join(map(repr, DPM_SOLVERS))}, got {sampler!r}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ..guidance import guided
 from ..layers import class_condition
 from ..precision import resolve_bf16
 from ..rng import randn_per_sample, uniform
-from ..solvers import dpm_solver_sample
+from ..solvers import DPM_SOLVERS, dpm_solver_sample
 from ..tree import to_dict
 from .ldm_autoencoder import FirstStageConfig, first_stage
 from .ldm_unet import LDMUNet
@@ -226,7 +226,7 @@ def ldm_generate(model: LDM, diffusion: GaussianDiffusion, generators=None, rep=
     come from it alone), or from ``x_T`` (step noise then from ``generators`` or the global RNG).
     ``"ddim"``: the official DDIM (:meth:`rcg.diffusion.GaussianDiffusion.ddim_sample`; RCG: 200 steps, eta 1,
     ending at the final x); ``"ddpm"``: ancestral sampling on ``steps`` respaced steps; ``"dpm++2m"``: DPM-Solver++ 2M
-    (:func:`rcg.solvers.dpm_solver_sample`, deterministic)."""
+    (:func:`rcg.solvers.dpm_solver_sample`, deterministic; ``"dpm++2m-sde"`` its stochastic form, eta 1)."""
     c = model.cfg
     if x_T is None:
         dev = next(model.parameters()).device
@@ -239,10 +239,10 @@ def ldm_generate(model: LDM, diffusion: GaussianDiffusion, generators=None, rep=
         z = diffusion.ddim_sample(fn, x_T, steps, eta, generators=generators)
     elif sampler == "ddpm":
         z = diffusion.respaced(steps).ddpm_sample(fn, x_T, generators)
-    elif sampler == "dpm++2m":
-        z = dpm_solver_sample(diffusion, fn, x_T, steps)
+    elif sampler in DPM_SOLVERS:
+        z = dpm_solver_sample(diffusion, fn, x_T, steps, eta=DPM_SOLVERS[sampler], generators=generators)
     else:
-        raise ValueError(f"sampler must be 'ddim', 'ddpm' or 'dpm++2m', got {sampler!r}")
+        raise ValueError(f"sampler must be 'ddim', 'ddpm', {' or '.join(map(repr, DPM_SOLVERS))}, got {sampler!r}")
     return model.decode(z).float() if decode else z
 
 

@@ -244,11 +244,17 @@ class MAGE(nn.Module):
         return self._decoded(tokens_in, self._slot0(tokens_in.shape[0], rep, labels, null))
 
     def logits(self, tokens_in: torch.Tensor, rep: Optional[torch.Tensor] = None,
-               labels: Optional[torch.Tensor] = None, null: Optional[torch.Tensor] = None) -> torch.Tensor:
+               labels: Optional[torch.Tensor] = None, null: Optional[torch.Tensor] = None,
+               positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One decoding step for ids (B, num_tokens) where the mask id marks unknown tokens: logits
         (B, num_tokens, codebook_size). ``null`` (B,) bool selects ``null_rep`` per sample; with ``rep=None``
-        (and always for cond="none") every sample uses ``null_rep``. Call in eval mode for the official step."""
-        return self._mlm(self._step(tokens_in, rep, labels, null)[:, 1:], self.cfg.codebook_size)
+        (and always for cond="none") every sample uses ``null_rep``. ``positions`` (B, U): the logits at those
+        token positions only, (B, U, codebook_size) (the output layer runs on them alone). Call in eval mode for
+        the official step."""
+        h = self._step(tokens_in, rep, labels, null)[:, 1:]
+        if positions is not None:
+            h = h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        return self._mlm(h, self.cfg.codebook_size)
 
     def full_logits(self, tokens_in: torch.Tensor, rep: Optional[torch.Tensor] = None,
                     labels: Optional[torch.Tensor] = None, null: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -311,7 +317,8 @@ def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optio
                   return_history: bool = False):
     """Official ``gen_image`` parallel decoding -> tokens (B, num_tokens) in [0, codebook_size).
 
-    Starts all-masked; step k samples every unknown token from Categorical(logits) (guided logits
+    Starts all-masked; step k samples every unknown token from Categorical(logits) (by inverse CDF: one uniform
+    per token, not one Gumbel per token and code; only the unknown tokens' logits are computed) (guided logits
     ``cond + tau_k (cond - uncond)``, ``tau_k = guidance (k+1)/steps``, uncond = ``null_rep``, by
     :func:`rcg.guidance.guided_pass`; no uncond pass when guidance = 0), keeps known tokens, then re-masks the
     ``mask_len`` least confident (confidence = log p(sampled) + temperature (1 - r) Gumbel, known tokens +inf),
@@ -336,12 +343,20 @@ def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optio
     history = []
     for k in range(steps):
         unknown = ids == c.mask_id
+        n_unknown = unknown.sum(1)
+        U = int(n_unknown[0])                        # the same for every sample (one mask schedule)
+        pos = unknown.nonzero()[:, 1].view(B, U)     # the unknown positions, ascending
         tau = linear_tau(guidance, k, steps) if guidance and c.cond == "rep" else 0.0
-        lg = guided_pass(lambda *a, null: model.logits(*a, null=null).float(), (ids, rep, labels), tau)
-        sampled = (lg + gumbel(uniform((B, L, C), generators, dev))).argmax(-1)   # Categorical
-        sampled = torch.where(unknown, sampled, ids)
-        mask_len = (unknown.sum(1) - 1).clamp(max=cosine_mask_len(L, k, steps)).clamp(min=1)
-        conf = lg.log_softmax(-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        lg = guided_pass(lambda *a, null: model.logits(*a, null=null, positions=pos.repeat(len(a[0]) // B, 1)).float(),
+                         (ids, rep, labels), tau)                            # (cond; uncond) batches: 2B rows
+        logz = lg.logsumexp(-1, keepdim=True)
+        cdf = (lg - logz).exp_().cumsum_(-1)         # Categorical(logits) by inverse CDF
+        u = uniform((B, U), generators, dev).unsqueeze(-1) * cdf[..., -1:]
+        pick = torch.searchsorted(cdf, u, right=True).clamp_(max=C - 1)
+        sampled = ids.scatter(1, pos, pick.squeeze(-1))
+        mask_len = (n_unknown - 1).clamp(max=cosine_mask_len(L, k, steps)).clamp(min=1)
+        log_p = (lg.gather(-1, pick) - logz).squeeze(-1)                     # log p(sampled token)
+        conf = torch.full((B, L), float("inf"), device=dev).scatter(1, pos, log_p)
         conf = conf + temperature * (1.0 - (k + 1) / steps) * gumbel(uniform((B, L), generators, dev))
         conf = conf.masked_fill(~unknown, float("inf"))
         remask = torch.zeros_like(unknown).scatter(1, conf.argsort(1), torch.arange(L, device=dev) < mask_len[:, None])
