@@ -8,7 +8,8 @@ Settings (``SETTINGS``):
   steps (the official evaluation settings, RCG_FACTS); float32;
 - ``fast``: DPM-Solver++ 2M for the RDM (``--fast-rdm-solver``, ``--fast-rdm-steps``) and the DiT
   (``--fast-dit-solver``, ``--fast-dit-steps``); MAGE 12 decoding steps (``--fast-mage-steps``; the
-  ``fmnist-mage`` preset's); bf16 autocast where the CPU has it natively.
+  ``fmnist-mage`` preset's), its tokens drawn by inverse CDF at the unknown positions (``token_draw="cdf"``);
+  bf16 autocast where the CPU has it natively.
 
 The representations of one setting are drawn once (timed) and shared by the generators (same seeds), so the
 images/s of a row is ``num / (RDM seconds + generator seconds)``; metrics are computed afterwards, untimed.
@@ -43,16 +44,16 @@ from rcg.sample import RCGSampler, draw_reps
 
 SETTINGS = {
     "paper": {"rdm_solver": "ddim", "rdm_steps": 250, "mage_steps": 20, "dit_sampler": "ddpm", "dit_steps": 250,
-              "bf16": False},
+              "bf16": False, "token_draw": "gumbel"},
     "fast": {"rdm_solver": "dpm++2m", "rdm_steps": 20, "mage_steps": 12, "dit_sampler": "dpm++2m", "dit_steps": 10,
-             "bf16": None},
+             "bf16": None, "token_draw": "cdf"},
 }
 
 
 def system(run: str, rdm: str, dev, setting: dict) -> RCGSampler:
     s = RCGSampler(run, rdm, dev)
     mage = s.spec.name == "mage"
-    s.cfg = replace(s.cfg, sample_bf16=setting["bf16"])            # configure below rebuilds the sampler
+    s.cfg = replace(s.cfg, sample_bf16=setting["bf16"], token_draw=setting["token_draw"])   # configure rebuilds
     return s.configure(sampler=None if mage else setting["dit_sampler"],
                        steps=setting["mage_steps" if mage else "dit_steps"], rdm_solver=setting["rdm_solver"],
                        rdm_steps=setting["rdm_steps"])

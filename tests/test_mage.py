@@ -142,45 +142,46 @@ def test_guidance_zero_is_conditional():
     assert torch.equal(a, b)
 
 
-def test_tokens_are_drawn_from_the_softmax_of_the_logits():
-    """Each unknown token is a draw of Categorical(logits): over many seeds the frequencies of one step's codes
-    match softmax(logits) (peaked logits of known values replace the network), and the logits are asked only at
-    the unknown positions."""
+@pytest.mark.parametrize("draw", ["gumbel", "cdf"])
+def test_tokens_are_drawn_from_the_softmax_of_the_logits(draw):
+    """Each unknown token is a draw of Categorical(logits), by either draw: over many seeds the frequencies of one
+    step's codes match softmax(logits) (peaked logits of known values replace the network); the cdf draw asks
+    for the logits at the unknown positions only."""
     m = _model().eval()
     L, C, N = m.cfg.num_tokens, m.cfg.codebook_size, 4000
     base = 2.0 * torch.randn(L, C, generator=torch.Generator().manual_seed(0))
-    asked = []
 
     def fake(ids, rep=None, labels=None, null=None, positions=None):
-        asked.append(positions[0].tolist())
-        return base.expand(ids.shape[0], -1, -1).gather(1, positions.unsqueeze(-1).expand(-1, -1, C))
+        full = base.expand(ids.shape[0], -1, -1)
+        return full if positions is None else full.gather(1, positions.unsqueeze(-1).expand(-1, -1, C))
     m.logits = fake
-    tokens = mage_generate(m, _rep(N), steps=1, generators=_gens(range(N)))
+    tokens = mage_generate(m, _rep(N), steps=1, generators=_gens(range(N)), draw=draw)
     freq = torch.zeros(L, C).scatter_add_(1, tokens.T, torch.ones(L, N)) / N
     tv = 0.5 * (freq - base.softmax(-1)).abs().sum(-1)            # total variation per position
     assert float(tv.mean()) < 0.05, float(tv.mean())               # ~0.03 expected from N draws; argmax ~0.5
     del m.logits
-    _, hist = mage_generate(m, _rep(2), steps=4, generators=_gens([0, 1]), return_history=True)
-    m.logits = lambda *a, positions=None, **k: asked.append(positions[0].tolist()) or \
-        MAGE.logits(m, *a, positions=positions, **k)
-    asked.clear()
-    mage_generate(m, _rep(2), steps=4, generators=_gens([0, 1]))
-    assert asked[0] == list(range(L))
-    for k in range(1, 4):                                          # step k: the positions still masked
-        assert asked[k] == (hist[k - 1][0] == m.cfg.mask_id).nonzero()[:, 0].tolist()
+    if draw == "cdf":
+        _, hist = mage_generate(m, _rep(2), steps=4, generators=_gens([0, 1]), return_history=True, draw=draw)
+        asked = []
+        m.logits = lambda *a, positions=None, **k: asked.append(positions[0].tolist()) or \
+            MAGE.logits(m, *a, positions=positions, **k)
+        again = mage_generate(m, _rep(2), steps=4, generators=_gens([0, 1]), draw=draw)
+        assert torch.equal(again, hist[-1]) and asked[0] == list(range(L))
+        for k in range(1, 4):                                      # step k: the positions still masked
+            assert asked[k] == (hist[k - 1][0] == m.cfg.mask_id).nonzero()[:, 0].tolist()
 
 
-@pytest.mark.parametrize("guidance", [0.0, 1.5])
-def test_same_seed_same_tokens_across_batch_sizes(guidance):
+@pytest.mark.parametrize("guidance,draw", [(0.0, "gumbel"), (1.5, "gumbel"), (1.5, "cdf")])
+def test_same_seed_same_tokens_across_batch_sizes(guidance, draw):
     m = _model().eval()
     seeds, rep = list(range(10, 18)), _rep(8)
-    batch = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens(seeds))
+    batch = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens(seeds), draw=draw)
     for i in (0, 3, 7):
-        one = mage_generate(m, rep[i:i + 1], steps=8, guidance=guidance, generators=_gens([seeds[i]]))
+        one = mage_generate(m, rep[i:i + 1], steps=8, guidance=guidance, generators=_gens([seeds[i]]), draw=draw)
         assert torch.equal(one[0], batch[i]), i
-    again = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens(seeds))
+    again = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens(seeds), draw=draw)
     assert torch.equal(again, batch)
-    other = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens([s + 100 for s in seeds]))
+    other = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens([s + 100 for s in seeds]), draw=draw)
     assert not torch.equal(other, batch)
     with pytest.raises(ValueError):
         mage_generate(m, rep, steps=8, generators=_gens(seeds[:3]))
@@ -260,3 +261,11 @@ def test_bf16_autocast_runs():
         lg = m.logits(ids, _rep(2))
     ref = m.logits(ids, _rep(2))
     assert lg.shape == ref.shape and (lg.float() - ref).abs().max() < 0.5
+
+
+def test_pixel_run_names_the_token_draws():
+    from rcg.config import PixelRun
+    assert PixelRun().token_draw == "gumbel"                      # the official draw stays the default
+    assert PixelRun(token_draw="cdf").token_draw == "cdf"
+    with pytest.raises(ValueError, match="gumbel"):
+        PixelRun(token_draw="multinomial")
