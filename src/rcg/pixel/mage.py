@@ -350,7 +350,8 @@ def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optio
     RNG). ``draw``: how the Categorical is drawn: ``"gumbel"`` (argmax of logits + one Gumbel per token and code,
     over all positions; the reference) or ``"cdf"`` (inverse CDF, one uniform per unknown token, the logits at the
     unknown positions only: the same distribution, other draws, about 2x cheaper). ``return_history``: also
-    return (steps, B, L) ids after each step (re-masked; the last entry is the result). Call in eval mode. Batch size from rep / labels / generators / ``batch_size``."""
+    return (steps, B, L) ids after each step (re-masked; the last entry is the result). Call in eval mode.
+    Batch size from rep / labels / generators / ``batch_size``."""
     c = model.cfg
     B = next((int(x.shape[0]) for x in (rep, labels) if x is not None),
              len(generators) if generators is not None else batch_size)
