@@ -130,7 +130,7 @@ def main():
             "evalnet": a.evalnet, "feature_net": net.name, "settings": SETTINGS}
     out = Path(a.out)
     old = json.loads(out.read_text()) if out.exists() else {"rows": [], "meta": {}}
-    if "rows" in old.get("meta", {}) or "cpu_capability" in old.get("meta", {}):
+    if "cpu_capability" in old["meta"]:
         old["meta"] = {}                                       # an older file's single meta: replaced
     rows = [r for r in old["rows"] if r["generator"] not in runs] + rows
     out.parent.mkdir(parents=True, exist_ok=True)

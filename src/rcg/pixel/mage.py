@@ -334,6 +334,9 @@ def _draw_cdf(model, ids, rep, labels, tau, unknown, generators):
     return ids.scatter(1, pos, pick.squeeze(-1)), conf
 
 
+TOKEN_DRAWS = {"gumbel": _draw_gumbel, "cdf": _draw_cdf}   # mage_generate(draw=) / PixelRun.token_draw
+
+
 @torch.no_grad()
 def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                   steps: int = 20, temperature: float = 6.0, guidance: float = 0.0,
@@ -349,7 +352,7 @@ def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optio
     sampled ids (complete). ``generators``: one per sample, for batch-size-independent results (else the global
     RNG). ``draw``: how the Categorical is drawn: ``"gumbel"`` (argmax of logits + one Gumbel per token and code,
     over all positions; the reference) or ``"cdf"`` (inverse CDF, one uniform per unknown token, the logits at the
-    unknown positions only: the same distribution, other draws, about 2x cheaper). ``return_history``: also
+    unknown positions only: the same distribution, other draws, steps 1.1-1.3x cheaper). ``return_history``: also
     return (steps, B, L) ids after each step (re-masked; the last entry is the result). Call in eval mode.
     Batch size from rep / labels / generators / ``batch_size``."""
     c = model.cfg
@@ -367,17 +370,13 @@ def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optio
     L = c.num_tokens
     ids = torch.full((B, L), c.mask_id, dtype=torch.long, device=dev)
     history = []
-    if draw not in ("gumbel", "cdf"):
-        raise ValueError(f"draw must be 'gumbel' or 'cdf', got {draw!r}")
+    if draw not in TOKEN_DRAWS:
+        raise ValueError(f"draw must be one of {', '.join(TOKEN_DRAWS)}, got {draw!r}")
     for k in range(steps):
         unknown = ids == c.mask_id
-        n_unknown = unknown.sum(1)
         tau = linear_tau(guidance, k, steps) if guidance and c.cond == "rep" else 0.0
-        if draw == "gumbel":
-            sampled, log_p = _draw_gumbel(model, ids, rep, labels, tau, unknown, generators)
-        else:
-            sampled, log_p = _draw_cdf(model, ids, rep, labels, tau, unknown, generators)
-        mask_len = (n_unknown - 1).clamp(max=cosine_mask_len(L, k, steps)).clamp(min=1)
+        sampled, log_p = TOKEN_DRAWS[draw](model, ids, rep, labels, tau, unknown, generators)
+        mask_len = (unknown.sum(1) - 1).clamp(max=cosine_mask_len(L, k, steps)).clamp(min=1)
         conf = log_p + temperature * (1.0 - (k + 1) / steps) * gumbel(uniform((B, L), generators, dev))
         conf = conf.masked_fill(~unknown, float("inf"))
         remask = torch.zeros_like(unknown).scatter(1, conf.argsort(1), torch.arange(L, device=dev) < mask_len[:, None])
