@@ -13,6 +13,8 @@ Settings (``SETTINGS``):
 
 The representations of one setting are drawn once (timed) and shared by the generators (same seeds), so the
 images/s of a row is ``num / (RDM seconds + generator seconds)``; metrics are computed afterwards, untimed.
+``--batch`` rows go to the RDM and to each generator's sampler at a time; on a CPU the MAGE and DiT samplers
+run them 128 rows per pass (:mod:`rcg.pixel.rows`), in both settings.
 
     python benchmarks/sampling_speed.py --rdm runs/fmnist-rdm --mage runs/mage --dit runs/dit \\
         --evalnet runs/fmnist-evalnet --cache runs/cache.safetensors [--num 10000]

@@ -196,3 +196,23 @@ def test_converted_run_roundtrip(tmp_path):
     x, t, rep = _inputs()
     with torch.no_grad():
         assert torch.equal(m2(x, t, rep), m(x, t, rep))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_cpu_sampler_chunks_rows_without_changing_images(monkeypatch, sampler):
+    """On a CPU the registry sampler runs CPU_ROWS rows at a time: the images equal one full-batch run."""
+    from rcg.config import PixelRun
+    from rcg.pixel import dit as D
+    from rcg.pixel import rows
+    m = _model()
+    run = PixelRun(generator="dit", model=m.cfg, steps=5, sampler=sampler, eta=1.0)
+    rep = _inputs(B=5)[2]
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(5)]        # noqa: E731
+    whole = D.sampler(m, run)(rep, None, gens())
+    monkeypatch.setattr(rows, "CPU_ROWS", 2)                 # 2 + 2 + 1 rows
+    calls = []
+    real = D.dit_generate
+    monkeypatch.setattr(D, "dit_generate", lambda model, diff, g, **k: calls.append(len(g)) or real(model, diff, g, **k))
+    chunked = D.sampler(m, run)(rep, None, gens())
+    assert calls == [2, 2, 1] and chunked.shape == whole.shape
+    assert torch.allclose(chunked, whole, atol=1e-5)

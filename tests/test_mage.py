@@ -269,3 +269,23 @@ def test_pixel_run_names_the_token_draws():
     assert PixelRun(token_draw="cdf").token_draw == "cdf"
     with pytest.raises(ValueError, match="gumbel"):
         PixelRun(token_draw="multinomial")
+
+
+@pytest.mark.parametrize("draw", ["gumbel", "cdf"])
+def test_cpu_sampler_chunks_rows_without_changing_tokens(monkeypatch, draw):
+    """The registry sampler decodes CPU batches CPU_ROWS rows at a time: the tokens equal one full-batch pass."""
+    from rcg.config import PixelRun
+    from rcg.pixel import mage as M
+    from rcg.pixel import rows
+    m = _model().eval()
+    run = PixelRun(steps=4, temperature=2.0, token_draw=draw)
+    rep = _rep(7)
+    whole = mage_generate(m, rep, None, 4, 2.0, 0.0, _gens(range(7)), draw=draw)
+    monkeypatch.setattr(rows, "CPU_ROWS", 3)                 # 3 + 3 + 1 rows
+    calls = []
+    real = M.mage_generate
+    monkeypatch.setattr(M, "mage_generate", lambda *a, **k: calls.append(len(a[6])) or real(*a, **k))
+    chunked = M.sampler(m, run)(rep, None, _gens(range(7)))
+    assert calls == [3, 3, 1]
+    assert torch.equal(chunked, whole)
+    assert not torch.equal(whole[:3], mage_generate(m, rep[:3], None, 4, 2.0, 0.0, _gens(range(3, 6)), draw=draw))

@@ -28,6 +28,7 @@ from ..precision import resolve_bf16
 from ..rng import randn_per_sample, uniform
 from ..solvers import DPM_SOLVERS, dpm_solver_sample
 from ..tree import to_dict
+from .rows import in_row_chunks
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,8 @@ def trainer(model: DiT, run):
 
 def sampler(model: DiT, run):
     """sample(rep, labels, generators, steps, temperature, guidance) -> (B, C, H, W) in [-1, 1] (latents for a
-    DiT on an autoencoder's latents); ``temperature`` does not apply; unset settings are the run's."""
+    DiT on an autoencoder's latents); ``temperature`` does not apply; unset settings are the run's. On a CPU the
+    rows go through in chunks (:func:`rcg.pixel.rows.in_row_chunks`; the same images)."""
     dev = next(model.parameters()).device
     diffusion = _diffusion(run, dev)
 
@@ -302,7 +304,7 @@ def sampler(model: DiT, run):
             return dit_generate(model, diffusion, generators, rep=rep, labels=labels, steps=steps or run.steps,
                                 sampler=run.sampler, eta=run.eta, guidance=run.guidance if guidance is None else guidance,
                                 clip_denoised=not run.autoencoder, official_first3=run.official_first3)
-    return sample
+    return in_row_chunks(sample, dev)
 
 
 def to_unit(x: torch.Tensor, tokenizer=None) -> torch.Tensor:

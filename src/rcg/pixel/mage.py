@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..guidance import guided_pass, linear_tau
 from ..layers import Attention, Mlp, class_condition, rep_condition
 from ..precision import resolve_bf16
+from .rows import in_row_chunks
 from ..rng import uniform
 
 
@@ -404,7 +405,8 @@ def trainer(model: MAGE, run):
 def sampler(model: MAGE, run):
     """sample(rep, labels, generators, steps, temperature, guidance) -> tokens (B, num_tokens); unset settings
     are the run's. The model uses only the condition of its ``cond``. ``run.sample_bf16``: the transformer under
-    bf16 autocast (logits, Gumbel draws and confidences stay float32); off by default, as the official code."""
+    bf16 autocast (logits, Gumbel draws and confidences stay float32); off by default, as the official code. On a
+    CPU the rows go through in chunks (:func:`rcg.pixel.rows.in_row_chunks`; the same tokens)."""
     dev = next(model.parameters()).device
 
     def sample(rep, labels, generators, steps=None, temperature=None, guidance=None):
@@ -413,7 +415,7 @@ def sampler(model: MAGE, run):
                                  run.temperature if temperature is None else temperature,
                                  run.guidance if guidance is None else guidance, generators, len(generators),
                                  draw=run.token_draw)
-    return sample
+    return in_row_chunks(sample, dev)
 
 
 def to_unit(tokens: torch.Tensor, tokenizer) -> torch.Tensor:
