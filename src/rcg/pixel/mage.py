@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from ..guidance import guided_pass, linear_tau
 from ..layers import Attention, Mlp, class_condition, rep_condition
 from ..precision import resolve_bf16
-from .rows import in_row_chunks
 from ..rng import uniform
+from .rows import in_row_chunks
 
 
 @dataclass(frozen=True)
