@@ -46,16 +46,17 @@ from rcg.sample import RCGSampler, draw_reps
 
 SETTINGS = {
     "paper": {"rdm_solver": "ddim", "rdm_steps": 250, "mage_steps": 20, "dit_sampler": "ddpm", "dit_steps": 250,
-              "bf16": False, "token_draw": "gumbel"},
+              "bf16": False, "token_draw": "gumbel", "encoder_drop": False},
     "fast": {"rdm_solver": "dpm++2m", "rdm_steps": 20, "mage_steps": 12, "dit_sampler": "dpm++2m", "dit_steps": 10,
-             "bf16": None, "token_draw": "cdf"},
+             "bf16": None, "token_draw": "cdf", "encoder_drop": False},
 }
 
 
 def system(run: str, rdm: str, dev, setting: dict) -> RCGSampler:
     s = RCGSampler(run, rdm, dev)
     mage = s.spec.name == "mage"
-    s.cfg = replace(s.cfg, sample_bf16=setting["bf16"], token_draw=setting["token_draw"])   # configure rebuilds
+    s.cfg = replace(s.cfg, sample_bf16=setting["bf16"], token_draw=setting["token_draw"],   # configure rebuilds
+                    encoder_drop=setting["encoder_drop"])
     return s.configure(sampler=None if mage else setting["dit_sampler"],
                        steps=setting["mage_steps" if mage else "dit_steps"], rdm_solver=setting["rdm_solver"],
                        rdm_steps=setting["rdm_steps"])
@@ -84,12 +85,16 @@ def main():
                     default=SETTINGS["fast"]["dit_sampler"])
     ap.add_argument("--fast-dit-steps", type=int, default=SETTINGS["fast"]["dit_steps"])
     ap.add_argument("--fast-mage-steps", type=int, default=SETTINGS["fast"]["mage_steps"])
+    ap.add_argument("--fast-encoder-drop", action=argparse.BooleanOptionalAction,
+                    default=SETTINGS["fast"]["encoder_drop"],
+                    help="the fast setting's MAGE encoder sees the known tokens (+ training's count of masks) only")
     ap.add_argument("--data", default="fmnist", help="reference images of the FID (fmnist train)")
     ap.add_argument("--work", default="runs/sampling-speed", help="keeps the FID reference statistics")
     ap.add_argument("--out", default="benchmarks/results/sampling_speed.json")
     a = ap.parse_args()
     SETTINGS["fast"].update(rdm_solver=a.fast_rdm_solver, rdm_steps=a.fast_rdm_steps, dit_sampler=a.fast_dit_solver,
-                            dit_steps=a.fast_dit_steps, mage_steps=a.fast_mage_steps)
+                            dit_steps=a.fast_dit_steps, mage_steps=a.fast_mage_steps,
+                            encoder_drop=a.fast_encoder_drop)
     dev = setup_torch()
     Path(a.work).mkdir(parents=True, exist_ok=True)
     runs = {g: r for g, r in (("mage", a.mage), ("dit", a.dit)) if r}
@@ -122,7 +127,8 @@ def main():
                    "fid": m["fid_dom"], "rep_fd": m["rep_fd"], "rdm_rep_fd": rdm_fd,
                    "rdm_steps": setting["rdm_steps"], "rdm_solver": setting["rdm_solver"],
                    "pixel_steps": s.cfg.steps, "pixel_sampler": s.cfg.sampler if gen != "mage" else "mage-iterative",
-                   "bf16": setting["bf16"], "rdm_s": round(rdm_s, 1), "pixel_s": round(gen_s, 1),
+                   "bf16": setting["bf16"], "encoder_drop": setting["encoder_drop"] if gen == "mage" else None,
+                   "rdm_s": round(rdm_s, 1), "pixel_s": round(gen_s, 1),
                    "num_samples": m["num_samples"]}
             rows.append(row)
             print(json.dumps(row), flush=True)

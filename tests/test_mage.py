@@ -8,7 +8,8 @@ from scipy import stats
 
 from rcg.guidance import guided, linear_tau
 from rcg.pixel import GENERATORS, MAGE_PRESETS, MAGEConfig, mage_config
-from rcg.pixel.mage import MAGE, cosine_mask_len, mage_generate
+from rcg.pixel.mage import MAGE
+from rcg.pixel.mage_decode import cosine_mask_len, encoder_keep, mage_generate
 
 TINY = dict(codebook_size=32, num_tokens=49, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=32,
             decoder_depth=1, decoder_num_heads=4, rep_dim=8)
@@ -126,8 +127,8 @@ def test_guidance_zero_is_conditional():
     # guidance 0: one conditional pass of batch B per step, no unconditional pass
     calls = []
     orig = m.logits
-    m.logits = lambda ids, rep=None, labels=None, null=None, positions=None: calls.append((ids.shape[0], null)) or \
-        orig(ids, rep, labels, null, positions)
+    m.logits = lambda ids, rep=None, labels=None, null=None, positions=None, keep=None: \
+        calls.append((ids.shape[0], null)) or orig(ids, rep, labels, null, positions, keep)
     t0 = mage_generate(m, rep, steps=6, guidance=0.0, generators=_gens([1, 2, 3]))
     assert calls == [(3, None)] * 6
     calls.clear()
@@ -151,7 +152,7 @@ def test_tokens_are_drawn_from_the_softmax_of_the_logits(draw):
     L, C, N = m.cfg.num_tokens, m.cfg.codebook_size, 4000
     base = 2.0 * torch.randn(L, C, generator=torch.Generator().manual_seed(0))
 
-    def fake(ids, rep=None, labels=None, null=None, positions=None):
+    def fake(ids, rep=None, labels=None, null=None, positions=None, keep=None):
         full = base.expand(ids.shape[0], -1, -1)
         return full if positions is None else full.gather(1, positions.unsqueeze(-1).expand(-1, -1, C))
     m.logits = fake
@@ -171,17 +172,19 @@ def test_tokens_are_drawn_from_the_softmax_of_the_logits(draw):
             assert asked[k] == (hist[k - 1][0] == m.cfg.mask_id).nonzero()[:, 0].tolist()
 
 
-@pytest.mark.parametrize("guidance,draw", [(0.0, "gumbel"), (1.5, "gumbel"), (1.5, "cdf")])
-def test_same_seed_same_tokens_across_batch_sizes(guidance, draw):
+@pytest.mark.parametrize("guidance,draw,drop", [(0.0, "gumbel", False), (1.5, "gumbel", False),
+                                                (1.5, "cdf", False), (1.5, "cdf", True)])
+def test_same_seed_same_tokens_across_batch_sizes(guidance, draw, drop):
     m = _model().eval()
     seeds, rep = list(range(10, 18)), _rep(8)
-    batch = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens(seeds), draw=draw)
+    kw = dict(steps=8, guidance=guidance, draw=draw, encoder_drop=drop)
+    batch = mage_generate(m, rep, generators=_gens(seeds), **kw)
     for i in (0, 3, 7):
-        one = mage_generate(m, rep[i:i + 1], steps=8, guidance=guidance, generators=_gens([seeds[i]]), draw=draw)
+        one = mage_generate(m, rep[i:i + 1], generators=_gens([seeds[i]]), **kw)
         assert torch.equal(one[0], batch[i]), i
-    again = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens(seeds), draw=draw)
+    again = mage_generate(m, rep, generators=_gens(seeds), **kw)
     assert torch.equal(again, batch)
-    other = mage_generate(m, rep, steps=8, guidance=guidance, generators=_gens([s + 100 for s in seeds]), draw=draw)
+    other = mage_generate(m, rep, generators=_gens([s + 100 for s in seeds]), **kw)
     assert not torch.equal(other, batch)
     with pytest.raises(ValueError):
         mage_generate(m, rep, steps=8, generators=_gens(seeds[:3]))
@@ -289,3 +292,48 @@ def test_cpu_sampler_chunks_rows_without_changing_tokens(monkeypatch, draw):
     assert calls == [3, 3, 1]
     assert torch.equal(chunked, whole)
     assert not torch.equal(whole[:3], mage_generate(m, rep[:3], None, 4, 2.0, 0.0, _gens(range(3, 6)), draw=draw))
+
+
+def test_encoder_keep_holds_the_known_tokens_and_masks_up_to_the_training_count():
+    L, visible = 10, 4
+    unknown = torch.ones(3, L, dtype=torch.bool)
+    unknown[:, [1, 6]] = False                                    # two known tokens in every row
+    keep = encoder_keep(unknown, visible, _gens([0, 1, 2]))
+    assert keep.shape == (3, visible)
+    for row in keep.tolist():
+        assert row == sorted(row) and len(set(row)) == visible and {1, 6} <= set(row)
+    assert torch.equal(keep, encoder_keep(unknown, visible, _gens([0, 1, 2])))      # per-sample seeds
+    many = {tuple(encoder_keep(unknown[:1], visible, _gens([s]))[0].tolist()) for s in range(40)}
+    assert len(many) > 10                                         # the two masks shown are drawn at random
+    unknown[:, :6] = False                                        # 7 known >= visible: the known ones only
+    assert encoder_keep(unknown, visible, _gens([0, 1, 2])).tolist() == [[0, 1, 2, 3, 4, 5, 6]] * 3
+    assert encoder_keep(unknown, L, _gens([0, 1, 2])) is None     # nothing to drop
+    assert encoder_keep(torch.zeros(3, L, dtype=torch.bool), visible, None) is None
+
+
+@pytest.mark.parametrize("draw", ["gumbel", "cdf"])
+def test_encoder_drop_shows_the_encoder_what_training_shows_it(draw):
+    """With encoder_drop every step's encoder sees slot 0 + max(known, L - ceil(L drop_ratio)) tokens, every
+    known one among them; with drop_ratio 0 the tokens are the default decoding's."""
+    m = _model(drop_ratio=0.5).eval()
+    L, visible, steps = m.cfg.num_tokens, 49 - math.ceil(49 * 0.5), 6
+    seen = []
+    m.blocks[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
+    tokens, hist = mage_generate(m, _rep(2), steps=steps, generators=_gens([0, 1]), return_history=True,
+                                 draw=draw, encoder_drop=True)
+    known = [0] + [int((h[0] != m.cfg.mask_id).sum()) for h in hist[:-1]]
+    assert seen == [1 + max(k, visible) for k in known] and seen[0] == 1 + visible < 1 + L
+    assert not torch.equal(tokens, mage_generate(m, _rep(2), steps=steps, generators=_gens([0, 1]), draw=draw))
+    m0 = _model(drop_ratio=0.0).eval()
+    a = mage_generate(m0, _rep(2), steps=steps, generators=_gens([0, 1]), draw=draw, encoder_drop=True)
+    assert torch.equal(a, mage_generate(m0, _rep(2), steps=steps, generators=_gens([0, 1]), draw=draw))
+
+
+def test_pixel_run_encoder_drop_reaches_the_decoding(monkeypatch):
+    from rcg.config import PixelRun
+    from rcg.pixel import mage as M
+    got = []
+    monkeypatch.setattr(M, "mage_generate", lambda *a, **k: got.append(k["encoder_drop"]) or a[1].new_zeros(2, 49))
+    assert PixelRun().encoder_drop is False                       # the official step stays the default
+    M.sampler(_model().eval(), PixelRun(steps=2, encoder_drop=True))(_rep(2), None, _gens([0, 1]))
+    assert got == [True]

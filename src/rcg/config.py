@@ -147,6 +147,8 @@ class PixelRun:
                                           # a bf16 CPU); False for the paper presets (the official fp32)
     token_draw: str = "gumbel"   # MAGE: gumbel (one Gumbel per token and code, the official draw) | cdf (inverse
                                  # CDF at the unknown tokens only: the same Categorical, steps 1.1-1.3x cheaper)
+    encoder_drop: bool = False   # MAGE: the encoder sees the known tokens (+ [MASK]s up to training's count)
+                                 # only, as in training; not the official step (rcg.pixel.mage_decode.encoder_keep)
     official_first3: bool = False  # DiT: guidance on the first 3 output channels only (the official quirk)
     autoencoder: str = ""        # DiT on latents (a converted official DiT): the autoencoder rcg does not ship
     latent_scale: float = 0.18215
@@ -161,8 +163,8 @@ class PixelRun:
                              f"got a {type(self.model).__name__}")
         if self.sampler not in PIXEL_SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(PIXEL_SAMPLERS)}, got {self.sampler!r}")
-        if self.token_draw not in pixel.mage.TOKEN_DRAWS:
-            raise ValueError(f"token_draw must be one of {', '.join(pixel.mage.TOKEN_DRAWS)}, got {self.token_draw!r}")
+        if self.token_draw not in pixel.mage_decode.TOKEN_DRAWS:
+            raise ValueError(f"token_draw must be one of {', '.join(pixel.mage_decode.TOKEN_DRAWS)}, got {self.token_draw!r}")
 
     @property
     def cond(self) -> str:

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..guidance import guided_pass, linear_tau
 from ..layers import Attention, Mlp, class_condition, rep_condition
 from ..precision import resolve_bf16
 from ..rng import uniform
+from .mage_decode import mage_generate
 from .rows import in_row_chunks
 
 
@@ -100,16 +100,6 @@ def mage_config(name: str, **overrides) -> MAGEConfig:
         raise KeyError(f"unknown MAGE preset {name!r}; choices: {sorted(MAGE_PRESETS)}")
     return replace(MAGE_PRESETS[name], **overrides)
 
-
-def gumbel(u: torch.Tensor) -> torch.Tensor:
-    """Standard Gumbel noise from uniforms."""
-    tiny = torch.finfo(u.dtype).tiny
-    return -torch.log(-torch.log(u.clamp(tiny, 1.0 - torch.finfo(u.dtype).eps)))
-
-
-def cosine_mask_len(num_tokens: int, step: int, steps: int) -> int:
-    """Tokens left masked after decoding step ``step`` (before clamping): floor(L cos(pi/2 (step+1)/steps))."""
-    return math.floor(num_tokens * math.cos(math.pi / 2.0 * (step + 1) / steps))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,20 +229,21 @@ class MAGE(nn.Module):
     def _mlm(self, h: torch.Tensor, vocab: int) -> torch.Tensor:
         return self.mlm_layer(h, self.token_emb.word_embeddings.weight.detach()[:vocab])
 
-    def _step(self, tokens_in: torch.Tensor, rep, labels, null) -> torch.Tensor:
+    def _step(self, tokens_in: torch.Tensor, rep, labels, null, keep=None) -> torch.Tensor:
         if tokens_in.dim() != 2 or tokens_in.shape[1] != self.cfg.num_tokens:
             raise ValueError(f"tokens must be (B, {self.cfg.num_tokens}), got {tuple(tokens_in.shape)}")
-        return self._decoded(tokens_in, self._slot0(tokens_in.shape[0], rep, labels, null))
+        return self._decoded(tokens_in, self._slot0(tokens_in.shape[0], rep, labels, null), keep)
 
     def logits(self, tokens_in: torch.Tensor, rep: Optional[torch.Tensor] = None,
                labels: Optional[torch.Tensor] = None, null: Optional[torch.Tensor] = None,
-               positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+               positions: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One decoding step for ids (B, num_tokens) where the mask id marks unknown tokens: logits
         (B, num_tokens, codebook_size). ``null`` (B,) bool selects ``null_rep`` per sample; with ``rep=None``
         (and always for cond="none") every sample uses ``null_rep``. ``positions`` (B, U): the logits at those
-        token positions only, (B, U, codebook_size) (the output layer runs on them alone). Call in eval mode for
-        the official step."""
-        h = self._step(tokens_in, rep, labels, null)[:, 1:]
+        token positions only, (B, U, codebook_size) (the output layer runs on them alone). ``keep`` (B, K): the
+        token positions the encoder sees (every known one; the others must be masked), as in training; None =
+        all (the official step). Call in eval mode for the official step."""
+        h = self._step(tokens_in, rep, labels, null, keep)[:, 1:]
         if positions is not None:
             h = h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
         return self._mlm(h, self.cfg.codebook_size)
@@ -309,85 +300,6 @@ class MAGE(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# generation
-# ----------------------------------------------------------------------------------------------
-def _draw_gumbel(model, ids, rep, labels, tau, unknown, generators):
-    """Every token of Categorical(logits) as argmax(logits + Gumbel) (known tokens kept) and log p of each."""
-    lg = guided_pass(lambda *a, null: model.logits(*a, null=null).float(), (ids, rep, labels), tau)
-    sampled = (lg + gumbel(uniform(lg.shape, generators, ids.device))).argmax(-1)
-    sampled = torch.where(unknown, sampled, ids)
-    return sampled, lg.log_softmax(-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
-
-
-def _draw_cdf(model, ids, rep, labels, tau, unknown, generators):
-    """The unknown tokens of Categorical(logits) by inverse CDF, from the logits at the unknown positions only;
-    log p of each (+inf at known tokens)."""
-    B, L = ids.shape
-    pos = unknown.nonzero()[:, 1].view(B, -1)        # ascending; the same count for every sample (one schedule)
-    lg = guided_pass(lambda *a, null: model.logits(*a, null=null, positions=pos.repeat(len(a[0]) // B, 1)).float(),
-                     (ids, rep, labels), tau)        # (cond; uncond) batches: 2B rows
-    logz = lg.logsumexp(-1, keepdim=True)
-    cdf = (lg - logz).exp_().cumsum_(-1)
-    u = uniform(pos.shape, generators, ids.device).unsqueeze(-1) * cdf[..., -1:]
-    pick = torch.searchsorted(cdf, u, right=True).clamp_(max=lg.shape[-1] - 1)
-    log_p = (lg.gather(-1, pick) - logz).squeeze(-1)
-    conf = torch.full((B, L), float("inf"), device=ids.device).scatter(1, pos, log_p)
-    return ids.scatter(1, pos, pick.squeeze(-1)), conf
-
-
-TOKEN_DRAWS = {"gumbel": _draw_gumbel, "cdf": _draw_cdf}   # mage_generate(draw=) / PixelRun.token_draw
-
-
-@torch.no_grad()
-def mage_generate(model: MAGE, rep: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                  steps: int = 20, temperature: float = 6.0, guidance: float = 0.0,
-                  generators: Optional[Sequence[torch.Generator]] = None, batch_size: Optional[int] = None,
-                  return_history: bool = False, draw: str = "gumbel"):
-    """Official ``gen_image`` parallel decoding -> tokens (B, num_tokens) in [0, codebook_size).
-
-    Starts all-masked; step k samples every unknown token from Categorical(logits) (guided logits
-    ``cond + tau_k (cond - uncond)``, ``tau_k = guidance (k+1)/steps``, uncond = ``null_rep``, by
-    :func:`rcg.guidance.guided_pass`; no uncond pass when guidance = 0), keeps known tokens, then re-masks the
-    ``mask_len`` least confident (confidence = log p(sampled) + temperature (1 - r) Gumbel, known tokens +inf),
-    ``mask_len = floor(L cos(pi/2 r))`` clamped to [1, #unknown - 1], r = (k+1)/steps. Returns the last step's
-    sampled ids (complete). ``generators``: one per sample, for batch-size-independent results (else the global
-    RNG). ``draw``: how the Categorical is drawn: ``"gumbel"`` (argmax of logits + one Gumbel per token and code,
-    over all positions; the reference) or ``"cdf"`` (inverse CDF, one uniform per unknown token, the logits at the
-    unknown positions only: the same distribution, other draws, steps 1.1-1.3x cheaper). ``return_history``: also
-    return (steps, B, L) ids after each step (re-masked; the last entry is the result). Call in eval mode.
-    Batch size from rep / labels / generators / ``batch_size``."""
-    c = model.cfg
-    B = next((int(x.shape[0]) for x in (rep, labels) if x is not None),
-             len(generators) if generators is not None else batch_size)
-    if B is None:
-        raise ValueError("cannot tell the batch size: pass rep, labels, generators or batch_size")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if guidance and c.cond == "class":
-        raise ValueError("a class-conditional MAGE has no unconditional branch: use guidance=0")
-    if c.cond == "rep" and rep is None:
-        raise ValueError("cond='rep': pass rep (B, rep_dim) (e.g. sampled by the RDM)")
-    dev = next((x.device for x in (rep, labels) if x is not None), model.decoder_pos_embed_learned.device)
-    L = c.num_tokens
-    ids = torch.full((B, L), c.mask_id, dtype=torch.long, device=dev)
-    history = []
-    if draw not in TOKEN_DRAWS:
-        raise ValueError(f"draw must be one of {', '.join(TOKEN_DRAWS)}, got {draw!r}")
-    for k in range(steps):
-        unknown = ids == c.mask_id
-        tau = linear_tau(guidance, k, steps) if guidance and c.cond == "rep" else 0.0
-        sampled, log_p = TOKEN_DRAWS[draw](model, ids, rep, labels, tau, unknown, generators)
-        mask_len = (unknown.sum(1) - 1).clamp(max=cosine_mask_len(L, k, steps)).clamp(min=1)
-        conf = log_p + temperature * (1.0 - (k + 1) / steps) * gumbel(uniform((B, L), generators, dev))
-        conf = conf.masked_fill(~unknown, float("inf"))
-        remask = torch.zeros_like(unknown).scatter(1, conf.argsort(1), torch.arange(L, device=dev) < mask_len[:, None])
-        ids = torch.where(remask, c.mask_id, sampled)
-        if return_history:
-            history.append(sampled if k == steps - 1 else ids)
-    return (sampled, torch.stack(history)) if return_history else sampled
-
-
-# ----------------------------------------------------------------------------------------------
 # registry entry (rcg.pixel.GENERATORS["mage"])
 # ----------------------------------------------------------------------------------------------
 def sized(cfg: MAGEConfig, data: dict) -> MAGEConfig:
@@ -414,7 +326,7 @@ def sampler(model: MAGE, run):
             return mage_generate(model, rep, labels, steps or run.steps,
                                  run.temperature if temperature is None else temperature,
                                  run.guidance if guidance is None else guidance, generators, len(generators),
-                                 draw=run.token_draw)
+                                 draw=run.token_draw, encoder_drop=run.encoder_drop)
     return in_row_chunks(sample, dev)
 
 
