@@ -5,8 +5,9 @@ One set of ``--num`` RDM representations (the RDM run's own solver and steps) is
 ``--try`` (the first one is the reference) decodes the same representations with the same per-sample seeds:
 ``SAMPLER:STEPS`` for a diffusion generator (default: the paper's ancestral sampling on 250 respaced steps first),
 ``DRAW[+drop]:STEPS[@TEMPERATURE]`` for MAGE (``gumbel:20``, the paper's, first by default; ``cdf:12``;
-``+drop``: with ``encoder_drop``; ``@1.0``: that choice temperature instead of the run's). For each: seconds, images/s of the pixel stage, domain FID against the training images and the
-representation FD of the generated images against the cache, and both relative to the reference's.
+``+drop``: with ``encoder_drop``; ``@1.0``: that choice temperature instead of the run's). For each: seconds,
+images/s of the pixel stage, domain FID against the training images and the representation FD of the generated
+images against the cache, and both relative to the reference's.
 
     python benchmarks/pixel_solver_fd.py --run runs/dit --rdm runs/fmnist-rdm --evalnet runs/fmnist-evalnet \\
         --cache runs/cache.safetensors [--num 2000] [--try ddpm:250,ddpm:50,dpm++2m:20,dpm++2m-sde:20]

@@ -164,7 +164,8 @@ class PixelRun:
         if self.sampler not in PIXEL_SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(PIXEL_SAMPLERS)}, got {self.sampler!r}")
         if self.token_draw not in pixel.mage_decode.TOKEN_DRAWS:
-            raise ValueError(f"token_draw must be one of {', '.join(pixel.mage_decode.TOKEN_DRAWS)}, got {self.token_draw!r}")
+            raise ValueError(f"token_draw must be one of {', '.join(pixel.mage_decode.TOKEN_DRAWS)}, "
+                             f"got {self.token_draw!r}")
 
     @property
     def cond(self) -> str:

@@ -10,9 +10,10 @@ LayerNorm) by the condition: ``latent_prior_proj(rep)`` (``cond="rep"``, RCG), `
 no guidance). Training (:meth:`MAGE.loss`) masks a truncated-normal fraction of the tokens (one ratio per
 batch), drops ``drop_ratio`` of them from the encoder MAE-style, fills every masked position of the decoder
 input with the decoder-embedded slot-0 vector, and scores the masked positions with label-smoothed CE over the
-codebook. Generation (:func:`mage_generate`) is the official ``gen_image`` parallel decoding with a cosine
-schedule, annealed Gumbel re-masking and the linear guidance schedule. Parameter names follow the official
-``models_mage.py`` (its ``fake_latent`` is our ``null_rep``; unused official parameters are not created).
+codebook. Generation (:func:`rcg.pixel.mage_decode.mage_generate`) is the official ``gen_image`` parallel
+decoding with a cosine schedule, annealed Gumbel re-masking and the linear guidance schedule. Parameter
+names follow the official ``models_mage.py`` (its ``fake_latent`` is our ``null_rep``; unused official
+parameters are not created).
 """
 from __future__ import annotations
 
@@ -99,7 +100,6 @@ def mage_config(name: str, **overrides) -> MAGEConfig:
     if name not in MAGE_PRESETS:
         raise KeyError(f"unknown MAGE preset {name!r}; choices: {sorted(MAGE_PRESETS)}")
     return replace(MAGE_PRESETS[name], **overrides)
-
 
 
 # ----------------------------------------------------------------------------------------------
