@@ -48,8 +48,8 @@ from rcg.sample import RCGSampler, draw_reps
 SETTINGS = {
     "paper": {"rdm_solver": "ddim", "rdm_steps": 250, "mage_steps": 20, "dit_sampler": "ddpm", "dit_steps": 250,
               "bf16": False, "token_draw": "gumbel", "encoder_drop": False},
-    "fast": {"rdm_solver": "dpm++2m", "rdm_steps": 20, "mage_steps": 12, "dit_sampler": "dpm++2m-sde", "dit_steps": 50,
-             "bf16": None, "token_draw": "cdf", "encoder_drop": False},
+    "fast": {"rdm_solver": "dpm++2m", "rdm_steps": 20, "mage_steps": 12, "dit_sampler": "dpm++2m-sde",
+             "dit_steps": 50, "bf16": None, "token_draw": "cdf", "encoder_drop": False},
 }
 
 
