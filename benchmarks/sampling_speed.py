@@ -10,7 +10,8 @@ Settings (``SETTINGS``):
   50 steps, for the DiT (``--fast-dit-solver``, ``--fast-dit-steps``; chosen with ``pixel_solver_fd.py``, where
   ancestral and DDIM sampling at 50 steps lost 8 % of FID); MAGE 12 decoding steps (``--fast-mage-steps``; the
   ``fmnist-mage`` preset's), its tokens drawn by inverse CDF at the unknown positions (``token_draw="cdf"``;
-  ``--fast-encoder-drop`` adds ``encoder_drop``); bf16 autocast where the CPU has it natively.
+  ``--fast-encoder-drop`` adds ``encoder_drop``); bf16 autocast where the CPU has it natively; ``--fast-compile``:
+  the generator's blocks under ``torch.compile`` (the compilation counts in the generator's seconds).
 
 The representations of one setting are drawn once (timed) and shared by the generators (same seeds), so the
 images/s of a row is ``num / (RDM seconds + generator seconds)``; metrics are computed afterwards, untimed.
@@ -47,9 +48,9 @@ from rcg.sample import RCGSampler, draw_reps
 
 SETTINGS = {
     "paper": {"rdm_solver": "ddim", "rdm_steps": 250, "mage_steps": 20, "dit_sampler": "ddpm", "dit_steps": 250,
-              "bf16": False, "token_draw": "gumbel", "encoder_drop": False},
+              "bf16": False, "token_draw": "gumbel", "encoder_drop": False, "compile": False},
     "fast": {"rdm_solver": "dpm++2m", "rdm_steps": 20, "mage_steps": 12, "dit_sampler": "dpm++2m-sde",
-             "dit_steps": 50, "bf16": None, "token_draw": "cdf", "encoder_drop": False},
+             "dit_steps": 50, "bf16": None, "token_draw": "cdf", "encoder_drop": False, "compile": False},
 }
 
 
@@ -58,9 +59,9 @@ def system(run: str, rdm: str, dev, setting: dict) -> RCGSampler:
     mage = s.spec.name == "mage"
     s.cfg = replace(s.cfg, sample_bf16=setting["bf16"], token_draw=setting["token_draw"],   # configure rebuilds
                     encoder_drop=setting["encoder_drop"])
-    return s.configure(sampler=None if mage else setting["dit_sampler"],
-                       steps=setting["mage_steps" if mage else "dit_steps"], rdm_solver=setting["rdm_solver"],
-                       rdm_steps=setting["rdm_steps"])
+    s.configure(sampler=None if mage else setting["dit_sampler"], steps=setting["mage_steps" if mage else "dit_steps"],
+                rdm_solver=setting["rdm_solver"], rdm_steps=setting["rdm_steps"])
+    return s.compile() if setting["compile"] else s          # compiled on the first (timed) batch
 
 
 def timed(fn):
@@ -89,13 +90,15 @@ def main():
     ap.add_argument("--fast-encoder-drop", action=argparse.BooleanOptionalAction,
                     default=SETTINGS["fast"]["encoder_drop"],
                     help="the fast setting's MAGE encoder sees the known tokens (+ training's count of masks) only")
+    ap.add_argument("--fast-compile", action=argparse.BooleanOptionalAction, default=SETTINGS["fast"]["compile"],
+                    help="torch.compile the generator's blocks in the fast setting (the compilation is timed)")
     ap.add_argument("--data", default="fmnist", help="reference images of the FID (fmnist train)")
     ap.add_argument("--work", default="runs/sampling-speed", help="keeps the FID reference statistics")
     ap.add_argument("--out", default="benchmarks/results/sampling_speed.json")
     a = ap.parse_args()
     SETTINGS["fast"].update(rdm_solver=a.fast_rdm_solver, rdm_steps=a.fast_rdm_steps, dit_sampler=a.fast_dit_solver,
                             dit_steps=a.fast_dit_steps, mage_steps=a.fast_mage_steps,
-                            encoder_drop=a.fast_encoder_drop)
+                            encoder_drop=a.fast_encoder_drop, compile=a.fast_compile)
     dev = setup_torch()
     Path(a.work).mkdir(parents=True, exist_ok=True)
     runs = {g: r for g, r in (("mage", a.mage), ("dit", a.dit)) if r}
@@ -129,6 +132,7 @@ def main():
                    "rdm_steps": setting["rdm_steps"], "rdm_solver": setting["rdm_solver"],
                    "pixel_steps": s.cfg.steps, "pixel_sampler": s.cfg.sampler if gen != "mage" else "mage-iterative",
                    "bf16": setting["bf16"], "encoder_drop": setting["encoder_drop"] if gen == "mage" else None,
+                   "compile": setting["compile"],
                    "rdm_s": round(rdm_s, 1), "pixel_s": round(gen_s, 1),
                    "num_samples": m["num_samples"]}
             rows.append(row)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rcg import evaluate as E
-from rcg.config import DataConfig
+from rcg.config import PIXEL_SAMPLERS, DataConfig
 from rcg.pixel import GENERATORS
 from rcg.presets import PIXEL_PRESETS, TOKENIZER_PRESETS
 from rcg.tree import apply_overrides
@@ -45,6 +45,23 @@ def train_generator(gen: str, cond: str, work: Path, cache: Path, encoder: str, 
     return train_pixel(cfg, str(run), progress=False)
 
 
+def parse_sampler(text, gens):
+    """(sampler, steps) of ``--sampler SAMPLER:STEPS`` or (None, None)."""
+    if not text:
+        return None, None
+    name, _, steps = text.partition(":")
+    if name not in PIXEL_SAMPLERS or not steps.isdigit():
+        raise SystemExit(f"--sampler takes SAMPLER:STEPS with SAMPLER one of {PIXEL_SAMPLERS}, got {text!r}")
+    if any(GENERATORS[g].inputs == "tokens" for g in gens):
+        raise SystemExit("--sampler applies to the diffusion generators (dit, adm, ldm); run MAGE's rows apart")
+    return name, int(steps)
+
+
+def sampler_name(row: dict) -> str:
+    s = row.get("sampler") or {}
+    return f"{s.get('sampler', '?')} {s.get('steps', '?')}"
+
+
 def oracle_batches(s: RCGSampler, real_reps: torch.Tensor, num: int, seed: int, batch: int):
     """Images conditioned on representations of real crops (a fixed random subset of the cache)."""
     pick = torch.randperm(len(real_reps), generator=torch.Generator().manual_seed(seed))[:num]
@@ -65,6 +82,9 @@ def main():
     ap.add_argument("--num", type=int, default=10000, help="samples per row")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampler", metavar="SAMPLER:STEPS",
+                    help="sample the diffusion generators' rows with this sampler instead of the preset's (e.g. "
+                         "dpm++2m-sde:50, ddpm:250); its rows are kept apart from the preset's")
     ap.add_argument("--work", default="runs/table1")
     ap.add_argument("--out", default="benchmarks/results/table1_fmnist.json")
     a = ap.parse_args()
@@ -72,6 +92,8 @@ def main():
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     gens = [g for g in a.generators.split(",") if g]
+    sampler, steps = parse_sampler(a.sampler, gens)
+    tag = f"-{sampler}-{steps}" if sampler else ""
 
     tokenizer = a.tokenizer
     if any(GENERATORS[g].needs_tokenizer for g in gens) and tokenizer is None:
@@ -98,10 +120,12 @@ def main():
             if cond not in trained:
                 trained[cond] = train_generator(gen, cond, work, cache, a.encoder, tokenizer)
             for tau in taus:
-                f = rows_dir / f"{gen}-{name}-{tau:g}.json"
+                f = rows_dir / f"{gen}-{name}-{tau:g}{tag}.json"
                 if f.is_file():                    # measured by an earlier invocation
                     continue
                 s = RCGSampler(str(work / f"{gen}-{cond}"), a.rdm if cond == "rep" else None, dev)
+                if sampler:
+                    s.configure(sampler=sampler, steps=steps)
                 print(f"== {gen} {name} tau={tau:g}: {a.num} samples", flush=True)
                 t0 = time.time()
                 if name == "oracle":
@@ -126,7 +150,8 @@ def main():
     mine = {r["generator"] for r in rows}
     old = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {"rows": []}
     rows += [r for r in old["rows"] if r["generator"] not in mine]     # other generators' rows, measured elsewhere
-    rows.sort(key=lambda r: (r["generator"] != "mage", r["generator"], order.get(r["name"], 99), r["tau"]))
+    rows.sort(key=lambda r: (r["generator"] != "mage", r["generator"], sampler_name(r), order.get(r["name"], 99),
+                             r["tau"]))
     meta = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "date": time.strftime("%Y-%m-%d"), "encoder": a.encoder, "rdm": a.rdm, "evalnet": a.evalnet,
             "feature_net": net.name, "feature_net_sha256": net.weights_sha256, "reference": "fmnist train (60000)",
@@ -137,11 +162,12 @@ def main():
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
     print(f"\nwrote {a.out}\n")
-    print("| generator | conditioning | tau | FID (dom) | IS (dom) | precision | recall | rep FD | train s | sample+eval s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| generator | conditioning | tau | sampler | FID (dom) | IS (dom) | precision | recall | rep FD | train s | "
+          "sample+eval s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['generator']} | {r['name']} | {r['tau']:g} | {r['fid']:.2f} | {r['is']:.2f} | {r['precision']:.3f} | "
-              f"{r['recall']:.3f} | {r['rep_fd']:.3f} | {r['train_wall_s']} | {r['wall_s']} |")
+        print(f"| {r['generator']} | {r['name']} | {r['tau']:g} | {sampler_name(r)} | {r['fid']:.2f} | {r['is']:.2f} | "
+              f"{r['precision']:.3f} | {r['recall']:.3f} | {r['rep_fd']:.3f} | {r['train_wall_s']} | {r['wall_s']} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """Pixel side end to end on tiny data: tokenizer -> cache with tokens -> MAGE -> rcg sample / interpolate."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,21 @@ def test_same_seed_same_image_at_batch_sizes_1_and_8(system):
     assert torch.equal(other[:7], eight[1:])
 
 
+def test_compiled_sampler_makes_the_same_images(system, tmp_path, capsys):
+    from rcg.stages import sample_command
+    s = RCGSampler(str(system / "mage"), str(system / "rdm"), "cpu")
+    plain = torch.cat(list(s.stream(6, seed=3, batch_size=6)))
+    c = RCGSampler(str(system / "mage"), str(system / "rdm"), "cpu").compile("eager")   # dynamo, no codegen
+    compiled = [b for b in list(c.model.blocks) + list(c.model.decoder_blocks) if b._compiled_call_impl is not None]
+    assert len(compiled) == len(c.model.blocks) + len(c.model.decoder_blocks) > 0
+    assert torch.equal(torch.cat(list(c.stream(6, seed=3, batch_size=4))), plain)   # two batch sizes
+    sample_command(str(system / "mage"), str(system / "rdm"), str(tmp_path / "a.npz"), num=4, compile="eager")
+    sample_command(str(system / "mage"), str(system / "rdm"), str(tmp_path / "b.npz"), num=4)
+    assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+    assert main(["sample", "--pixel", "p", "--rdm", "r", "--out", "o.png", "--compile", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["arguments"]["compile"] is True
+
+
 def test_cli_sample_reference_class_and_interpolate(system, tmp_path):
     pix, rdm = str(system / "mage"), str(system / "rdm")
     assert main(["sample", "--pixel", pix, "--rdm", rdm, "--num", "6", "--out", str(tmp_path / "g.png")]) == 0
@@ -99,7 +116,6 @@ def test_pixel_baselines_train_with_class_and_none(system, tmp_path):
 
 
 def test_cli_eval_streams_generated_images_against_cached_reference(system, tmp_path, capsys):
-    import json
     from test_evalnet import tiny_run
     from rcg.stages.evalnet import train_evalnet
     train_evalnet(tiny_run(system / "data", epochs=1), str(tmp_path / "evalnet"), "cpu", progress=False)

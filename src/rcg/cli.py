@@ -223,6 +223,8 @@ def _sampling(p: argparse.ArgumentParser, paper=None) -> None:
                        help="the RDM's sampler: the paper's DDIM, or DPM-Solver++ 2M / its SDE form "
                             "(e.g. --rdm-steps 20)")
         g.add_argument("--rdm-steps", type=int, help="RDM sampling steps (paper: DDIM 250)")
+        g.add_argument("--compile", action="store_true",
+                       help="torch.compile the pixel generator's blocks: faster for many samples (compiles first)")
 
 
 def _add_generation(sub) -> None:
@@ -251,7 +253,8 @@ def _add_generation(sub) -> None:
     p.add_argument("--class", dest="class_label", type=int, help="class N, with a class-conditional RDM")
     _sampling(p, paper=p)
     _request(p, sample_command, "pixel rdm out num seed batch_size references=reference label=class_label device "
-                                "preset weights mage steps temperature guidance sampler rdm_solver rdm_steps", str)
+                                "preset weights mage steps temperature guidance sampler rdm_solver rdm_steps "
+                                "compile", str)
 
     p = sub.add_parser("interpolate", help="a strip of images from mixes of two images' representations")
     p.add_argument("a", help="first image file")
@@ -291,7 +294,7 @@ def _add_generation(sub) -> None:
     p.add_argument("--json", help="also write the results here")
     _request(p, run_eval, "npz folder pixel rdm num seed preset weights mage guidance temperature steps "
                           "sampler rdm_solver rdm_steps inception_weights evalnet ref ref_data ref_cache "
-                          "rep_reference batch_size out_json=json device progress", _json,
+                          "rep_reference batch_size out_json=json device progress compile", _json,
              ref_data=lambda a: a.ref_data and C.DataConfig(a.ref_data, path=a.ref_dir, split=a.ref_split,
                                                             resolution=a.resolution or 28, channels=a.channels or 1))
 

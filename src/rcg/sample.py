@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import dist, pixel
+from .compiling import compile_blocks
 from .config import RDM_SOLVERS, DiffusionConfig, RDMRun
 from .data import check_channels, check_resolution
 from .diffusion import GaussianDiffusion
@@ -136,6 +137,14 @@ class RCGSampler:
             if self.rdm is None:
                 raise ValueError("--rdm-solver / --rdm-steps need an RDM (--rdm RUN_DIR)")
             self.rdm_cfg = replace(self.rdm_cfg if self.rdm_cfg is not None else RDMRun(model=self.rdm.cfg), **change)
+        return self
+
+    def compile(self, how=True) -> "RCGSampler":
+        """``torch.compile`` the pixel generator's blocks in place (:func:`rcg.compiling.compile_blocks`; ``how``:
+        True for inductor, or a backend name): the decoding loop's hot part, fused. The same images up to float
+        rounding; the first batch pays the compilation (tens of seconds on a CPU), so it pays off only for many
+        samples (e.g. ``rcg eval``'s 10K; measured in BENCHMARKS.md). Returns ``self``."""
+        compile_blocks(self.model, how)
         return self
 
     @classmethod

@@ -33,6 +33,7 @@ from . import dist
 from .rng import EpochBatches, module_seed, step_generator
 from .store import (METRICS, STATE, WEIGHTS, CheckpointError, keep_previous, append_metrics, load_resume_state,
                     save_state, save_tensors)
+from .compiling import compile_blocks
 from .config import OptimConfig
 from .precision import autocast as bf16_autocast
 from .precision import describe as describe_precision
@@ -233,7 +234,7 @@ def fit(run_dir, job: Job, o: OptimConfig, resuming: bool, progress: bool = True
     tb = _main_only(lambda: _before_training(run_dir, model, ema, runtime.tensorboard), dev) \
         if step < job.total_steps else None
     if runtime.compile:
-        _compile(model, runtime.compile)
+        compile_blocks(model, runtime.compile)
     bf16 = resolve_bf16(o.bf16, dev)
     if main and step < job.total_steps:
         print(f"{job.desc}: precision {describe_precision(o.bf16, dev)}")
@@ -363,20 +364,3 @@ def _logged_values(values: dict, device) -> Dict[str, float]:
         t = dist.all_reduce(torch.tensor(list(vals.values()), dtype=torch.float64, device=device), "mean")
         vals = dict(zip(vals, t.tolist()))
     return vals
-
-
-def _compile(model: nn.Module, how: Union[bool, str]) -> None:
-    """torch.compile (in place, parameter names unchanged) the outermost blocks held in ModuleLists
-    (transformer / residual blocks), else the whole model's forward."""
-    backend = how if isinstance(how, str) else "inductor"
-    chosen: List[str] = []
-    blocks: List[nn.Module] = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.ModuleList):
-            for i, b in enumerate(m):
-                full = f"{name}.{i}" if name else str(i)
-                if not any(full.startswith(c + ".") for c in chosen):
-                    chosen.append(full)
-                    blocks.append(b)
-    for b in blocks or [model]:
-        b.compile(backend=backend)

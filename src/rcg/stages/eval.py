@@ -18,7 +18,7 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weight
              num: int = 10000, seed: int = 0, guidance=None, temperature=None, steps=None, sampler=None,
              rdm_solver=None, rdm_steps=None, inception_weights=None, evalnet=None, ref=None, ref_data=None,
              ref_cache=None, rep_reference=None, batch_size: int = 250, out_json=None, device=None,
-             progress: bool = True) -> dict:
+             progress: bool = True, compile=False) -> dict:
     """``rcg eval``: metrics of generated images (an npz, a folder, or ``num`` samples streamed from a
     pixel run + RDM, no PNG round trip) against a reference (an npz of statistics, or ``ref_data``, a
     DataConfig whose statistics are computed once and cached in ``ref_cache``). Under torchrun the ``num``
@@ -33,7 +33,7 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weight
     dev = dist.setup(device)
     if not dist.is_main():
         if npz is None and folder is None:      # help generate; rank 0 gathers and scores
-            s = load_sampler(pixel, rdm, dev, preset, weights, mage).configure(sampler, None, rdm_solver, rdm_steps)
+            s = load_sampler(pixel, rdm, dev, preset, weights, mage, sampler, rdm_solver, rdm_steps, compile)
             for _ in s.stream(num, seed=seed, batch_size=batch_size, steps=steps, temperature=temperature,
                               guidance=guidance):
                 pass
@@ -48,7 +48,7 @@ def run_eval(*, npz=None, folder=None, pixel=None, rdm=None, preset=None, weight
     elif folder is not None:
         batches = E.iterate_image_folder(folder, batch_size)
     else:
-        s = load_sampler(pixel, rdm, dev, preset, weights, mage).configure(sampler, None, rdm_solver, rdm_steps)
+        s = load_sampler(pixel, rdm, dev, preset, weights, mage, sampler, rdm_solver, rdm_steps, compile)
         batches = s.stream(num, seed=seed, batch_size=batch_size, steps=steps, temperature=temperature,
                            guidance=guidance)
         if rep_reference is not None:

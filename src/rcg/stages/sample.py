@@ -11,24 +11,29 @@ from ..paper import load_paper_system
 from ..sample import RCGSampler, load_image_files, write_images
 
 
-def load_sampler(pixel=None, rdm=None, device=None, preset=None, weights=None, mage=None) -> RCGSampler:
-    """Our runs (``pixel`` + ``rdm`` run directories) or a paper preset with the official files."""
+def load_sampler(pixel=None, rdm=None, device=None, preset=None, weights=None, mage=None, sampler=None,
+                 rdm_solver=None, rdm_steps=None, compile=False) -> RCGSampler:
+    """Our runs (``pixel`` + ``rdm`` run directories) or a paper preset with the official files; ``sampler``,
+    ``rdm_solver``, ``rdm_steps``: :meth:`RCGSampler.configure`; ``compile``: :meth:`RCGSampler.compile`."""
     if preset is not None:
         if pixel is not None:
             raise ValueError("give either --pixel (our run) or --preset (official weights), not both")
-        return load_paper_system(preset, weights, rdm=rdm, mage=mage, device=device)
-    if pixel is None:
+        s = load_paper_system(preset, weights, rdm=rdm, mage=mage, device=device)
+    elif pixel is None:
         raise ValueError("give --pixel RUN_DIR (and --rdm RUN_DIR), or --preset with --weights DIR")
-    return RCGSampler(pixel, rdm, device)
+    else:
+        s = RCGSampler(pixel, rdm, device)
+    s.configure(sampler, None, rdm_solver, rdm_steps)
+    return s.compile(compile) if compile else s
 
 
 def sample_command(pixel, rdm, out, num=64, seed=0, batch_size=64, references=None, label=None, device=None,
                    preset=None, weights=None, mage=None, sampler=None, rdm_solver=None, rdm_steps=None,
-                   **kw) -> str:
+                   compile=False, **kw) -> str:
     """``rcg sample``: unconditional (RDM), class-conditional RDM (``label``), or variations of reference
     images (each row: the reference, then ``num`` images conditioned on its representation). ``sampler``,
-    ``rdm_solver``, ``rdm_steps``: :meth:`RCGSampler.configure`."""
-    s = load_sampler(pixel, rdm, device, preset, weights, mage).configure(sampler, None, rdm_solver, rdm_steps)
+    ``rdm_solver``, ``rdm_steps``, ``compile``: :func:`load_sampler`."""
+    s = load_sampler(pixel, rdm, device, preset, weights, mage, sampler, rdm_solver, rdm_steps, compile)
     if references and not dist.is_main():
         return ""
     if references:

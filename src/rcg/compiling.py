@@ -1,0 +1,33 @@
+"""``torch.compile`` of a model's repeated blocks, in place, for training (``rcg train-* --compile``) and for
+sampling (``rcg sample / eval --compile``).
+
+Only the blocks are compiled (each transformer / residual block held in an ``nn.ModuleList``; a model without
+one: its whole forward), so the parameter names, the checkpoints and the code around the blocks (masking,
+token draws, solvers) are unchanged, and every block of a stack shares one compiled graph. Compilation happens
+on the first call (tens of seconds on a CPU) and again once when the batch size first changes (the last,
+shorter chunk of a sampling run: the dimension is then compiled as dynamic).
+"""
+from __future__ import annotations
+
+from typing import List, Union
+
+import torch.nn as nn
+
+
+def compile_blocks(model: nn.Module, how: Union[bool, str] = True) -> List[str]:
+    """Compile the outermost ``ModuleList`` blocks of ``model`` in place (``how``: True for the inductor
+    backend, or a backend name, e.g. ``"eager"`` to check the tracing without code generation). Returns the
+    names of the compiled blocks ("" = the whole model)."""
+    backend = how if isinstance(how, str) else "inductor"
+    chosen: List[str] = []
+    blocks: List[nn.Module] = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList):
+            for i, b in enumerate(m):
+                full = f"{name}.{i}" if name else str(i)
+                if not any(full.startswith(c + ".") for c in chosen):
+                    chosen.append(full)
+                    blocks.append(b)
+    for b in blocks or [model]:
+        b.compile(backend=backend)
+    return chosen or [""]
