@@ -1,18 +1,13 @@
-"""Seconds of a pixel generator's sampling loop on the CPU under three process settings, each measurement in a
-fresh process, the modes interleaved:
-
-- ``glibc``: glibc's default allocator thresholds (``RCG_MALLOC_TUNING=0``), as before :mod:`rcg.malloc`;
-- ``kept``: freed memory kept for reuse (:func:`rcg.malloc.keep_freed_memory`, the default now);
-- ``compiled``: ``kept`` plus ``torch.compile`` of the generator's blocks (:meth:`rcg.sample.RCGSampler.compile`;
-  the compilation, on the first batch, is timed apart and left out of the rate).
+"""Seconds of a pixel generator's sampling loop on the CPU, eager against ``torch.compile`` of the generator's
+blocks (:meth:`rcg.sample.RCGSampler.compile`), each measurement in a fresh process, the modes interleaved.
 
 Every mode decodes the same ``--num`` representations of real crops (the first of the cache) with the same
-per-sample seeds, ``--batch`` at a time (the samplers run 128 rows per pass on a CPU), and reports seconds per
-round and how many images differ from the ``glibc`` mode's (the allocator must change nothing; compiled kernels
-may round differently).
+per-sample seeds, ``--batch`` at a time (the samplers run 128 rows per pass on a CPU), after one warm-up batch
+(where the compiled mode compiles: timed apart, left out of the rate), and reports the seconds of each round and
+how many images differ from the eager mode's (compiled kernels may round differently).
 
     python benchmarks/decode_speed.py --run runs/mage --cache runs/cache.safetensors [--num 512] [--rounds 3] \\
-        [--draw cdf --steps 12] [--modes glibc,kept,compiled]
+        [--draw cdf --steps 12] [--threads 1]
 
 Writes ``benchmarks/results/decode_speed.json`` (one entry per run and setting).
 """
@@ -20,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -34,16 +28,14 @@ import numpy as np
 import torch
 
 from rcg.loaders import load_reps
-from rcg.malloc import keep_freed_memory
 from rcg.sample import RCGSampler
 
-MODES = ("glibc", "kept", "compiled")
+MODES = ("eager", "compiled")
 
 
 def measure_one(a, mode: str, out: str) -> None:
     """One measurement in this (fresh) process: the seconds of each batch, and the images."""
     torch.set_num_threads(a.threads)
-    keep_freed_memory()                     # a no-op under RCG_MALLOC_TUNING=0 (the glibc mode)
     s = RCGSampler(a.run, None, "cpu")
     if s.spec.inputs == "tokens":
         s.cfg = replace(s.cfg, token_draw=a.draw or s.cfg.token_draw)
@@ -59,8 +51,7 @@ def measure_one(a, mode: str, out: str) -> None:
     t0 = time.perf_counter()
     images = [s.images_from_reps(reps[i:i + a.batch], range(i, min(i + a.batch, a.num)))
               for i in range(0, a.num, a.batch)]
-    np.savez(out, images=torch.cat(images).numpy(), seconds=time.perf_counter() - t0, warm=warm,
-             tuned=keep_freed_memory(), steps=s.cfg.steps)
+    np.savez(out, images=torch.cat(images).numpy(), seconds=time.perf_counter() - t0, warm=warm, steps=s.cfg.steps)
 
 
 def main():
@@ -89,11 +80,8 @@ def main():
         for r in range(a.rounds):
             for m in modes if r % 2 == 0 else modes[::-1]:
                 out = Path(tmp) / f"{m}-{r}.npz"
-                env = {**os.environ, "RCG_MALLOC_TUNING": "0" if m == "glibc" else "1"}
-                subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", m, str(out)], env=env, check=True)
+                subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", m, str(out)], check=True)
                 z = np.load(out)
-                if m != "glibc" and not bool(z["tuned"]):
-                    raise SystemExit("the allocator could not be tuned here (not glibc?)")
                 seconds[m].append(float(z["seconds"]))
                 if ref is None:
                     ref = z["images"]
@@ -108,7 +96,7 @@ def main():
         med = statistics.median(seconds[m])
         results[m].update(seconds=seconds[m], median_s=round(med, 3), img_per_s=round(a.num / med, 2),
                           speedup=round(base / med, 3))
-    key = f"{a.run} draw={a.draw} sampler={a.sampler} steps={steps} num={a.num} threads={a.threads}"
+    key = f"{a.run} draw={a.draw} sampler={a.sampler} steps={steps} num={a.num} threads={a.threads} modes={a.modes}"
     meta = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": a.threads,
             "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__, "speedup_vs": modes[0]}

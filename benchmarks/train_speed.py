@@ -1,23 +1,21 @@
-"""Training step throughput of the RDM and MAGE stages (and optionally the DiT), before and after the training
-overheads of issue 18, alternating:
+"""Training step throughput of the RDM and MAGE stages (and optionally the DiT or the ADM), before and after the
+training overheads of issue 18, side by side in one process, alternating:
 
-- ``before``: the EMA as the per-parameter Python loop (:meth:`rcg.optim.EMA.update_reference`), AdamW's
-  per-parameter loop (``optim.fused=false``) and glibc's default allocator thresholds (``RCG_MALLOC_TUNING=0``),
-  as the code was;
-- ``after``: the defaults (``torch._foreach_lerp_`` EMA, fused AdamW, freed memory kept for reuse:
-  :mod:`rcg.malloc`);
+- ``before``: the EMA as the per-parameter Python loop (:meth:`rcg.optim.EMA.update_reference`) and AdamW's
+  per-parameter loop (``optim.fused=false``), as the code was;
+- ``after``: the defaults (``torch._foreach_lerp_`` EMA, fused AdamW);
 - ``compiled`` (with ``--compiled``): ``after`` plus ``--compile`` (torch.compile of the model's blocks; its
   compile time falls before the first logged step and is left out).
 
 Each measurement is a real ``rcg train-rdm`` / ``train-pixel`` run of its CPU preset for ``--steps`` steps in a
-fresh directory and a fresh process (the allocator setting is per process); the rate is taken between the first
-and the last logged step (setup and the first steps left out). Every mode runs ``--rounds`` times, interleaved;
-the table gives the median images/s and the ratio.
+fresh directory; the rate is taken between the first and the last logged step (setup and the first steps left
+out). Every mode runs ``--rounds`` times, interleaved; the table gives the median images/s and the ratio.
 
     python benchmarks/train_speed.py --cache runs/cache.safetensors --encoder runs/encoder \\
         --tokenizer runs/tokenizer [--stages rdm,mage,dit] [--steps 60] [--rounds 3]
 
-The cache must hold tokens (for MAGE; ``rcg cache-reps --tokenizer``) and crops (for the DiT; ``--pixels``).
+The cache must hold tokens (for MAGE; ``rcg cache-reps --tokenizer``) and crops (for the DiT and ADM;
+``--pixels``).
 Writes ``benchmarks/results/train_speed.json``.
 """
 from __future__ import annotations
@@ -25,10 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -44,7 +39,8 @@ from rcg.stages import train_pixel, train_rdm
 from rcg.train import Runtime
 from rcg.tree import apply_overrides
 
-STAGES = {"rdm": ("fmnist-rdm", train_rdm), "mage": ("fmnist-mage", train_pixel), "dit": ("fmnist-dit", train_pixel)}
+STAGES = {"rdm": ("fmnist-rdm", train_rdm), "mage": ("fmnist-mage", train_pixel), "dit": ("fmnist-dit", train_pixel),
+          "adm": ("fmnist-adm", train_pixel)}
 
 
 @contextmanager
@@ -83,13 +79,6 @@ def config(stage: str, a, name: str, steps: int):
     return apply_overrides(cfg, [f"optim.epochs={steps * cfg.optim.batch_size / n}"])
 
 
-def measure_one(a, stage: str, name: str, out: str) -> None:
-    """One measurement, in this (fresh) process: ``stage`` in mode ``name`` into ``out``."""
-    with mode(name):
-        STAGES[stage][1](config(stage, a, name, a.steps), out, "cpu", progress=False,
-                         runtime=Runtime(compile=name == "compiled"))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True)
@@ -100,22 +89,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compiled", action="store_true", help="also measure after + --compile")
     ap.add_argument("--out", default="benchmarks/results/train_speed.json")
-    ap.add_argument("--one", nargs=3, metavar=("STAGE", "MODE", "OUT"), help=argparse.SUPPRESS)   # a child process
     a = ap.parse_args()
     a.num_images = len(load_reps(a.cache)[0]["reps"])
-    if a.one:
-        return measure_one(a, *a.one)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for stage in a.stages.split(","):
+            _, fn = STAGES[stage]
             names = ["before", "after"] + (["compiled"] if a.compiled else [])
             rates = {k: [] for k in names}
             for r in range(a.rounds):
                 for name in names if r % 2 == 0 else names[::-1]:
+                    cfg = config(stage, a, name, a.steps)
                     out = Path(tmp) / f"{stage}-{name}-{r}"
-                    env = {**os.environ, "RCG_MALLOC_TUNING": "0" if name == "before" else "1"}
-                    subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", stage, name, str(out)], env=env,
-                                   check=True)
+                    with mode(name):
+                        fn(cfg, str(out), "cpu", progress=False, runtime=Runtime(compile=name == "compiled"))
                     rates[name].append(rate(out))
                     print(f"{stage} {name} round {r}: {rates[name][-1]:.1f} img/s", flush=True)
             med = {k: statistics.median(v) for k, v in rates.items()}
@@ -127,8 +114,7 @@ def main():
                                       compiled_ratio=round(med["compiled"] / med["before"], 3))
     meta = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(torch.device("cpu")),
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-            "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-            "modes": {"before": "RCG_MALLOC_TUNING=0", "after": "malloc tuning on (rcg.malloc)"}}
+            "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"stages": results, "meta": meta}, indent=2) + "\n")
     print(f"\nwrote {a.out}\n\n| stage | before img/s | after img/s | ratio | compiled img/s | ratio |")

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "rcg"
 # module (dotted, below rcg) or package prefix ("stages." = every module in rcg/stages/) -> layer
 LAYERS = {
     # 0 base: no model knowledge
-    "__init__": 0, "dist": 0, "rng": 0, "tree": 0, "store": 0, "layers": 0, "precision": 0, "malloc": 0, "compiling": 0,
+    "__init__": 0, "dist": 0, "rng": 0, "tree": 0, "store": 0, "layers": 0, "precision": 0, "compiling": 0,
     # 1 networks and processes: pure modules and functions
     "encoders": 1, "ssl": 1, "rdm": 1, "tokenizer": 1, "pixel": 1, "pixel.": 1, "diffusion": 1, "solvers": 1, "guidance": 1,
     "augment": 1, "data": 1, "prepared": 1, "images": 1, "inception": 1, "evalnet": 1,

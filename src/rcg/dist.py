@@ -14,8 +14,6 @@ from typing import List, Optional
 import torch
 import torch.distributed as td
 
-from .malloc import keep_freed_memory
-
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
 
 
@@ -136,16 +134,14 @@ def shard(indices):
 
 
 def setup(requested: Optional[str] = None, num_threads: int = 0) -> torch.device:
-    """Join the torchrun process group if any and pick the device (:func:`device`); on the CPU flush denormals
-    and keep freed memory for reuse (:func:`rcg.malloc.keep_freed_memory`), on CUDA allow TF32; ``num_threads``
-    > 0 sets torch's intra-op threads."""
+    """Join the torchrun process group if any and pick the device (:func:`device`); flush denormals on the
+    CPU, allow TF32 on CUDA; ``num_threads`` > 0 sets torch's intra-op threads."""
     init()
     dev = device(requested)
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)
-        keep_freed_memory()
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
