@@ -224,7 +224,8 @@ def _sampling(p: argparse.ArgumentParser, paper=None) -> None:
                             "(e.g. --rdm-steps 20)")
         g.add_argument("--rdm-steps", type=int, help="RDM sampling steps (paper: DDIM 250)")
         g.add_argument("--compile", action="store_true",
-                       help="torch.compile the pixel generator's blocks: faster for many samples (compiles first)")
+                       help="torch.compile the pixel generator's blocks (the same images; compiles first; "
+                            "on a Zen 3 CPU no faster than eager: BENCHMARKS.md)")
 
 
 def _add_generation(sub) -> None:
