@@ -34,12 +34,12 @@ MODES = ("eager", "compiled")
 
 
 def measure_one(a, mode: str, out: str) -> None:
-    """One measurement in this (fresh) process: the seconds of each batch, and the images."""
+    """One measurement in this (fresh) process: the seconds of the timed batches, and the images."""
     torch.set_num_threads(a.threads)
     s = RCGSampler(a.run, None, "cpu")
     if s.spec.inputs == "tokens":
         s.cfg = replace(s.cfg, token_draw=a.draw or s.cfg.token_draw)
-        s.configure(steps=a.steps)
+        s.configure(steps=a.steps or s.cfg.steps)                 # a change: rebuilds the sampler from s.cfg
     else:
         s.configure(sampler=a.sampler, steps=a.steps)
     reps = load_reps(a.cache)[0]["reps"][: a.num].float()

@@ -12,7 +12,7 @@ from rcg.config import DataConfig, OptimConfig, PixelRun, TokenizerRun
 from rcg.tree import apply_overrides
 from rcg.pixel.mage import MAGEConfig
 from rcg.sample import RCGSampler
-from rcg.stages import cache_reps, train_encoder, train_pixel, train_rdm, train_tokenizer
+from rcg.stages import cache_reps, sample_command, train_encoder, train_pixel, train_rdm, train_tokenizer
 from rcg.tokenizer import VQConfig
 
 
@@ -65,7 +65,6 @@ def test_same_seed_same_image_at_batch_sizes_1_and_8(system):
 
 
 def test_compiled_sampler_makes_the_same_images(system, tmp_path, capsys):
-    from rcg.stages import sample_command
     s = RCGSampler(str(system / "mage"), str(system / "rdm"), "cpu")
     plain = torch.cat(list(s.stream(6, seed=3, batch_size=6)))
     c = RCGSampler(str(system / "mage"), str(system / "rdm"), "cpu").compile("eager")   # dynamo, no codegen

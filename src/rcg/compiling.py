@@ -3,9 +3,8 @@ sampling (``rcg sample / eval --compile``).
 
 Only the blocks are compiled (each transformer / residual block held in an ``nn.ModuleList``; a model without
 one: its whole forward), so the parameter names, the checkpoints and the code around the blocks (masking,
-token draws, solvers) are unchanged, and every block of a stack shares one compiled graph. Compilation happens
-on the first call (tens of seconds on a CPU) and again once when the batch size first changes (the last,
-shorter chunk of a sampling run: the dimension is then compiled as dynamic).
+token draws, solvers) are unchanged. Compilation happens on the first call (5-35 s on a 2-core CPU) and again
+when the batch size changes (e.g. the last, shorter chunk of a sampling run).
 """
 from __future__ import annotations
 
@@ -14,10 +13,9 @@ from typing import List, Union
 import torch.nn as nn
 
 
-def compile_blocks(model: nn.Module, how: Union[bool, str] = True) -> List[str]:
+def compile_blocks(model: nn.Module, how: Union[bool, str] = True) -> None:
     """Compile the outermost ``ModuleList`` blocks of ``model`` in place (``how``: True for the inductor
-    backend, or a backend name, e.g. ``"eager"`` to check the tracing without code generation). Returns the
-    names of the compiled blocks ("" = the whole model)."""
+    backend, or a backend name, e.g. ``"eager"`` to check the tracing without code generation)."""
     backend = how if isinstance(how, str) else "inductor"
     chosen: List[str] = []
     blocks: List[nn.Module] = []
@@ -30,4 +28,3 @@ def compile_blocks(model: nn.Module, how: Union[bool, str] = True) -> List[str]:
                     blocks.append(b)
     for b in blocks or [model]:
         b.compile(backend=backend)
-    return chosen or [""]

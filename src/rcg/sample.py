@@ -142,7 +142,7 @@ class RCGSampler:
     def compile(self, how=True) -> "RCGSampler":
         """``torch.compile`` the pixel generator's blocks in place (:func:`rcg.compiling.compile_blocks`; ``how``:
         True for inductor, or a backend name): the decoding loop's hot part, fused. The same images up to float
-        rounding; the first batch pays the compilation (5-30 s on a CPU). On a Zen 3 CPU MAGE decoding was no
+        rounding; the first batch pays the compilation (5-35 s on a CPU). On a Zen 3 CPU MAGE decoding was no
         faster than eager (BENCHMARKS.md). Returns ``self``."""
         compile_blocks(self.model, how)
         return self
