@@ -16,6 +16,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -33,13 +34,15 @@ from rcg.stages import cache_reps, train_pixel, train_tokenizer
 COND = {"baseline": "none", "rcg": "rep", "rcg_guided": "rep", "oracle": "rep", "class_label": "class"}
 
 
-def train_generator(gen: str, cond: str, work: Path, cache: Path, encoder: str, tokenizer: str) -> dict:
+def train_generator(gen: str, cond: str, work: Path, cache: Path, encoder: str, tokenizer: str,
+                    epochs: Optional[float] = None) -> dict:
     run = work / f"{gen}-{cond}"
     if (run / "summary.json").is_file():
         return json.loads((run / "summary.json").read_text())
     key = "model.cond"
     over = [f"cache={cache}", f"encoder={encoder}", f"{key}={cond}"] + \
-        ([f"tokenizer={tokenizer}"] if GENERATORS[gen].needs_tokenizer else [])
+        ([f"tokenizer={tokenizer}"] if GENERATORS[gen].needs_tokenizer else []) + \
+        ([f"optim.epochs={epochs:g}"] if epochs is not None else [])
     cfg = apply_overrides(PIXEL_PRESETS[GENERATORS[gen].preset], over)
     print(f"== training {gen} ({cond}) -> {run}", flush=True)
     return train_pixel(cfg, str(run), progress=False)
@@ -85,6 +88,9 @@ def main():
     ap.add_argument("--sampler", metavar="SAMPLER:STEPS",
                     help="sample the diffusion generators' rows with this sampler instead of the preset's (e.g. "
                          "dpm++2m-sde:50, ddpm:250); its rows are kept apart from the preset's")
+    ap.add_argument("--epochs", type=float,
+                    help="train the generators for this many epochs instead of their presets' (a budget probe: use "
+                         "its own --work and --out, since a trained generator in --work is reused as it is)")
     ap.add_argument("--work", default="runs/table1")
     ap.add_argument("--out", default="benchmarks/results/table1_fmnist.json")
     a = ap.parse_args()
@@ -118,7 +124,7 @@ def main():
             taus = [float(t) for t in a.taus.split(",")] if name == "rcg_guided" else [0.0]
             cond = COND[name]
             if cond not in trained:
-                trained[cond] = train_generator(gen, cond, work, cache, a.encoder, tokenizer)
+                trained[cond] = train_generator(gen, cond, work, cache, a.encoder, tokenizer, a.epochs)
             for tau in taus:
                 f = rows_dir / f"{gen}-{name}-{tau:g}{tag}.json"
                 if f.is_file():                    # measured by an earlier invocation
@@ -136,6 +142,7 @@ def main():
                 row = {"generator": gen, "name": name, "fid": m["fid_dom"], "is": m["is_dom"],
                        "precision": m.get("precision"), "recall": m.get("recall"), "rep_fd": m["rep_fd"], "tau": tau,
                        "wall_s": round(time.time() - t0, 1), "train_wall_s": trained[cond].get("train_wall_s"),
+                       "epochs": trained[cond].get("epoch"),
                        "num_samples": m["num_samples"], "cond": cond,
                        "rdm": a.rdm if name in ("rcg", "rcg_guided") else None,
                        "feature_net_sha256": net.weights_sha256, "date": time.strftime("%Y-%m-%d"),

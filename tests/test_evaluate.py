@@ -7,7 +7,8 @@ import torch
 
 from rcg.evaluate import (EvalError, FeatureNet, StreamingStats, evaluate_stream, fd_between,
                           feature_stats, fid_from_stats, inception_score, iterate_image_folder, iterate_npz,
-                          iterate_tensor, load_reference, precision_recall, reference_stats, subset_fd_floor)
+                          iterate_tensor, load_reference, precision_recall, reference_stats, rep_adherence,
+                          subset_fd_floor)
 
 
 class StubNet(FeatureNet):
@@ -363,3 +364,30 @@ def test_inception_refuses_a_file_that_is_not_its_weights(tmp_path):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(EvalError, match="fc.weight"):
         InceptionV3(tmp_path / "other.pth", device="cpu")
+
+
+def test_rep_adherence_scores_a_faithful_generator_high_and_one_that_ignores_its_reps_at_chance():
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    labels = torch.randint(0, 10, (n,), generator=g)
+    centers = torch.randn(10, 32, generator=g) * 2
+    cond = centers[labels] + torch.randn(n, 32, generator=g)          # reps clustered by class
+    faithful = rep_adherence(cond, cond * 3.0, labels, labels, labels)       # same directions, other scale
+    assert faithful["rep_cosine"] == pytest.approx(1.0) and faithful["retrieval_top1"] == 1.0
+    assert faithful["class_agreement"] == 1.0 and faithful["classifier_accuracy_sources"] == 1.0
+    # cosine to other sources of the class, computed here pair by pair
+    a = torch.nn.functional.normalize(cond.double(), dim=1)
+    pairs = [float(a[i] @ a[j]) for i in range(n) for j in range(n) if i != j and labels[i] == labels[j]]
+    assert faithful["rep_cosine_same_class"] == pytest.approx(sum(pairs) / len(pairs))
+    assert 0.2 < faithful["rep_cosine_same_class"] < 0.95
+    assert faithful["class_agreement_shuffled"] < 0.5                 # a shifted pairing mostly crosses classes
+
+    ignoring = rep_adherence(cond, torch.randn(n, 32, generator=g), torch.randint(0, 10, (n,), generator=g),
+                             labels, labels)
+    assert abs(ignoring["rep_cosine"]) < 0.1 and ignoring["retrieval_top1"] < 0.05
+    assert ignoring["class_agreement"] < 0.25
+    half = labels.clone()
+    half[: n // 2] = (half[: n // 2] + 1) % 10                        # the classifier wrong on half the sources
+    assert rep_adherence(cond, cond, labels, labels, half)["classifier_accuracy_sources"] == 0.5
+    with pytest.raises(EvalError, match="N >= 2"):
+        rep_adherence(cond[:1], cond[:1], labels[:1], labels[:1], labels[:1])

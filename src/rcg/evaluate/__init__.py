@@ -9,7 +9,7 @@ from .features import (DEFAULT_MAX_KEEP, INCEPTION_FILE, EvalNet, FeatureNet, In
                        check_images)
 from .metrics import (MIN_SPLIT_ROWS, SUBSETS_MIN_RATIO, EvalError, fd_between, feature_stats, fid_from_stats,
                       frechet_distance, image_halves, inception_score, knn_accuracy, precision_recall,
-                      rep_fd_plan, split_fd_floor, subset_fd_floor)
+                      rep_adherence, rep_fd_plan, split_fd_floor, subset_fd_floor)
 from .sources import (ImageFolderSource, NpzSource, TensorSource, iterate_image_folder, iterate_npz,
                       iterate_tensor)
 from .stream import (REFERENCE_KIND, Reference, evaluate_stream, load_reference, reference_from_features,

@@ -272,3 +272,31 @@ def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int 
     precision = _covered(fake, real, real_r, chunk).float().mean().item()
     recall = _covered(real, fake, fake_r, chunk).float().mean().item()
     return precision, recall
+
+
+def rep_adherence(cond_reps: torch.Tensor, gen_reps: torch.Tensor, gen_pred: torch.Tensor, labels: torch.Tensor,
+                  src_pred: torch.Tensor, seed: int = 0) -> dict:
+    """How closely images generated from given representations follow them (``benchmarks/rep_adherence.py``).
+
+    ``cond_reps`` (N, D): the conditioning representations of N source images; ``gen_reps`` (N, D): the
+    representations of the images generated from them; ``gen_pred`` / ``src_pred`` (N,): a classifier's classes of
+    the generated and source images; ``labels`` (N,): the sources' classes. Returns class agreement (generated
+    image i has source i's label) against the same for a shuffled pairing and the classifier's accuracy on the
+    sources; the mean cosine of generated i with conditioning i, with a shuffled j, and with the other sources of
+    i's class; retrieval top-1 (conditioning i is the nearest of the N to generated i)."""
+    n = len(cond_reps)
+    if n < 2 or gen_reps.shape != cond_reps.shape or not (len(gen_pred) == len(labels) == len(src_pred) == n):
+        raise EvalError(f"rep_adherence needs N >= 2 pairs of equal shapes, got reps {tuple(cond_reps.shape)} and "
+                        f"{tuple(gen_reps.shape)}, {len(gen_pred)} / {len(src_pred)} predictions, {len(labels)} labels")
+    a, b = F.normalize(cond_reps.double(), dim=1), F.normalize(gen_reps.double(), dim=1)
+    sim = b @ a.T                                   # sim[i, j]: generated i against conditioning j
+    shift = int(torch.randint(1, n, (1,), generator=torch.Generator().manual_seed(seed)))    # no fixed point
+    perm = (torch.arange(n) + shift) % n
+    same = (labels[:, None] == labels[None, :]) & ~torch.eye(n, dtype=torch.bool)
+    return {"class_agreement": (gen_pred == labels).double().mean().item(),
+            "class_agreement_shuffled": (gen_pred == labels[perm]).double().mean().item(),
+            "classifier_accuracy_sources": (src_pred == labels).double().mean().item(),
+            "rep_cosine": sim.diagonal().mean().item(),
+            "rep_cosine_shuffled": sim[torch.arange(n), perm].mean().item(),
+            "rep_cosine_same_class": sim[same].mean().item() if same.any() else float("nan"),
+            "retrieval_top1": (sim.argmax(1) == torch.arange(n)).double().mean().item()}
