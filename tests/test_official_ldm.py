@@ -21,6 +21,7 @@ from rcg.official import safe_load
 from rcg.official.ldm import ldm_from_official
 from rcg.pixel import ldm as L
 from rcg.pixel.ldm_autoencoder import FirstStageConfig
+from rcg.pixel.ldm_unet import CrossAttention
 from rcg.tokenizer import VQModel
 
 PATTERN = "ldm_*.pth"
@@ -364,3 +365,40 @@ def test_trainer_v_parameterization_targets_v():
     assert not torch.allclose(got["v"], got["eps"], rtol=1e-2)
     img = L.sampler(model, runs["v"])(rep[:1], None, [torch.Generator().manual_seed(0)])
     assert img.shape == (1, 1, 16, 16) and torch.isfinite(img).all()
+
+
+def test_context_tokens_let_cross_attention_vary_over_positions():
+    """Why ``context_tokens``: with the rep as one context token, softmax over one key is 1, so attn2 adds the same
+    vector at every position; with k tokens it differs per position. k = 1 is the rep itself (official); k > 1
+    maps rep and null_rep through one Linear, and guidance runs on the k-token contexts."""
+    torch.manual_seed(0)
+    attn = CrossAttention(16, 12, heads=2, dim_head=8)
+    x = torch.randn(2, 9, 16)
+    one = attn(x, torch.randn(2, 1, 12))
+    assert torch.allclose(one, one[:, :1].expand_as(one), atol=1e-6)     # the same row at all 9 positions
+    many = attn(x, torch.randn(2, 4, 12))
+    assert (many - many[:, :1]).abs().amax() > 1e-2
+
+    fs = FirstStageConfig(kind="rcg-vq", in_channels=1, out_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                          attn_resolutions=(), z_channels=4, embed_dim=4, n_embed=16, resolution=16, num_groups=4)
+    base = dict(model_channels=16, num_res_blocks=1, attention_resolutions=(1,), channel_mult=(1,),
+                num_head_channels=8, num_groups=8, rep_dim=12, rep_drop_prob=0.1, first_stage=fs)
+    rep = torch.randn(3, 12)
+    official = L.LDM(L.LDMConfig(**base))
+    assert not hasattr(official, "rep_tokens") and torch.equal(official.context(rep, B=3), rep[:, None])
+    model = L.LDM(L.LDMConfig(**base, context_tokens=4)).eval()
+    ctx = model.context(rep, B=3)
+    W, b = model.rep_tokens.weight, model.rep_tokens.bias
+    assert ctx.shape == (3, 4, 12) and torch.allclose(ctx, (rep @ W.T + b).view(3, 4, 12), atol=1e-6)
+    null = torch.tensor([True, False, True])
+    mixed = model.context(rep, null=null, B=3)
+    assert torch.allclose(mixed[0], model.tokens(model.null_rep)[0]) and torch.allclose(mixed[1], ctx[1])
+    x_t, t = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 990])
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        cond, unc = model(x_t, t, rep), model(x_t, t, None, null=torch.ones(3, dtype=torch.bool))
+        g = L.ldm_eps(model, x_t, t, rep, guidance=2.0)
+    assert torch.allclose(g, cond + 2.0 * (cond - unc), atol=1e-5)
+    with pytest.raises(ValueError, match="context_tokens"):
+        L.LDMConfig(**{**base, "cond": "class", "num_classes": 3}, context_tokens=2)

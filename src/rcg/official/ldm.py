@@ -235,7 +235,8 @@ def ldm_from_official(path_or_dict: PathOrDict, ema: bool = True, preset: Preset
 def ldm_summary(model: LDM, info: dict) -> dict:
     """The ``rcg info`` fields of a loaded LDM (``params``: the trained U-Net; the frozen first stage apart)."""
     c, f = model.cfg, model.cfg.first_stage
-    cond = {"rep": f"representation-conditioned ({c.rep_dim}-d context token)", "class": f"{c.num_classes} classes",
+    tokens = "context token" if c.context_tokens == 1 else f"rep mapped to {c.context_tokens} context tokens"
+    cond = {"rep": f"representation-conditioned ({c.rep_dim}-d {tokens})", "class": f"{c.num_classes} classes",
             "none": "unconditional"}[c.cond]
     return {"params": sum(p.numel() for p in model.diffusion_model.parameters()),
             "first_stage_params": sum(p.numel() for p in model.first_stage_model.parameters()),

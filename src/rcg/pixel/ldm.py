@@ -3,8 +3,10 @@
 condition, behind the registry's contracts.
 
 Condition: ``cond="rep"`` (RCG): the cross-attention context is the representation as one token,
-``rep.unsqueeze(1)`` (B, 1, rep_dim), so ``attn2 = to_out(to_v(rep))`` everywhere; the learned ``null_rep``
-replaces it for samples selected by ``null`` (training: a ``rep_drop_prob`` fraction, 0 = official; guidance).
+``rep.unsqueeze(1)`` (B, 1, rep_dim), so ``attn2 = to_out(to_v(rep))`` everywhere (softmax over one key is 1: the
+same vector at every position); ``context_tokens = k > 1`` (ours, off for parity) maps the rep by a Linear to k
+tokens, over which each position's attention can differ. The learned ``null_rep`` replaces the rep for samples
+selected by ``null`` (training: a ``rep_drop_prob`` fraction, 0 = official; guidance).
 ``cond="class"``: the context is ``cond_stage_model.embedding(labels)`` (LDM's ClassEmbedder; no null class);
 ``"none"``: its single row (the official unconditional LDM is a 1-class ClassEmbedder). Latents are
 ``scale_factor * first_stage.encode(x)`` of images ``x`` in [-1, 1] (``x / 255 * 2 - 1``); decoding divides by
@@ -51,6 +53,8 @@ class LDMConfig:
     cond: str = "rep"                    # "rep" (RCG) | "class" | "none"
     num_classes: int = 0                 # cond="class"
     rep_drop_prob: float = 0.0           # training: fraction of reps replaced by null_rep (official: none)
+    context_tokens: int = 1              # rep cond: 1 = the rep itself as the one context token (official); k > 1:
+                                         # a Linear maps it to k tokens, so cross-attention can vary over positions
     scale_factor: float = 1.0            # latents = scale_factor * encode(x) (RCG's VQ-f8: 1.0)
     scale_by_std: bool = False           # train-pixel sets scale_factor = 1 / std of the training latents (LDM's
                                          # scale_by_std, from the first 1024 crops) and stores it in config.json
@@ -61,6 +65,9 @@ class LDMConfig:
     def __post_init__(self):
         if self.cond not in ("rep", "class", "none"):
             raise ValueError(f"cond must be 'rep', 'class' or 'none', got {self.cond!r}")
+        if self.context_tokens < 1 or (self.context_tokens > 1 and self.cond != "rep"):
+            raise ValueError(f"context_tokens must be 1, or > 1 with cond='rep', got {self.context_tokens} "
+                             f"(cond={self.cond!r})")
         if self.num_head_channels <= 0 and self.num_heads <= 0:
             raise ValueError("set num_head_channels or num_heads")
         if self.latent_size % 2 ** (len(self.channel_mult) - 1):
@@ -119,6 +126,8 @@ class LDM(nn.Module):
         self.first_stage_model = first_stage(c.first_stage).requires_grad_(False).eval()
         if c.cond == "rep":
             self.null_rep = nn.Parameter(torch.randn(1, c.rep_dim) * 0.02)
+            if c.context_tokens > 1:
+                self.rep_tokens = nn.Linear(c.rep_dim, c.context_tokens * c.rep_dim)
         else:
             self.cond_stage_model = ClassEmbedder(c.num_classes if c.cond == "class" else 1, c.rep_dim)
 
@@ -127,8 +136,15 @@ class LDM(nn.Module):
         self.first_stage_model.eval()           # frozen, as upstream's disabled_train
         return self
 
+    def tokens(self, rep: torch.Tensor) -> torch.Tensor:
+        """Context tokens (B, context_tokens, rep_dim) of representations (B, rep_dim) (or of null reps)."""
+        if self.cfg.context_tokens == 1:
+            return rep[:, None]
+        return self.rep_tokens(rep).view(rep.shape[0], self.cfg.context_tokens, self.cfg.rep_dim)
+
     def context(self, rep=None, labels=None, null=None, B: Optional[int] = None) -> torch.Tensor:
-        """The cross-attention context (B, 1, rep_dim); ``null`` (B,) bool selects ``null_rep`` (rep cond)."""
+        """The cross-attention context (B, n, rep_dim): one token for class / none, ``context_tokens`` for rep;
+        ``null`` (B,) bool selects ``null_rep`` (rep cond)."""
         c = self.cfg
         if c.cond == "class":
             return class_condition(self.cond_stage_model.embedding, labels, null, B)[:, None]
@@ -140,11 +156,11 @@ class LDM(nn.Module):
         if rep is None:
             if null is not None and not bool(null.all()):
                 raise ValueError("rep is None but some samples are not selected as null")
-            return nul[:, None]
+            return self.tokens(nul)
         if rep.shape != nul.shape:
             raise ValueError(f"rep must be {tuple(nul.shape)}, got {tuple(rep.shape)}")
         rep = rep.to(nul.dtype)
-        return (rep if null is None else torch.where(null.to(rep.device).view(B, 1), nul, rep))[:, None]
+        return self.tokens(rep if null is None else torch.where(null.to(rep.device).view(B, 1), nul, rep))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, rep: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, null: Optional[torch.Tensor] = None,
@@ -212,7 +228,7 @@ def ldm_eps(model: LDM, x: torch.Tensor, t: torch.Tensor, rep=None, labels=None,
         return model(x, t, rep, labels)
     B = x.shape[0]
     cond = model.context(rep, labels, None, B)
-    unc = uncond[:, None].to(cond.dtype) if uncond is not None else model.context(
+    unc = model.tokens(uncond.to(cond.dtype)) if uncond is not None else model.context(
         None, labels, torch.ones(B, dtype=torch.bool, device=x.device), B)
     e_u, e_c = model.diffusion_model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([unc, cond])).chunk(2)
     return guided(e_c, e_u, guidance)
