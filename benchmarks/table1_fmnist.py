@@ -16,7 +16,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -35,14 +35,14 @@ COND = {"baseline": "none", "rcg": "rep", "rcg_guided": "rep", "oracle": "rep", 
 
 
 def train_generator(gen: str, cond: str, work: Path, cache: Path, encoder: str, tokenizer: str,
-                    epochs: Optional[float] = None) -> dict:
+                    epochs: Optional[float] = None, sets: Sequence[str] = ()) -> dict:
     run = work / f"{gen}-{cond}"
     if (run / "summary.json").is_file():
         return json.loads((run / "summary.json").read_text())
     key = "model.cond"
     over = [f"cache={cache}", f"encoder={encoder}", f"{key}={cond}"] + \
         ([f"tokenizer={tokenizer}"] if GENERATORS[gen].needs_tokenizer else []) + \
-        ([f"optim.epochs={epochs:g}"] if epochs is not None else [])
+        ([f"optim.epochs={epochs:g}"] if epochs is not None else []) + list(sets)
     cfg = apply_overrides(PIXEL_PRESETS[GENERATORS[gen].preset], over)
     print(f"== training {gen} ({cond}) -> {run}", flush=True)
     return train_pixel(cfg, str(run), progress=False)
@@ -91,6 +91,9 @@ def main():
     ap.add_argument("--epochs", type=float,
                     help="train the generators for this many epochs instead of their presets' (a budget probe: use "
                          "its own --work and --out, since a trained generator in --work is reused as it is)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                    help="override a field of the generators' presets (repeatable), e.g. --set model.context_tokens=8;"
+                         " a probe, like --epochs (its own --work and --out)")
     ap.add_argument("--work", default="runs/table1")
     ap.add_argument("--out", default="benchmarks/results/table1_fmnist.json")
     a = ap.parse_args()
@@ -124,7 +127,7 @@ def main():
             taus = [float(t) for t in a.taus.split(",")] if name == "rcg_guided" else [0.0]
             cond = COND[name]
             if cond not in trained:
-                trained[cond] = train_generator(gen, cond, work, cache, a.encoder, tokenizer, a.epochs)
+                trained[cond] = train_generator(gen, cond, work, cache, a.encoder, tokenizer, a.epochs, a.sets)
             for tau in taus:
                 f = rows_dir / f"{gen}-{name}-{tau:g}{tag}.json"
                 if f.is_file():                    # measured by an earlier invocation

@@ -400,5 +400,7 @@ def test_context_tokens_let_cross_attention_vary_over_positions():
         cond, unc = model(x_t, t, rep), model(x_t, t, None, null=torch.ones(3, dtype=torch.bool))
         g = L.ldm_eps(model, x_t, t, rep, guidance=2.0)
     assert torch.allclose(g, cond + 2.0 * (cond - unc), atol=1e-5)
+    labelled = L.LDM(L.LDMConfig(**{**base, "cond": "class", "num_classes": 3}, context_tokens=4))
+    assert labelled.context(labels=torch.tensor([0, 2]), B=2).shape == (2, 1, 12)    # class: one token still
     with pytest.raises(ValueError, match="context_tokens"):
-        L.LDMConfig(**{**base, "cond": "class", "num_classes": 3}, context_tokens=2)
+        L.LDMConfig(**base, context_tokens=0)

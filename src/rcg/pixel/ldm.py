@@ -55,6 +55,7 @@ class LDMConfig:
     rep_drop_prob: float = 0.0           # training: fraction of reps replaced by null_rep (official: none)
     context_tokens: int = 1              # rep cond: 1 = the rep itself as the one context token (official); k > 1:
                                          # a Linear maps it to k tokens, so cross-attention can vary over positions
+                                         # (class / none: one token whatever this says)
     scale_factor: float = 1.0            # latents = scale_factor * encode(x) (RCG's VQ-f8: 1.0)
     scale_by_std: bool = False           # train-pixel sets scale_factor = 1 / std of the training latents (LDM's
                                          # scale_by_std, from the first 1024 crops) and stores it in config.json
@@ -65,9 +66,8 @@ class LDMConfig:
     def __post_init__(self):
         if self.cond not in ("rep", "class", "none"):
             raise ValueError(f"cond must be 'rep', 'class' or 'none', got {self.cond!r}")
-        if self.context_tokens < 1 or (self.context_tokens > 1 and self.cond != "rep"):
-            raise ValueError(f"context_tokens must be 1, or > 1 with cond='rep', got {self.context_tokens} "
-                             f"(cond={self.cond!r})")
+        if self.context_tokens < 1:
+            raise ValueError(f"context_tokens must be >= 1, got {self.context_tokens}")
         if self.num_head_channels <= 0 and self.num_heads <= 0:
             raise ValueError("set num_head_channels or num_heads")
         if self.latent_size % 2 ** (len(self.channel_mult) - 1):
@@ -126,7 +126,7 @@ class LDM(nn.Module):
         self.first_stage_model = first_stage(c.first_stage).requires_grad_(False).eval()
         if c.cond == "rep":
             self.null_rep = nn.Parameter(torch.randn(1, c.rep_dim) * 0.02)
-            if c.context_tokens > 1:
+            if c.context_tokens > 1:         # (the class / none context stays one token)
                 self.rep_tokens = nn.Linear(c.rep_dim, c.context_tokens * c.rep_dim)
         else:
             self.cond_stage_model = ClassEmbedder(c.num_classes if c.cond == "class" else 1, c.rep_dim)
@@ -138,7 +138,7 @@ class LDM(nn.Module):
 
     def tokens(self, rep: torch.Tensor) -> torch.Tensor:
         """Context tokens (B, context_tokens, rep_dim) of representations (B, rep_dim) (or of null reps)."""
-        if self.cfg.context_tokens == 1:
+        if not hasattr(self, "rep_tokens"):
             return rep[:, None]
         return self.rep_tokens(rep).view(rep.shape[0], self.cfg.context_tokens, self.cfg.rep_dim)
 
