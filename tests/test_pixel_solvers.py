@@ -93,3 +93,24 @@ def test_sde_solver_is_per_sample_stochastic_and_near_the_ode(name):
     assert gap > 1e-3 and bool(sde.isfinite().all()), (name, gap)     # noise injected: not the ODE's path
     again = _sample(name, model, diffusion, "dpm++2m-sde", 20, rep)
     assert torch.equal(again, sde)                   # reproducible from the seeds
+
+
+@pytest.mark.parametrize("name", ["adm", "ldm"])
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m-sde"])
+def test_cpu_sampler_chunks_rows_without_changing_images(monkeypatch, name, sampler):
+    """The U-Nets' registry samplers run CPU batches CPU_ROWS rows at a time (as MAGE and DiT): the images (LDM:
+    decoded) equal one full-batch pass, stochastic samplers included."""
+    from rcg.pixel import adm, ldm, rows
+    model, diffusion = BUILD[name]()
+    run = SimpleNamespace(model=model.cfg, diffusion=diffusion, steps=6, sampler=sampler, eta=1.0, guidance=0.0,
+                          sample_bf16=False)
+    rep = torch.randn(5, 16, generator=torch.Generator().manual_seed(1))
+    whole = GENERATORS[name].sampler(model, run)(rep, None, per_sample(range(5)))
+    monkeypatch.setattr(rows, "CPU_ROWS", 2)                 # 2 + 2 + 1 rows
+    mod, fn = (adm, "adm_generate") if name == "adm" else (ldm, "ldm_generate")
+    calls, real = [], getattr(mod, fn)
+    monkeypatch.setattr(mod, fn, lambda m, *a, **k: calls.append(len(rep if k.get("rep") is None else k["rep"]))
+                        or real(m, *a, **k))
+    chunked = GENERATORS[name].sampler(model, run)(rep, None, per_sample(range(5)))
+    assert calls == [2, 2, 1] and chunked.shape == whole.shape
+    assert torch.allclose(chunked, whole, atol=1e-5)

@@ -35,6 +35,7 @@ from ..precision import resolve_bf16
 from ..rng import randn_per_sample, uniform
 from ..solvers import DPM_SOLVERS, dpm_solver_sample
 from ..tree import to_dict
+from .rows import in_row_chunks
 
 
 @dataclass(frozen=True)
@@ -419,7 +420,9 @@ def trainer(model: ADM, run):
 def sampler(model: ADM, run):
     """sample(rep, labels, generators, steps, temperature, guidance) -> (B, C, H, W) in [-1, 1]: ``run.sampler``
     "ddim" (respacing ``ddim{steps}``, eta ``run.eta``) or "ddpm" (respacing ``{steps}``, ancestral), as
-    :func:`adm_generate`; ``temperature`` does not apply; unset settings are the run's."""
+    :func:`adm_generate`; ``temperature`` does not apply; unset settings are the run's. On a CPU the rows go
+    through in chunks (:func:`rcg.pixel.rows.in_row_chunks`; the same images: 500 rows per pass took 1.6-1.9x as
+    long per image as 64-128 on fmnist-adm)."""
     dev = next(model.parameters()).device
     diffusion = to_dict(run.diffusion)
 
@@ -428,7 +431,7 @@ def sampler(model: ADM, run):
             tau = run.guidance if guidance is None else guidance
             return adm_generate(model, generators, rep=rep, labels=labels, steps=steps or run.steps,
                                 sampler=run.sampler, eta=run.eta, guidance=tau, diffusion=diffusion)
-    return sample
+    return in_row_chunks(sample, dev)
 
 
 def to_unit(x: torch.Tensor, tokenizer=None) -> torch.Tensor:

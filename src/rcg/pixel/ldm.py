@@ -32,6 +32,7 @@ from ..solvers import DPM_SOLVERS, dpm_solver_sample
 from ..tree import to_dict
 from .ldm_autoencoder import FirstStageConfig, first_stage
 from .ldm_unet import LDMUNet
+from .rows import in_row_chunks
 
 # RCG's LDM diffusion (as rcg.config.DiffusionConfig fields): 1000 steps, LDM "linear" = scaled-linear betas
 # 0.0015 -> 0.0195, eps prediction
@@ -326,7 +327,8 @@ def trainer(model: LDM, run):
 
 def sampler(model: LDM, run):
     """sample(rep, labels, generators, steps, temperature, guidance) -> decoded images (B, C, H, W) in about
-    [-1, 1]; ``temperature`` does not apply; unset settings are the run's (``steps``, ``eta``, ``sampler``)."""
+    [-1, 1]; ``temperature`` does not apply; unset settings are the run's (``steps``, ``eta``, ``sampler``). On a
+    CPU the rows go through in chunks (:func:`rcg.pixel.rows.in_row_chunks`; the same images)."""
     dev = next(model.parameters()).device
     diffusion = _diffusion(run, dev)
 
@@ -335,7 +337,7 @@ def sampler(model: LDM, run):
             return ldm_generate(model, diffusion, generators, rep=rep, labels=labels, steps=steps or run.steps,
                                 eta=run.eta, guidance=run.guidance if guidance is None else guidance,
                                 sampler=run.sampler)
-    return sample
+    return in_row_chunks(sample, dev)
 
 
 def to_unit(x: torch.Tensor, tokenizer=None) -> torch.Tensor:
