@@ -298,8 +298,13 @@ def test_random_official_layout_to_an_image(tmp_path):
     out = L.to_unit(sample(torch.randn(1, 24), None, [torch.Generator().manual_seed(5)]))
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
     assert L.image_shape(_run(raw.cfg)) == (3, 16)
-    again = L.to_unit(sample(torch.randn(1, 24), None, [torch.Generator().manual_seed(5)], guidance=1.0))
-    assert again.shape == out.shape and torch.isfinite(again).all()
+    with pytest.raises(ValueError, match="rep_drop_prob"):       # the official LDM's null_rep is untrained
+        sample(torch.randn(1, 24), None, [torch.Generator().manual_seed(5)], guidance=1.0)
+    x_t = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():                                          # guidance with an explicit uncond context
+        cond, unc = ema(x_t, t[:1], rep[:1]), ema(x_t, t[:1], torch.zeros(1, 24))
+        g = L.ldm_eps(ema, x_t, t[:1], rep[:1], guidance=1.0, uncond=torch.zeros(1, 24))
+    assert torch.allclose(g, 2 * cond - unc, atol=1e-5)
 
 
 def test_train_on_our_tokenizer_first_stage():

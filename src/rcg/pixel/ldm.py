@@ -89,9 +89,10 @@ LDM_PRESETS: Dict[str, LDMConfig] = {
     # depth 1, context 256; VQ-f8 16384 x 4, 32x32x4 latents; scale_factor not set = 1.0)
     "ldm-8": LDMConfig(),
     # CPU-sized, 28 px gray: the fmnist-tokenizer (the one MAGE uses) as the first stage, 7x7x32 latents, so one
-    # U-Net level (7 does not halve); latents scaled to unit std (scale_by_std)
+    # U-Net level (7 does not halve); latents scaled to unit std (scale_by_std); 10 % rep dropout to a learned
+    # null_rep (ours, as adm-fmnist's), so that guidance has a trained unconditional branch
     "ldm-fmnist": LDMConfig(model_channels=64, num_res_blocks=2, attention_resolutions=(1,), channel_mult=(1,),
-                            num_head_channels=32, scale_by_std=True, first_stage=FirstStageConfig(
+                            num_head_channels=32, scale_by_std=True, rep_drop_prob=0.1, first_stage=FirstStageConfig(
                                 kind="rcg-vq", in_channels=1, out_channels=1, ch=16, ch_mult=(1, 2, 2),
                                 num_res_blocks=1, attn_resolutions=(), z_channels=32, embed_dim=32, n_embed=512,
                                 resolution=28, num_groups=8)),
@@ -227,6 +228,11 @@ def ldm_eps(model: LDM, x: torch.Tensor, t: torch.Tensor, rep=None, labels=None,
     ``unconditional_conditioning``); default the learned null condition."""
     if guidance == 0:
         return model(x, t, rep, labels)
+    c = model.cfg
+    if uncond is None and c.cond == "rep" and c.rep_drop_prob == 0:
+        raise ValueError("this LDM was trained without representation dropout (rep_drop_prob = 0, as the official "
+                         "LDM), so its null_rep is untrained: guidance needs a model trained with rep_drop_prob > 0 "
+                         "or an explicit unconditional context (uncond)")
     B = x.shape[0]
     cond = model.context(rep, labels, None, B)
     unc = model.tokens(uncond.to(cond.dtype)) if uncond is not None else model.context(
